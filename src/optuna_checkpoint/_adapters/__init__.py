@@ -1,0 +1,11 @@
+"""State adapters: one per sampler type, picked by :func:`adapter_for`."""
+
+from optuna_checkpoint._adapters import _cmaes  # noqa: F401  (registers the adapter)
+from optuna_checkpoint._adapters import _random  # noqa: F401
+from optuna_checkpoint._adapters import _tpe  # noqa: F401
+from optuna_checkpoint._adapters._protocol import StateAdapter
+from optuna_checkpoint._adapters._protocol import Stateful
+from optuna_checkpoint._adapters._protocol import adapter_for
+
+
+__all__ = ["StateAdapter", "Stateful", "adapter_for"]

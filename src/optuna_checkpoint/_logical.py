@@ -1,0 +1,99 @@
+"""The study as an uninterrupted run would show it: interrupted trials hidden, numbers closed up.
+
+A retried trial is a new trial with a new number, but samplers use trial numbers (CMA-ES reseeds
+with ``trial.number``; constant-liar TPE reads RUNNING trials), so the wrapped sampler is shown
+this *logical* study instead: every interrupted trial removed and every later trial renumbered to
+the number it would have had. With nothing hidden, the real study and trials are passed through.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Container
+from collections.abc import Iterable
+import copy
+from typing import Any
+
+from optuna.study import Study
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+
+class HiddenTrials:
+    """The set of interrupted trials, and the renumbering that hiding them implies."""
+
+    def __init__(self, trials: Iterable[tuple[int, int]] = ()) -> None:
+        """Build from ``(trial_id, trial_number)`` pairs."""
+        pairs = list(trials)
+        self.trial_ids = frozenset(trial_id for trial_id, _ in pairs)
+        self._numbers = sorted(number for _, number in pairs)
+
+    def __bool__(self) -> bool:
+        return bool(self._numbers)
+
+    def logical_number(self, number: int) -> int:
+        """Return the number that the trial numbered ``number`` has in the uninterrupted run."""
+        return number - bisect_left(self._numbers, number)
+
+    def logical_trial(self, trial: FrozenTrial) -> FrozenTrial:
+        """Return ``trial`` with its logical number (a shallow copy if the number changes)."""
+        logical = self.logical_number(trial.number)
+        if logical == trial.number:
+            return trial
+        renumbered = copy.copy(trial)
+        renumbered.number = logical
+        return renumbered
+
+    def logical_trials(self, trials: list[FrozenTrial], *, copied: bool) -> list[FrozenTrial]:
+        """Drop hidden trials and renumber the rest; ``copied`` trials are renumbered in place."""
+        result = []
+        for trial in trials:
+            if trial._trial_id in self.trial_ids:
+                continue
+            logical = self.logical_number(trial.number)
+            if logical != trial.number:
+                if not copied:
+                    trial = copy.copy(trial)
+                trial.number = logical
+            result.append(trial)
+        return result
+
+    def view(self, study: Study) -> Study:
+        """Return ``study`` as the wrapped sampler should see it."""
+        return _LogicalStudy(study, self) if self else study
+
+
+class _LogicalStudy(Study):
+    """A study that lists only the trials of the uninterrupted run, with their logical numbers.
+
+    It shares the real study's storage, thread-local cache and attributes; only the trial
+    listings differ. Trials are still addressed by id, so samplers that write system attributes
+    write them to the real trials.
+    """
+
+    def __init__(self, study: Study, hidden: HiddenTrials) -> None:
+        # Not ``Study.__init__``: that would look the study up in storage again.
+        self.__dict__.update(object.__getattribute__(study, "__dict__"))
+        self._inner = study
+        self._hidden = hidden
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        trials = self._inner._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return self._hidden.logical_trials(trials, copied=deepcopy)
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        trials = self._inner.get_trials(deepcopy=deepcopy, states=states)
+        return self._hidden.logical_trials(trials, copied=deepcopy)
+
+    def stop(self) -> None:
+        self._inner.stop()
+
+    def __getstate__(self) -> dict[Any, Any]:
+        return self._inner.__getstate__()

@@ -1,0 +1,751 @@
+"""CheckpointingSampler: a drop-in sampler wrapper whose studies resume bit for bit.
+
+Save path: ``after_trial`` -> adapter ``state_dict()`` -> encode -> store (inside the transaction
+that stores the trial's final state). Resume path, on the first hook of a process: take the
+stream's lease -> hide interrupted trials -> store's latest valid checkpoint -> verify ->
+decode -> adapter ``load_state_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import replace
+import hashlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+from typing import Any
+import weakref
+
+from optuna.samplers import BaseSampler
+from optuna.storages import InMemoryStorage
+from optuna.trial import TrialState
+
+from optuna_checkpoint import _codec
+from optuna_checkpoint._adapters import adapter_for
+from optuna_checkpoint._faults import crash_point
+from optuna_checkpoint._fingerprint import describe
+from optuna_checkpoint._fingerprint import differences
+from optuna_checkpoint._lease import DEFAULT_GRACE_PERIOD
+from optuna_checkpoint._lease import DEFAULT_HEARTBEAT_INTERVAL
+from optuna_checkpoint._lease import Heartbeat
+from optuna_checkpoint._lease import current_owner
+from optuna_checkpoint._lease import judge_lease
+from optuna_checkpoint._logical import HiddenTrials
+from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.exceptions import ConfigMismatchError
+from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import CheckpointStore
+from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import Stream
+from optuna_checkpoint.stores._memory import InMemoryCheckpointStore
+from optuna_checkpoint.stores._sql import SQLCheckpointStore
+from optuna_checkpoint.stores._sql import resolve_rdb_storage
+
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+    from optuna.storages import BaseStorage
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+
+_logger = logging.getLogger(__name__)
+
+INTERRUPTED_ATTR = "optuna_checkpoint:interrupted"
+"""System attribute set on a trial that was interrupted and will be retried."""
+
+DEFAULT_STREAM = "main"
+DEFAULT_MAX_RETRIES = 3
+
+# Optuna's own retry bookkeeping, read by RetryHeartbeatStaleTrialCallback.retried_trial_number.
+_FAILED_TRIAL_ATTR = "failed_trial"
+_RETRY_HISTORY_ATTR = "retry_history"
+
+_live_samplers: weakref.WeakSet[CheckpointingSampler] = weakref.WeakSet()
+
+
+def study_uid(storage: BaseStorage, study_id: int, study_name: str) -> str:
+    """Identify a study across processes without writing anything to it.
+
+    Derived from the study's id and name and its first trial's id and start time, so a study
+    deleted and recreated under the same id and name (SQLite reuses ids) gets another uid.
+    """
+    first = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, 0))
+    start = first.datetime_start.isoformat() if first.datetime_start else ""
+    text = f"{study_id}\0{study_name}\0{first._trial_id}\0{start}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class _Attachment:
+    """What a sampler knows about the study it checkpoints, from its first hook on."""
+
+    storage: BaseStorage
+    study_id: int
+    study_uid: str
+    store: CheckpointStore
+    stream: Stream
+    owner: Owner
+    hidden: HiddenTrials
+    heartbeat: Heartbeat | None
+    atomic: bool
+    trials_in_progress: set[int]
+    release: weakref.finalize[Any, Any] | None = None
+
+
+class CheckpointingSampler(BaseSampler):
+    """Wrap a sampler so that a killed study resumes along the exact trajectory it was on.
+
+    After every trial the wrapped sampler's complete state is written to a side table in the
+    study's own database, in the same transaction as the trial's final state. When the script is
+    run again after a crash, ``kill -9``, SIGTERM, Ctrl-C or power loss, the first hook restores
+    the latest checkpoint, closes the interrupted trial as FAIL (tagged ``interrupted``) and lets
+    the next trial propose the same parameters again. The wrapped sampler is shown the study as
+    an uninterrupted run would have it: interrupted trials hidden, trial numbers closed up. Its
+    proposals are therefore the same, bit for bit, as those of a run that never stopped.
+
+    Without interruptions the wrapper is transparent: it proposes exactly what the wrapped
+    sampler alone proposes.
+
+    Example:
+
+        .. code-block:: python
+
+            import optuna
+            from optuna_checkpoint import CheckpointingSampler
+
+            sampler = CheckpointingSampler(optuna.samplers.TPESampler(seed=42))
+            study = optuna.create_study(
+                study_name="demo", storage="sqlite:///demo.db", load_if_exists=True,
+                sampler=sampler,
+            )
+            study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(100)])
+
+    Args:
+        sampler: The sampler to wrap, freshly constructed with the same arguments on every run.
+        stream: Name of the checkpoint stream in the study. One process writes a stream at a time.
+        allow_pickle: Allow cloudpickle for samplers without a state adapter. Loading a pickle
+            executes code from the database, so only allow it if you trust every writer of the
+            database. Plain-data checkpoints are used for the samplers this package knows.
+        start_new_stream: Discard the study's checkpoints and start the stream again from
+            ``sampler`` as given, e.g. after deliberately changing its configuration. The
+            trajectory from then on is that of the new sampler, not of the old run.
+        max_retries: How often a trial interrupted at the same logical position is retried
+            before its failure is treated as genuine.
+        grace_period: Seconds without a heartbeat after which a lease held from another host is
+            considered abandoned.
+        heartbeat_interval: Seconds between lease refreshes while a trial runs.
+    """
+
+    def __init__(
+        self,
+        sampler: BaseSampler,
+        *,
+        stream: str = DEFAULT_STREAM,
+        allow_pickle: bool = False,
+        start_new_stream: bool = False,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    ) -> None:
+        if isinstance(sampler, CheckpointingSampler):
+            raise ValueError("the sampler is already a CheckpointingSampler; wrap it only once")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be non-negative, got {max_retries}")
+        self._sampler = sampler
+        self._stream_name = stream
+        self._allow_pickle = allow_pickle
+        self._start_new_stream = start_new_stream
+        self._max_retries = max_retries
+        self._grace_period = grace_period
+        self._heartbeat_interval = heartbeat_interval
+        self._adapter = adapter_for(sampler, allow_pickle=allow_pickle)
+        # Described now, while the sampler is fresh: seeded RNGs still show their seed.
+        self._fingerprint = {
+            "adapter": self._adapter.name,
+            "sampler": describe(sampler, skip=self._adapter.CACHE_ATTRS),
+        }
+        self._attachment: _Attachment | None = None
+        self._superseded = False
+        self._warned_concurrency = False
+        self._lock = threading.RLock()
+        _live_samplers.add(self)
+
+    @property
+    def sampler(self) -> BaseSampler:
+        """The wrapped sampler."""
+        return self._sampler
+
+    def __repr__(self) -> str:
+        return f"CheckpointingSampler({self._sampler!r}, stream={self._stream_name!r})"
+
+    # -- BaseSampler hooks -------------------------------------------------------------------
+
+    def reseed_rng(self) -> None:
+        """Reseed the wrapped sampler (Optuna does this per thread when ``n_jobs > 1``)."""
+        self._sampler.reseed_rng()
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Resume on the first trial of a process, then delegate with the logical view."""
+        crash_point("before_trial")
+        with self._lock:
+            attachment = self._attach(study, trial)
+            self._settle_deferred_saves(attachment)
+            self._refresh_hidden_trials(attachment)
+            if attachment.trials_in_progress and not self._warned_concurrency:
+                self._warned_concurrency = True
+                _logger.warning(
+                    "Trials of this study are running concurrently in this process (n_jobs > 1 "
+                    "or several asks before a tell): they are checkpointed, but a resume is not "
+                    "guaranteed to be bit-identical, since Optuna reseeds samplers per thread "
+                    "and the trials interleave differently on every run."
+                )
+            attachment.trials_in_progress.add(trial._trial_id)
+            if attachment.atomic:
+                # From here until after_trial has captured the state, a commit of this trial's
+                # end is refused: a Ctrl-C landing anywhere in between must leave it RUNNING.
+                attachment.store.defer_save_to_trial_commit(
+                    attachment.stream, trial._trial_id, None, attachment.owner.token
+                )
+        self._sampler.before_trial(*self._logical(attachment, study, trial))
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        """Delegate with the logical view."""
+        return self._sampler.infer_relative_search_space(*self._logical_or_real(study, trial))
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        """Delegate with the logical view."""
+        crash_point("sample_relative")
+        view, logical = self._logical_or_real(study, trial)
+        return self._sampler.sample_relative(view, logical, search_space)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        """Delegate with the logical view."""
+        crash_point("sample_independent")
+        view, logical = self._logical_or_real(study, trial)
+        return self._sampler.sample_independent(view, logical, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        """Delegate, then checkpoint the wrapped sampler's state.
+
+        Runs after the objective returns and before Optuna stores the trial's final state. The
+        checkpoint is handed to the store to be written in that same transaction. Since
+        ``before_trial`` the store has been told that this trial's checkpoint is coming, so if
+        this method does not finish (an exception, or Ctrl-C anywhere before the capture), the
+        store refuses the trial's final commit: the trial stays RUNNING and is retried on resume
+        rather than stored as finished with the state of an earlier trial.
+        """
+        crash_point("after_trial_start")
+        attachment = self._attachment
+        if attachment is None or self._superseded:
+            self._sampler.after_trial(study, trial, state, values)
+            return
+        trial_id = trial._trial_id
+        view, logical = self._logical(attachment, study, trial)
+        self._sampler.after_trial(view, logical, state, values)
+        checkpoint = self._capture(
+            attachment, trial_id, logical.number, state, None if values is None else list(values)
+        )
+        crash_point("after_capture")
+        attachment.trials_in_progress.discard(trial_id)
+        if attachment.atomic:
+            attachment.store.defer_save_to_trial_commit(
+                attachment.stream, trial_id, checkpoint, attachment.owner.token
+            )
+        else:
+            attachment.store.save(
+                attachment.stream, checkpoint, attachment.owner.token, time.time()
+            )
+
+    # -- views -------------------------------------------------------------------------------
+
+    def _logical(
+        self, attachment: _Attachment, study: Study, trial: FrozenTrial
+    ) -> tuple[Study, FrozenTrial]:
+        hidden = attachment.hidden
+        return hidden.view(study), hidden.logical_trial(trial)
+
+    def _logical_or_real(self, study: Study, trial: FrozenTrial) -> tuple[Study, FrozenTrial]:
+        attachment = self._attachment
+        if attachment is None:
+            return study, trial
+        return self._logical(attachment, study, trial)
+
+    # -- capture -----------------------------------------------------------------------------
+
+    def _capture(
+        self,
+        attachment: _Attachment | None,
+        trial_id: int | None,
+        logical_number: int,
+        state: TrialState | None,
+        values: list[float] | None,
+        *,
+        study_uid_: str | None = None,
+    ) -> Checkpoint:
+        uid = study_uid_ if attachment is None else attachment.study_uid
+        assert uid is not None
+        payload = _codec.encode(self._adapter.state_dict(), allow_pickle=self._allow_pickle)
+        return Checkpoint(
+            trial_id=trial_id,
+            logical_number=logical_number,
+            trial_state=None if state is None else state.name,
+            trial_values=values,
+            adapter=self._adapter.name,
+            payload=payload,
+            checksum=_codec.checksum(
+                payload,
+                context=_checksum_context(uid, self._stream_name, trial_id, logical_number),
+            ),
+        )
+
+    def _restore(self, attachment: _Attachment, checkpoint: Checkpoint) -> None:
+        context = _checksum_context(
+            attachment.study_uid, self._stream_name, checkpoint.trial_id, checkpoint.logical_number
+        )
+        where = (
+            "the initial checkpoint"
+            if checkpoint.trial_id is None
+            else f"the checkpoint of trial id {checkpoint.trial_id}"
+        )
+        remedy = (
+            " Restore the database from a backup to resume exactly, or pass "
+            "start_new_stream=True to CheckpointingSampler to continue from the sampler as "
+            "constructed (the trajectory will then differ from the uninterrupted run)."
+        )
+        if _codec.checksum(checkpoint.payload, context=context) != checkpoint.checksum:
+            raise CorruptCheckpointError(
+                f"{where} in stream {self._stream_name!r} fails its checksum: it was corrupted "
+                "or altered, or copied from another study, stream or trial." + remedy
+            )
+        if checkpoint.adapter != self._adapter.name:
+            raise CorruptCheckpointError(
+                f"{where} was written by the {checkpoint.adapter} adapter, but this sampler uses "
+                f"{self._adapter.name}." + remedy
+            )
+        try:
+            state = _codec.decode(checkpoint.payload, allow_pickle=self._allow_pickle)
+            self._adapter.load_state_dict(state)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{where} cannot be loaded: {e}." + remedy) from e
+
+    # -- attach and resume -------------------------------------------------------------------
+
+    def _attach(self, study: Study, trial: FrozenTrial) -> _Attachment:
+        if self._superseded:
+            raise StreamOwnedError(
+                f"another CheckpointingSampler in this process took over stream "
+                f"{self._stream_name!r} of study {study.study_name!r}; use that one."
+            )
+        attachment = self._attachment
+        if (
+            attachment is not None
+            and attachment.study_id == study._study_id
+            and (attachment.storage is study._storage)
+        ):
+            return attachment
+        if attachment is not None:
+            self._release()
+        self._attachment = attachment = self._open_stream(study, trial)
+        # Released when the sampler is collected or the interpreter exits, so the next process
+        # resumes at once instead of first proving this one gone.
+        attachment.release = weakref.finalize(
+            self,
+            _release_lease,
+            attachment.store,
+            attachment.stream.stream_id,
+            attachment.owner.token,
+            attachment.heartbeat,
+        )
+        return attachment
+
+    def _open_stream(self, study: Study, trial: FrozenTrial) -> _Attachment:
+        storage = study._storage
+        store = _store_for(storage)
+        uid = study_uid(storage, study._study_id, study.study_name)
+        me = current_owner()
+        stream = store.find_stream(uid, self._stream_name)
+        if stream is None:
+            initial = self._capture(None, None, -1, None, None, study_uid_=uid)
+            created = store.create_stream(
+                study._study_id,
+                uid,
+                self._stream_name,
+                self._fingerprint,
+                me,
+                initial,
+                first_trial_number=trial.number,
+            )
+            if created is not None:
+                attachment = self._new_attachment(storage, study, uid, store, created, me)
+                attachment.hidden = _hidden_from(store.where_interrupted(uid))
+                return attachment
+            stream = store.find_stream(uid, self._stream_name)
+            assert stream is not None
+
+        self._take_lease(store, stream, me, study, trial)
+        if self._start_new_stream:
+            initial = self._capture(None, None, -1, None, None, study_uid_=uid)
+            reset = store.reset_stream(
+                replace(stream, owner=me),
+                self._fingerprint,
+                me,
+                initial,
+                first_trial_number=trial.number,
+            )
+            if reset is None:
+                raise StreamOwnedError("another process took the stream over while it was reset")
+            _logger.warning(
+                "Started a new checkpoint stream %r for study %r: the sampler continues from its "
+                "configuration as given, not from the previous run's state.",
+                self._stream_name,
+                study.study_name,
+            )
+            stream = reset
+        else:
+            self._check_fingerprint(stream, study)
+        attachment = self._new_attachment(storage, study, uid, store, stream, me)
+        self._resume(attachment, study, trial)
+        return attachment
+
+    def _new_attachment(
+        self,
+        storage: BaseStorage,
+        study: Study,
+        uid: str,
+        store: CheckpointStore,
+        stream: Stream,
+        me: Owner,
+    ) -> _Attachment:
+        heartbeat = None
+        if not isinstance(store, InMemoryCheckpointStore):
+            heartbeat = Heartbeat(store, stream.stream_id, me.token, self._heartbeat_interval)
+        return _Attachment(
+            storage=storage,
+            study_id=study._study_id,
+            study_uid=uid,
+            store=store,
+            stream=stream,
+            owner=me,
+            hidden=HiddenTrials(),
+            heartbeat=heartbeat,
+            atomic=store.supports_commit_hook,
+            trials_in_progress=set(),
+        )
+
+    def _take_lease(
+        self, store: CheckpointStore, stream: Stream, me: Owner, study: Study, trial: FrozenTrial
+    ) -> None:
+        now = time.time()
+        verdict = judge_lease(stream.owner, stream.heartbeat_at, now, me, self._grace_period)
+        if not verdict.may_take_over and stream.owner is not None:
+            other = _local_sampler_holding(stream.owner.token)
+            if other is not None and other is not self and other._idle():
+                # The same study opened again in this process (e.g. a notebook cell run twice).
+                other._superseded = True
+                other._stop_heartbeat()
+                verdict = replace(verdict, may_take_over=True)
+        if not verdict.may_take_over:
+            self._close_refused_trial(store, stream, study, trial)
+            raise StreamOwnedError(
+                f"checkpoint stream {self._stream_name!r} of study {study.study_name!r} cannot be "
+                f"taken over: {verdict.reason}. Two processes must not write one stream. Stop "
+                "the other process first, or run this one on another study. Trial "
+                f"{trial.number}, which this process had just created, was closed as FAIL and "
+                "is hidden from the owner's sampler."
+            )
+        if not store.take_over(stream, me, now):
+            raise StreamOwnedError(
+                f"another process took over checkpoint stream {self._stream_name!r} of study "
+                f"{study.study_name!r} at the same moment; run one process per stream."
+            )
+        _logger.info("Took over checkpoint stream %r: %s.", self._stream_name, verdict.reason)
+
+    @staticmethod
+    def _close_refused_trial(
+        store: CheckpointStore, stream: Stream, study: Study, trial: FrozenTrial
+    ) -> None:
+        # Left RUNNING, it would be a pending trial to the owner's constant-liar TPE; recorded as
+        # interrupted, the owner hides it on its next trial, like any interrupted attempt.
+        logical = _hidden_from(store.where_interrupted(stream.study_uid)).logical_number(
+            trial.number
+        )
+        reason = "refused: another live process owns the checkpoint stream"
+        store.add_interruptions(
+            stream.study_uid, [Interruption(trial._trial_id, trial.number, logical, reason)]
+        )
+        study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    def _check_fingerprint(self, stream: Stream, study: Study) -> None:
+        if stream.fingerprint == self._fingerprint:
+            return
+        lines = differences(stream.fingerprint, self._fingerprint)
+        shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
+        raise ConfigMismatchError(
+            f"study {study.study_name!r} was checkpointed by a sampler configured differently "
+            f"from this one:\n  {shown}\nResume with the sampler constructed exactly as before "
+            "(same class, arguments and seed) to continue the same trajectory, or pass "
+            "start_new_stream=True to CheckpointingSampler to discard the checkpoints and "
+            "continue with this configuration."
+        )
+
+    def _resume(self, attachment: _Attachment, study: Study, current: FrozenTrial) -> None:
+        """Close interrupted trials and restore the state from before the next logical trial."""
+        store, storage, stream_id = (
+            attachment.store,
+            attachment.storage,
+            attachment.stream.stream_id,
+        )
+        known = store.where_interrupted(attachment.study_uid)
+        known_ids = {i.trial_id for i in known}
+        # Checkpoint trial ids, newest first; ``None`` is the state from before the first trial.
+        history = [
+            trial_id
+            for trial_id, _ in store.checkpoints_newest_first(stream_id)
+            if trial_id is None or trial_id not in known_ids
+        ]
+        trials = {
+            t._trial_id: t for t in storage.get_all_trials(attachment.study_id, deepcopy=False)
+        }
+        newest = store.find_checkpoint(stream_id, history[0]) if history else None
+        if newest is not None and newest.trial_id in trials:
+            self._roll_forward(storage, trials[newest.trial_id], newest)
+            trials[newest.trial_id] = storage.get_trial(newest.trial_id)
+
+        fresh, exhausted = self._find_interrupted(
+            trials, current, known, newest, attachment.stream.first_trial_number
+        )
+        # Recorded first: if this process dies before closing them, the next one still hides
+        # them and closes them (closing is idempotent).
+        store.add_interruptions(attachment.study_uid, fresh)
+        interrupted = sorted([*known, *fresh], key=lambda i: i.trial_number)
+        reasons = {i.trial_id: i.reason for i in interrupted}
+        reasons.update(
+            (t._trial_id, "retries exhausted; kept as a genuine failure") for t in exhausted
+        )
+        for trial_id, reason in reasons.items():
+            if trials[trial_id].state == TrialState.RUNNING:
+                storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, reason)
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        attachment.hidden = _hidden_from(interrupted)
+
+        restorable = [t for t in history if t is None or t not in attachment.hidden.trial_ids]
+        if not restorable:
+            raise CorruptCheckpointError(
+                f"stream {self._stream_name!r} has no checkpoint to resume from; pass "
+                "start_new_stream=True to CheckpointingSampler to start it again."
+            )
+        checkpoint = newest if restorable[0] == history[0] else None
+        if checkpoint is None:
+            checkpoint = store.find_checkpoint(stream_id, restorable[0])
+        assert checkpoint is not None
+        self._restore(attachment, checkpoint)
+        self._mark_retry(storage, current, attachment.hidden, interrupted)
+        crash_point("after_resume")
+
+    @staticmethod
+    def _roll_forward(storage: BaseStorage, trial: FrozenTrial, checkpoint: Checkpoint) -> None:
+        # The checkpoint was saved but the process died before Optuna stored the trial's end.
+        if trial.state != TrialState.RUNNING or checkpoint.trial_state is None:
+            return
+        _logger.info(
+            "Trial %d: storing its final state, which was saved only in its checkpoint.",
+            trial.number,
+        )
+        storage.set_trial_state_values(
+            trial._trial_id, TrialState[checkpoint.trial_state], checkpoint.trial_values
+        )
+
+    def _find_interrupted(
+        self,
+        trials: dict[int, FrozenTrial],
+        current: FrozenTrial,
+        known: list[Interruption],
+        newest: Checkpoint | None,
+        first_trial_number: int,
+    ) -> tuple[list[Interruption], list[FrozenTrial]]:
+        """Find the trials the previous owner left unfinished.
+
+        Returns:
+            The new interruptions (hidden and retried), and the RUNNING trials to close as FAIL
+            without a retry because their logical position ran out of retries.
+        """
+        hidden_pairs = [(i.trial_id, i.trial_number) for i in known]
+        attempts: dict[int, int] = {}
+        for interruption in known:
+            attempts[interruption.logical_number] = (
+                attempts.get(interruption.logical_number, 0) + 1
+            )
+        fresh: list[Interruption] = []
+        exhausted: list[FrozenTrial] = []
+
+        def interrupt(trial: FrozenTrial, reason: str) -> None:
+            logical = HiddenTrials(hidden_pairs).logical_number(trial.number)
+            if attempts.get(logical, 0) >= self._max_retries:
+                _logger.warning(
+                    "Trial %d was interrupted %d times at the same point of the trajectory; its "
+                    "failure is now treated as genuine and it is not retried again.",
+                    trial.number,
+                    attempts[logical] + 1,
+                )
+                if trial.state == TrialState.RUNNING:
+                    exhausted.append(trial)
+                return
+            attempts[logical] = attempts.get(logical, 0) + 1
+            fresh.append(Interruption(trial._trial_id, trial.number, logical, reason))
+            hidden_pairs.append((trial._trial_id, trial.number))
+
+        newest_trial = trials.get(newest.trial_id) if newest and newest.trial_id else None
+        # Trials after the newest checkpoint never reached after_trial (each one that does gets a
+        # checkpoint in the same transaction): the previous owner, now gone, was running them.
+        # They are RUNNING, or FAIL if Optuna's heartbeat check failed them as stale meanwhile.
+        last_checkpointed = first_trial_number - 1 if newest_trial is None else newest_trial.number
+        known_ids = {i.trial_id for i in known}
+        for trial in sorted(trials.values(), key=lambda t: t.number):
+            if trial._trial_id == current._trial_id or trial._trial_id in known_ids:
+                continue
+            if trial.state == TrialState.RUNNING:
+                interrupt(trial, "its process died while the trial ran")
+            elif trial.state == TrialState.FAIL and trial.number > last_checkpointed:
+                interrupt(trial, "its process died while the trial ran; failed as stale")
+
+        # A FAIL that was the last thing the previous process did may be a Ctrl-C, which reaches
+        # after_trial as an ordinary FAIL. Had the study gone on past it, a later trial would
+        # exist. So it is retried; a genuine, deterministic failure just fails again.
+        ended_on_fail = newest_trial is not None and newest_trial.state == TrialState.FAIL
+        if (
+            newest_trial is not None
+            and ended_on_fail
+            and not any(
+                t.number > newest_trial.number and t._trial_id != current._trial_id
+                for t in trials.values()
+            )
+        ):
+            interrupt(newest_trial, "its process ended right after the trial failed")
+        return fresh, exhausted
+
+    @staticmethod
+    def _mark_retry(
+        storage: BaseStorage,
+        current: FrozenTrial,
+        hidden: HiddenTrials,
+        interrupted: list[Interruption],
+    ) -> None:
+        logical = hidden.logical_number(current.number)
+        previous = [i.trial_number for i in interrupted if i.logical_number == logical]
+        if not previous:
+            return
+        # Same bookkeeping as Optuna's RetryHeartbeatStaleTrialCallback.
+        for key, value in ((_FAILED_TRIAL_ATTR, previous[0]), (_RETRY_HISTORY_ATTR, previous)):
+            storage.set_trial_system_attr(current._trial_id, key, value)
+            current.system_attrs[key] = value
+
+    @staticmethod
+    def _refresh_hidden_trials(attachment: _Attachment) -> None:
+        # Another process may have closed a trial it created here while this one owned the
+        # stream (it was refused); hide that trial too, as an uninterrupted run never had it.
+        hint = attachment.store.interruption_count_hint(attachment.study_uid)
+        if hint is not None and hint != len(attachment.hidden.trial_ids):
+            attachment.hidden = _hidden_from(
+                attachment.store.where_interrupted(attachment.study_uid)
+            )
+
+    def _settle_deferred_saves(self, attachment: _Attachment) -> None:
+        """Catch a deferred checkpoint whose trial was committed without it.
+
+        That happens only if Optuna stopped finishing trials the way the commit hook expects;
+        then the checkpoint is written now, and later ones right away in ``after_trial``.
+        """
+        if not attachment.atomic:
+            return
+        for trial_id in attachment.store.pending_trial_ids():
+            attachment.store.discard_pending(trial_id)
+            if attachment.storage.get_trial(trial_id).state.is_finished():
+                attachment.atomic = False
+                raise CheckpointError(
+                    f"trial id {trial_id} was stored as finished without its checkpoint: this "
+                    "Optuna version stores trial results in a way optuna-checkpoint does not "
+                    "recognise. Please report it with your Optuna version."
+                )
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        attachment = self._attachment
+        return attachment is None or not attachment.trials_in_progress
+
+    def _stop_heartbeat(self) -> None:
+        attachment = self._attachment
+        if attachment is not None and attachment.heartbeat is not None:
+            attachment.heartbeat.stop()
+
+    def _release(self) -> None:
+        attachment, self._attachment = self._attachment, None
+        if attachment is not None and attachment.release is not None:
+            attachment.release()
+
+
+def _checksum_context(uid: str, stream: str, trial_id: int | None, logical_number: int) -> str:
+    return f"{uid}/{stream}/{'initial' if trial_id is None else trial_id}/{logical_number}"
+
+
+def _release_lease(
+    store: CheckpointStore, stream_id: int, token: str, heartbeat: Heartbeat | None
+) -> None:
+    if heartbeat is not None:
+        heartbeat.stop()
+    try:
+        store.release(stream_id, token)  # a no-op if another sampler took the stream over
+    except Exception:
+        _logger.debug("Could not release the checkpoint lease.", exc_info=True)
+
+
+def _hidden_from(interruptions: Sequence[Interruption]) -> HiddenTrials:
+    return HiddenTrials((i.trial_id, i.trial_number) for i in interruptions)
+
+
+def _local_sampler_holding(token: str) -> CheckpointingSampler | None:
+    for sampler in list(_live_samplers):
+        attachment = sampler._attachment
+        if attachment is not None and attachment.owner.token == token:
+            return sampler
+    return None
+
+
+def _store_for(storage: BaseStorage) -> CheckpointStore:
+    rdb = resolve_rdb_storage(storage)
+    if rdb is not None:
+        return SQLCheckpointStore.for_storage(rdb)
+    if isinstance(storage, InMemoryStorage):
+        _logger.warning(
+            "The study is in memory: its checkpoints are kept in memory too, so it cannot be "
+            "resumed by another process. Use a database URL such as sqlite:///study.db."
+        )
+        return InMemoryCheckpointStore.for_storage(storage)
+    raise CheckpointError(
+        f"{type(storage).__name__} is not supported by this release of optuna-checkpoint; use "
+        "an RDB storage (e.g. storage='sqlite:///study.db')."
+    )

@@ -1,0 +1,34 @@
+"""Read a study back as the uninterrupted run would have recorded it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from optuna_checkpoint._sampler import _store_for
+from optuna_checkpoint._sampler import study_uid
+
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+
+def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
+    """Return the study's trials without the interrupted attempts that were retried.
+
+    These are the trials of the run that never stopped, in order: what a resumed study is
+    guaranteed to match bit for bit. Trials keep their stored numbers; interrupted attempts are
+    the FAIL trials that optuna-checkpoint hid from the sampler and retried.
+
+    Args:
+        study: A study that was optimized with a :class:`CheckpointingSampler`.
+
+    Returns:
+        Deep copies of the trials, in trial-number order.
+    """
+    trials = study.get_trials(deepcopy=True)
+    if not trials:
+        return trials
+    uid = study_uid(study._storage, study._study_id, study.study_name)
+    hidden = {i.trial_id for i in _store_for(study._storage).where_interrupted(uid)}
+    return [t for t in trials if t._trial_id not in hidden]

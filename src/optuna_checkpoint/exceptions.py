@@ -1,0 +1,38 @@
+"""Errors raised by optuna-checkpoint.
+
+Every error derives from :class:`CheckpointError`, and every message ends with what to do next.
+"""
+
+from __future__ import annotations
+
+
+class CheckpointError(Exception):
+    """Base class of every error raised by optuna-checkpoint."""
+
+
+class ConfigMismatchError(CheckpointError):
+    """The sampler resuming a stream is configured differently from the one that wrote it."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A stored checkpoint failed its checksum or could not be decoded."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds a pickled object and loading pickles was not allowed."""
+
+
+class StreamOwnedError(CheckpointError):
+    """Another live process owns the study's checkpoint stream."""
+
+
+class UnsupportedSamplerError(CheckpointError):
+    """No state adapter knows the wrapped sampler and pickling was not allowed."""
+
+
+class CheckpointIncompleteError(CheckpointError):
+    """A trial's final state was about to be committed without its checkpoint.
+
+    Raised inside Optuna's commit so that the trial stays RUNNING and is retried on resume,
+    instead of being stored as finished with the sampler state of an earlier trial.
+    """

@@ -1,0 +1,197 @@
+"""The checkpoint store contract and the records that pass through it.
+
+A store keeps, per study, named *streams* of checkpoints. A stream records the fingerprint of the
+sampler configuration that writes it and the lease of the process that owns it; its checkpoints
+are the wrapped sampler's state after each finished trial, keyed by the trial's id. Independently
+of streams, a store records which trials were *interrupted* (their process died) so that every
+process hides them from the sampler in the same way.
+
+Each study is identified by a ``study_uid`` kept in the study's own system attributes, not by its
+id: SQLite reuses the ids of deleted studies, and a recreated study must not see old checkpoints.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that holds a stream's lease.
+
+    Attributes:
+        token: Random per-sampler token; only the holder knows it.
+        host: Host name.
+        boot_id: Kernel boot id (Linux), to tell a rebooted host from a live one.
+        pid: Process id.
+        pid_start: The process's start time in kernel ticks, since pids are reused.
+    """
+
+    token: str
+    host: str
+    boot_id: str
+    pid: int
+    pid_start: str
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A stream of checkpoints written by one sampler configuration in one study.
+
+    ``first_trial_number`` is the number of the first trial the stream ran: earlier trials of
+    the study were never the stream's, so they are never taken for its interrupted trials.
+    """
+
+    stream_id: int
+    study_uid: str
+    name: str
+    fingerprint: Any
+    owner: Owner | None
+    heartbeat_at: float
+    first_trial_number: int
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The wrapped sampler's state after one trial (or before the first, when initial).
+
+    Attributes:
+        trial_id: The finished trial, or ``None`` for the state captured before any trial.
+        logical_number: The trial's number in the uninterrupted run; ``-1`` when initial.
+        trial_state: The state the trial was told (``"COMPLETE"``, ``"PRUNED"``, ``"FAIL"``),
+            so a trial whose final write was lost can be rolled forward.
+        trial_values: The values the trial was told, if any.
+        adapter: The name of the state adapter that wrote the payload.
+        payload: The encoded state (see :mod:`optuna_checkpoint._codec`).
+        checksum: SHA-256 of the payload bound to study, stream and trial.
+    """
+
+    trial_id: int | None
+    logical_number: int
+    trial_state: str | None
+    trial_values: list[float] | None
+    adapter: str
+    payload: bytes
+    checksum: str
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """A trial whose process died before it finished; it is hidden and retried."""
+
+    trial_id: int
+    trial_number: int
+    logical_number: int
+    reason: str
+
+
+class CheckpointStore(abc.ABC):
+    """Where checkpoints, streams and interruptions live.
+
+    Every method is one transaction: it either happens completely or not at all.
+    """
+
+    @abc.abstractmethod
+    def find_stream(self, study_uid: str, name: str) -> Stream | None:
+        """Return the stream, or ``None`` if there is none."""
+
+    @abc.abstractmethod
+    def create_stream(
+        self,
+        study_id: int,
+        study_uid: str,
+        name: str,
+        fingerprint: Any,
+        owner: Owner,
+        initial: Checkpoint,
+        *,
+        first_trial_number: int,
+    ) -> Stream | None:
+        """Create a stream owned by ``owner`` with its initial checkpoint.
+
+        Returns ``None`` when another process created the same stream first. Rows left by a
+        deleted study that had the same ``study_id`` are removed on the way.
+        """
+
+    @abc.abstractmethod
+    def reset_stream(
+        self,
+        stream: Stream,
+        fingerprint: Any,
+        owner: Owner,
+        initial: Checkpoint,
+        *,
+        first_trial_number: int,
+    ) -> Stream | None:
+        """Drop a stream's checkpoints and restart it; ``None`` if its owner changed meanwhile."""
+
+    @abc.abstractmethod
+    def take_over(self, stream: Stream, owner: Owner, now: float) -> bool:
+        """Make ``owner`` the stream's owner if the owner is still ``stream.owner``.
+
+        A compare-and-swap: returns ``False`` when another process took it first.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, stream_id: int, token: str, now: float) -> bool:
+        """Refresh the lease; ``False`` if ``token`` no longer owns the stream."""
+
+    @abc.abstractmethod
+    def release(self, stream_id: int, token: str) -> None:
+        """Give the lease up, if ``token`` still holds it (a no-op otherwise)."""
+
+    @abc.abstractmethod
+    def save(self, stream: Stream, checkpoint: Checkpoint, token: str, now: float) -> None:
+        """Save a checkpoint in its own transaction; saving a trial again overwrites it.
+
+        Raises:
+            StreamOwnedError: ``token`` no longer owns the stream.
+        """
+
+    @abc.abstractmethod
+    def checkpoints_newest_first(self, stream_id: int) -> Sequence[tuple[int | None, int]]:
+        """Return ``(trial_id, logical_number)`` of the stream's checkpoints, newest first."""
+
+    @abc.abstractmethod
+    def find_checkpoint(self, stream_id: int, trial_id: int | None) -> Checkpoint | None:
+        """Return the stream's checkpoint of ``trial_id`` (``None``: the initial one)."""
+
+    @abc.abstractmethod
+    def where_interrupted(self, study_uid: str) -> list[Interruption]:
+        """Return the study's interrupted trials in trial-number order."""
+
+    @abc.abstractmethod
+    def add_interruptions(self, study_uid: str, interruptions: Sequence[Interruption]) -> None:
+        """Record interrupted trials; recording one again is a no-op."""
+
+    supports_commit_hook = False
+
+    def defer_save_to_trial_commit(
+        self, stream: Stream, trial_id: int, checkpoint: Checkpoint | None, token: str
+    ) -> None:
+        """Save ``checkpoint`` inside the transaction that stores trial ``trial_id``'s end.
+
+        Only stores with :attr:`supports_commit_hook` implement this. ``checkpoint=None``
+        announces that one is being prepared: if the trial's end is committed before it is
+        ready, that commit is refused, so a finished trial never lacks its checkpoint.
+        """
+        raise NotImplementedError
+
+    def pending_trial_ids(self) -> set[int]:
+        """Return trials whose deferred checkpoint has not been committed yet."""
+        return set()
+
+    def discard_pending(self, trial_id: int) -> None:
+        """Forget a deferred checkpoint whose trial's commit will not come."""
+        raise NotImplementedError
+
+    def interruption_count_hint(self, study_uid: str) -> int | None:
+        """The study's number of interruptions as last seen in passing, if the store tracks it.
+
+        A store that piggybacks on writes it makes anyway can return it for free; the sampler
+        reloads the interruptions only when the hint differs from what it knows.
+        """
+        return None

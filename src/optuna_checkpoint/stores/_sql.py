@@ -1,0 +1,541 @@
+"""The SQL side-table store: checkpoints live in the study's own database, beside Optuna's tables.
+
+The tables have their own ``MetaData`` and are created on first use, so Optuna's schema, its
+alembic revision and ``optuna storage upgrade`` never see them. Reads and separate writes use
+Optuna's engine. The per-trial checkpoint is not a separate write: it is added, through
+SQLAlchemy's documented ``before_commit`` session event, to the transaction in which Optuna stores
+the trial's final state, so the two are committed together or not at all and the checkpoint costs
+one extra statement instead of one extra transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+import json
+import threading
+from typing import TYPE_CHECKING
+from typing import Any
+import weakref
+
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
+
+from optuna_checkpoint._faults import crash_point
+from optuna_checkpoint.exceptions import CheckpointIncompleteError
+from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import CheckpointStore
+from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import Stream
+
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+    from sqlalchemy.orm import Session
+
+
+_INITIAL_TRIAL_ID = -1  # the row holding the state from before the stream's first trial
+# Optuna's trial model, recognised by table name so that no private class is imported.
+_OPTUNA_TRIALS_TABLE = "trials"
+
+metadata = sa.MetaData()
+
+streams = sa.Table(
+    "optuna_checkpoint_streams",
+    metadata,
+    sa.Column("stream_id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.Integer, nullable=False, index=True),
+    sa.Column("study_uid", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("owner_token", sa.String(32)),
+    sa.Column("owner_host", sa.String(255)),
+    sa.Column("owner_boot_id", sa.String(64)),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("owner_pid_start", sa.String(32)),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("first_trial_number", sa.Integer, nullable=False),
+    sa.UniqueConstraint("study_uid", "name"),
+)
+
+checkpoints = sa.Table(
+    "optuna_checkpoint_checkpoints",
+    metadata,
+    sa.Column("checkpoint_id", sa.Integer, primary_key=True),
+    sa.Column(
+        "stream_id",
+        sa.Integer,
+        sa.ForeignKey("optuna_checkpoint_streams.stream_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("trial_id", sa.Integer, nullable=False),
+    sa.Column("logical_number", sa.Integer, nullable=False),
+    sa.Column("trial_state", sa.String(16)),
+    sa.Column("trial_values", sa.Text),
+    sa.Column("adapter", sa.String(64), nullable=False),
+    # MySQL's BLOB stops at 64 KiB.
+    sa.Column("payload", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.UniqueConstraint("stream_id", "trial_id"),
+)
+
+interrupted_trials = sa.Table(
+    "optuna_checkpoint_interrupted_trials",
+    metadata,
+    sa.Column("trial_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("study_uid", sa.String(32), nullable=False, index=True),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("logical_number", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(255), nullable=False),
+)
+
+
+_CHECKPOINT_COLUMNS = (
+    "stream_id",
+    "trial_id",
+    "logical_number",
+    "trial_state",
+    "trial_values",
+    "adapter",
+    "payload",
+    "checksum",
+)
+# INSERT ... SELECT ... WHERE the stream is still ours: the lease check costs no extra statement.
+_INSERT_IF_OWNER = checkpoints.insert().from_select(
+    list(_CHECKPOINT_COLUMNS),
+    sa.select(
+        *(sa.bindparam(name, type_=checkpoints.c[name].type) for name in _CHECKPOINT_COLUMNS)
+    )
+    .select_from(streams)
+    .where(
+        streams.c.stream_id == sa.bindparam("stream_id"),
+        streams.c.owner_token == sa.bindparam("owner_token"),
+    ),
+)
+_COUNT_INTERRUPTIONS = (
+    sa.select(sa.func.count())
+    .select_from(interrupted_trials)
+    .where(interrupted_trials.c.study_uid == sa.bindparam("study_uid"))
+)
+
+
+def resolve_rdb_storage(storage: BaseStorage) -> RDBStorage | None:
+    """Return the :class:`RDBStorage` behind ``storage`` (unwrapping Optuna's cache), if any."""
+    if isinstance(storage, RDBStorage):
+        return storage
+    # ``optuna.storages._CachedStorage`` keeps the RDB backend in ``_backend``; no public accessor.
+    backend = getattr(storage, "_backend", None)
+    return backend if isinstance(backend, RDBStorage) else None
+
+
+def _values_to_text(values: list[float] | None) -> str | None:
+    return None if values is None else json.dumps([float(v).hex() for v in values])
+
+
+def _values_from_text(text: str | None) -> list[float] | None:
+    return None if text is None else [float.fromhex(v) for v in json.loads(text)]
+
+
+def _owner_columns(owner: Owner | None) -> dict[str, Any]:
+    if owner is None:
+        return dict.fromkeys(
+            ("owner_token", "owner_host", "owner_boot_id", "owner_pid", "owner_pid_start")
+        )
+    return {
+        "owner_token": owner.token,
+        "owner_host": owner.host,
+        "owner_boot_id": owner.boot_id,
+        "owner_pid": owner.pid,
+        "owner_pid_start": owner.pid_start,
+    }
+
+
+def _checkpoint_row(stream_id: int, checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "stream_id": stream_id,
+        "trial_id": _INITIAL_TRIAL_ID if checkpoint.trial_id is None else checkpoint.trial_id,
+        "logical_number": checkpoint.logical_number,
+        "trial_state": checkpoint.trial_state,
+        "trial_values": _values_to_text(checkpoint.trial_values),
+        "adapter": checkpoint.adapter,
+        "payload": checkpoint.payload,
+        "checksum": checkpoint.checksum,
+    }
+
+
+def _stream_from_row(row: sa.Row[Any]) -> Stream:
+    owner = None
+    if row.owner_token is not None:
+        owner = Owner(
+            token=row.owner_token,
+            host=row.owner_host,
+            boot_id=row.owner_boot_id,
+            pid=row.owner_pid,
+            pid_start=row.owner_pid_start,
+        )
+    return Stream(
+        stream_id=row.stream_id,
+        study_uid=row.study_uid,
+        name=row.name,
+        fingerprint=json.loads(row.fingerprint),
+        owner=owner,
+        heartbeat_at=row.heartbeat_at,
+        first_trial_number=row.first_trial_number,
+    )
+
+
+@dataclass
+class _DeferredSave:
+    stream_id: int
+    study_uid: str
+    token: str
+    checkpoint: Checkpoint | None
+
+
+class _TrialCommitHook:
+    """Adds deferred checkpoints to the transactions that finish their trials.
+
+    One per :class:`RDBStorage`; registered on Optuna's ``scoped_session`` with SQLAlchemy's
+    ``before_commit`` event, so it sees every commit Optuna makes through that storage.
+    """
+
+    def __init__(self, rdb: RDBStorage) -> None:
+        self._deferred: dict[int, _DeferredSave] = {}
+        self._lock = threading.Lock()
+        # Interruptions per study as counted in the latest checkpoint's transaction: lets the
+        # owner notice, at no extra round trip, a trial that another process closed as refused.
+        self.interruption_counts: dict[str, int] = {}
+        event.listen(rdb.scoped_session, "before_commit", self._before_commit)
+
+    def defer(self, trial_id: int, save: _DeferredSave) -> None:
+        with self._lock:
+            self._deferred[trial_id] = save
+
+    def pending(self) -> set[int]:
+        with self._lock:
+            return set(self._deferred)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._deferred.pop(trial_id, None)
+
+    def _before_commit(self, session: Session) -> None:
+        if not self._deferred:
+            return
+        for trial_id in self._finishing_trials(session):
+            with self._lock:
+                save = self._deferred.pop(trial_id, None)
+            if save is None:
+                continue
+            if save.checkpoint is None:
+                raise CheckpointIncompleteError(
+                    f"trial {trial_id} was about to be stored as finished while its checkpoint "
+                    "was still being prepared (the sampler's after_trial raised or was "
+                    "interrupted); the trial stays RUNNING and is retried on resume."
+                )
+            # Core statements on the session's connection: same transaction, none of the ORM
+            # execution overhead (this runs once per trial).
+            connection = session.connection()
+            row = _checkpoint_row(save.stream_id, save.checkpoint)
+            inserted = connection.execute(_INSERT_IF_OWNER, {**row, "owner_token": save.token})
+            if inserted.rowcount != 1:
+                raise StreamOwnedError(
+                    "this process lost the checkpoint stream's lease to another process while "
+                    f"trial {trial_id} ran; the trial stays RUNNING. Run one process per stream."
+                )
+            self.interruption_counts[save.study_uid] = connection.execute(
+                _COUNT_INTERRUPTIONS, {"study_uid": save.study_uid}
+            ).scalar_one()
+            crash_point("inside_commit")
+
+    def _finishing_trials(self, session: Session) -> list[int]:
+        # Optuna loads the trial row ``for_update`` and sets its state before committing; find
+        # those rows in the session rather than importing Optuna's private model class.
+        found = []
+        for obj in list(session.identity_map.values()):
+            if getattr(obj, "__tablename__", None) != _OPTUNA_TRIALS_TABLE:
+                continue
+            state = getattr(obj, "state", None)
+            if isinstance(state, TrialState) and state.is_finished():
+                found.append(int(getattr(obj, "trial_id")))  # noqa: B009 - untyped ORM row
+        return found
+
+
+class SQLCheckpointStore(CheckpointStore):
+    """Side tables in the database of an Optuna :class:`RDBStorage`.
+
+    Use :meth:`for_storage` to get the store of a storage: there is one per storage object, since
+    it also owns the commit hook registered on that storage's sessions.
+    """
+
+    supports_commit_hook = True
+    _instances: weakref.WeakKeyDictionary[RDBStorage, SQLCheckpointStore] = (
+        weakref.WeakKeyDictionary()
+    )
+    _instances_lock = threading.Lock()
+
+    def __init__(self, rdb: RDBStorage) -> None:
+        self._engine = rdb.engine
+        self._url = rdb.url
+        self._create_tables()
+        self._hook = _TrialCommitHook(rdb)
+
+    @classmethod
+    def for_storage(cls, rdb: RDBStorage) -> SQLCheckpointStore:
+        """Return the store for ``rdb``, creating its tables on first use."""
+        with cls._instances_lock:
+            store = cls._instances.get(rdb)
+            if store is None:
+                store = cls._instances[rdb] = cls(rdb)
+            return store
+
+    def __repr__(self) -> str:
+        return f"SQLCheckpointStore(RDBStorage({self._url!r}))"
+
+    def _create_tables(self) -> None:
+        try:
+            metadata.create_all(self._engine, checkfirst=True)
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
+            # Another process created them between our check and our CREATE; fine if they exist.
+            if not all(sa.inspect(self._engine).has_table(t.name) for t in metadata.sorted_tables):
+                raise
+
+    def find_stream(self, study_uid: str, name: str) -> Stream | None:
+        """Return the stream, or ``None``."""
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                streams.select().where(streams.c.study_uid == study_uid, streams.c.name == name)
+            ).first()
+        return None if row is None else _stream_from_row(row)
+
+    def create_stream(
+        self,
+        study_id: int,
+        study_uid: str,
+        name: str,
+        fingerprint: Any,
+        owner: Owner,
+        initial: Checkpoint,
+        *,
+        first_trial_number: int,
+    ) -> Stream | None:
+        """Create the stream with its initial checkpoint, removing a deleted study's rows."""
+        try:
+            with self._engine.begin() as connection:
+                orphaned = sa.select(streams.c.stream_id).where(
+                    streams.c.study_id == study_id, streams.c.study_uid != study_uid
+                )
+                # SQLite does not enforce the foreign key's cascade, so delete children first.
+                connection.execute(
+                    checkpoints.delete().where(checkpoints.c.stream_id.in_(orphaned))
+                )
+                connection.execute(streams.delete().where(streams.c.stream_id.in_(orphaned)))
+                stream_id = connection.execute(
+                    streams.insert().values(
+                        study_id=study_id,
+                        study_uid=study_uid,
+                        name=name,
+                        fingerprint=json.dumps(fingerprint, sort_keys=True),
+                        heartbeat_at=0.0,
+                        first_trial_number=first_trial_number,
+                        **_owner_columns(owner),
+                    )
+                ).inserted_primary_key
+                assert stream_id is not None
+                stream_id = stream_id[0]
+                connection.execute(
+                    checkpoints.insert().values(_checkpoint_row(stream_id, initial))
+                )
+        except sa_exc.IntegrityError:
+            return None
+        return self.find_stream(study_uid, name)
+
+    def reset_stream(
+        self,
+        stream: Stream,
+        fingerprint: Any,
+        owner: Owner,
+        initial: Checkpoint,
+        *,
+        first_trial_number: int,
+    ) -> Stream | None:
+        """Drop the stream's checkpoints and restart it from ``initial``."""
+        with self._engine.begin() as connection:
+            claimed = connection.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream.stream_id)
+                .where(self._owned_by(stream.owner))
+                .values(
+                    fingerprint=json.dumps(fingerprint, sort_keys=True),
+                    first_trial_number=first_trial_number,
+                    **_owner_columns(owner),
+                )
+            )
+            if claimed.rowcount != 1:
+                return None
+            connection.execute(
+                checkpoints.delete().where(checkpoints.c.stream_id == stream.stream_id)
+            )
+            connection.execute(
+                checkpoints.insert().values(_checkpoint_row(stream.stream_id, initial))
+            )
+        return self.find_stream(stream.study_uid, stream.name)
+
+    @staticmethod
+    def _owned_by(owner: Owner | None) -> sa.ColumnElement[bool]:
+        if owner is None:
+            return streams.c.owner_token.is_(None)
+        return streams.c.owner_token == owner.token
+
+    def take_over(self, stream: Stream, owner: Owner, now: float) -> bool:
+        """Compare-and-swap the stream's owner."""
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream.stream_id)
+                .where(self._owned_by(stream.owner))
+                .values(heartbeat_at=now, **_owner_columns(owner))
+            )
+        return result.rowcount == 1
+
+    def heartbeat(self, stream_id: int, token: str, now: float) -> bool:
+        """Refresh the lease."""
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
+                .values(heartbeat_at=now)
+            )
+        return result.rowcount == 1
+
+    def release(self, stream_id: int, token: str) -> None:
+        """Give the lease up."""
+        with self._engine.begin() as connection:
+            connection.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
+                .values(**_owner_columns(None))
+            )
+
+    def save(self, stream: Stream, checkpoint: Checkpoint, token: str, now: float) -> None:
+        """Save a checkpoint in its own transaction, replacing one of the same trial."""
+        row = _checkpoint_row(stream.stream_id, checkpoint)
+        with self._engine.begin() as connection:
+            claimed = connection.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream.stream_id, streams.c.owner_token == token)
+                .values(heartbeat_at=now)
+            )
+            if claimed.rowcount != 1:
+                raise StreamOwnedError(
+                    "this process no longer owns the checkpoint stream; run one process per "
+                    "stream."
+                )
+            connection.execute(
+                checkpoints.delete().where(
+                    checkpoints.c.stream_id == stream.stream_id,
+                    checkpoints.c.trial_id == row["trial_id"],
+                )
+            )
+            connection.execute(checkpoints.insert().values(row))
+
+    def checkpoints_newest_first(self, stream_id: int) -> Sequence[tuple[int | None, int]]:
+        """Return ``(trial_id, logical_number)`` pairs, newest first."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(checkpoints.c.trial_id, checkpoints.c.logical_number)
+                .where(checkpoints.c.stream_id == stream_id)
+                .order_by(checkpoints.c.checkpoint_id.desc())
+            ).all()
+        return [(None if t == _INITIAL_TRIAL_ID else t, n) for t, n in rows]
+
+    def find_checkpoint(self, stream_id: int, trial_id: int | None) -> Checkpoint | None:
+        """Return one checkpoint, or ``None``."""
+        key = _INITIAL_TRIAL_ID if trial_id is None else trial_id
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                checkpoints.select().where(
+                    checkpoints.c.stream_id == stream_id, checkpoints.c.trial_id == key
+                )
+            ).first()
+        if row is None:
+            return None
+        return Checkpoint(
+            trial_id=trial_id,
+            logical_number=row.logical_number,
+            trial_state=row.trial_state,
+            trial_values=_values_from_text(row.trial_values),
+            adapter=row.adapter,
+            payload=bytes(row.payload),
+            checksum=row.checksum,
+        )
+
+    def where_interrupted(self, study_uid: str) -> list[Interruption]:
+        """Return the study's interrupted trials in trial-number order."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                interrupted_trials.select()
+                .where(interrupted_trials.c.study_uid == study_uid)
+                .order_by(interrupted_trials.c.trial_number)
+            ).all()
+        return [
+            Interruption(
+                trial_id=r.trial_id,
+                trial_number=r.trial_number,
+                logical_number=r.logical_number,
+                reason=r.reason,
+            )
+            for r in rows
+        ]
+
+    def add_interruptions(self, study_uid: str, interruptions: Sequence[Interruption]) -> None:
+        """Record interrupted trials; known ones are skipped."""
+        if not interruptions:
+            return
+        with self._engine.begin() as connection:
+            known = set(
+                connection.execute(
+                    sa.select(interrupted_trials.c.trial_id).where(
+                        interrupted_trials.c.trial_id.in_([i.trial_id for i in interruptions])
+                    )
+                ).scalars()
+            )
+            rows = [
+                {
+                    "trial_id": i.trial_id,
+                    "study_uid": study_uid,
+                    "trial_number": i.trial_number,
+                    "logical_number": i.logical_number,
+                    "reason": i.reason[:255],
+                }
+                for i in interruptions
+                if i.trial_id not in known
+            ]
+            if rows:
+                connection.execute(interrupted_trials.insert(), rows)
+
+    def defer_save_to_trial_commit(
+        self, stream: Stream, trial_id: int, checkpoint: Checkpoint | None, token: str
+    ) -> None:
+        """Add the checkpoint to the transaction that stores the trial's final state."""
+        self._hook.defer(
+            trial_id, _DeferredSave(stream.stream_id, stream.study_uid, token, checkpoint)
+        )
+
+    def pending_trial_ids(self) -> set[int]:
+        """Trials whose deferred checkpoint has not been committed yet."""
+        return self._hook.pending()
+
+    def discard_pending(self, trial_id: int) -> None:
+        """Forget a deferred checkpoint (its trial's commit will not come)."""
+        self._hook.discard(trial_id)
+
+    def interruption_count_hint(self, study_uid: str) -> int | None:
+        """The study's number of interruptions as of the latest checkpoint committed here."""
+        return self._hook.interruption_counts.get(study_uid)

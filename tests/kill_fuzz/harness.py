@@ -1,0 +1,177 @@
+"""Run the child study, kill it, resume it, and compare trajectories bit for bit.
+
+A trajectory is the list of a study's trials as the uninterrupted run records them: for each,
+its state, its parameters and its values, floats written with ``float.hex`` so that equality is
+bit-for-bit equality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+import json
+import os
+from pathlib import Path
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from optuna_checkpoint import uninterrupted_trials
+
+
+CHILD = Path(__file__).with_name("child.py")
+CHILD_TIMEOUT = 120.0
+MAX_RUNS = 40
+
+Trajectory = list[tuple[Any, ...]]
+
+
+def _exact(value: Any) -> Any:
+    return value.hex() if isinstance(value, float) else value
+
+
+def trial_key(trial: FrozenTrial) -> tuple[Any, ...]:
+    """A trial's state, params and values, exactly."""
+    params = tuple(sorted((name, _exact(v)) for name, v in trial.params.items()))
+    values = tuple(_exact(v) for v in trial.values) if trial.values is not None else None
+    return (trial.state.name, params, values)
+
+
+def trajectory(storage: str, *, wrapped: bool) -> Trajectory:
+    """Read the finished trajectory of the study ``fuzz`` in ``storage``.
+
+    For a wrapped run the interrupted attempts are left out (they were retried); for the
+    unwrapped control every finished trial counts, as a user of plain Optuna would see them.
+    """
+    study = optuna.load_study(study_name="fuzz", storage=storage)
+    trials = uninterrupted_trials(study) if wrapped else study.get_trials()
+    return [trial_key(t) for t in trials if t.state != TrialState.RUNNING]
+
+
+def first_difference(actual: Trajectory, expected: Trajectory) -> str | None:
+    """Describe the first trial where two trajectories differ, or ``None`` if equal."""
+    for index, (a, e) in enumerate(zip(actual, expected, strict=False)):
+        if a != e:
+            return f"trial {index} differs:\n  resumed:       {a}\n  uninterrupted: {e}"
+    if len(actual) != len(expected):
+        return f"lengths differ: resumed {len(actual)}, uninterrupted {len(expected)} trials"
+    return None
+
+
+@dataclass
+class RunLog:
+    """What happened across the runs of one interrupted study."""
+
+    runs: int = 0
+    kills_landed: int = 0
+    signals: list[str] = field(default_factory=list)
+
+
+def _child_env(crash_at: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("OPTUNA_CHECKPOINT_CRASH_AT", None)
+    if crash_at:
+        env["OPTUNA_CHECKPOINT_CRASH_AT"] = crash_at
+    return env
+
+
+def run_child(
+    config: dict[str, Any],
+    *,
+    crash_at: str | None = None,
+    kill_after: float | None = None,
+    kill_signal: signal.Signals = signal.SIGKILL,
+) -> tuple[int, bool]:
+    """Run the child once; return its exit code and whether it was killed by us or itself.
+
+    Args:
+        config: The child's configuration.
+        crash_at: ``point:n[:SIG]`` for the library's deterministic crash points.
+        kill_after: Seconds after the child reports ``ready`` at which to send ``kill_signal``.
+        kill_signal: The signal for ``kill_after``.
+    """
+    process = subprocess.Popen(
+        [sys.executable, str(CHILD), json.dumps(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_child_env(crash_at),
+    )
+    killed_by_us = False
+    try:
+        if kill_after is not None:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if line.strip() == "ready":
+                time.sleep(kill_after)
+                if process.poll() is None:
+                    process.send_signal(kill_signal)
+                    killed_by_us = True
+        _, stderr = process.communicate(timeout=CHILD_TIMEOUT)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    code = process.returncode
+    died = killed_by_us or (crash_at is not None and code != 0)
+    if code != 0 and not died:
+        raise AssertionError(f"child failed on its own (exit {code}):\n{stderr}")
+    # SIGINT surfaces as KeyboardInterrupt; any other traceback is a real error in the child.
+    if code != 0 and "Traceback" in stderr and "KeyboardInterrupt" not in stderr:
+        raise AssertionError(f"child crashed with an unexpected error:\n{stderr}")
+    return code, died
+
+
+def run_to_completion(config: dict[str, Any], log: RunLog) -> None:
+    """Re-run the child without interference until its study is complete."""
+    code, _ = run_child(config)
+    log.runs += 1
+    assert code == 0
+
+
+def run_with_random_kills(
+    config: dict[str, Any],
+    *,
+    kills: int,
+    signals: list[signal.Signals],
+    rng: random.Random,
+    max_delay: float,
+) -> RunLog:
+    """Kill the child ``kills`` times at random instants, cycling ``signals``, then finish it."""
+    log = RunLog()
+    while log.kills_landed < kills and log.runs < MAX_RUNS:
+        sig = signals[log.kills_landed % len(signals)]
+        _, died = run_child(config, kill_after=rng.uniform(0.0, max_delay), kill_signal=sig)
+        log.runs += 1
+        if died:
+            log.kills_landed += 1
+            log.signals.append(sig.name)
+        else:
+            break  # the study finished before the kill: nothing left to interrupt
+    run_to_completion(config, log)
+    return log
+
+
+def run_with_crash_points(config: dict[str, Any], crash_plan: list[str]) -> RunLog:
+    """Run the child once per entry of ``crash_plan`` (``point:n[:SIG]``), then finish it."""
+    log = RunLog()
+    for crash_at in crash_plan:
+        _, died = run_child(config, crash_at=crash_at)
+        log.runs += 1
+        if died:
+            log.kills_landed += 1
+            log.signals.append(crash_at)
+    run_to_completion(config, log)
+    return log
+
+
+def sqlite_url(path: Path) -> str:
+    """The storage URL of a SQLite file."""
+    return f"sqlite:///{path}"

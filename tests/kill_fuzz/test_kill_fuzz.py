@@ -1,0 +1,206 @@
+"""Kill the study at random instants and at every named crash point; resume; compare bit for bit.
+
+Each test runs the child study (``child.py``) in real processes, interrupts it with real signals
+(SIGKILL, SIGTERM with its default action, SIGINT delivered as KeyboardInterrupt), re-runs it
+until it has ``N_COMPLETE`` COMPLETE trials, and compares the whole trajectory (COMPLETE, PRUNED
+and genuinely FAILed trials, params and values via ``float.hex``) with an uninterrupted run. The
+controls run the unwrapped sampler under the same kills and require a divergence, which shows
+that the comparison would catch one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import random
+import signal
+from typing import Any
+
+import pytest
+
+from optuna_checkpoint._faults import POINTS
+from tests.kill_fuzz.harness import RunLog
+from tests.kill_fuzz.harness import Trajectory
+from tests.kill_fuzz.harness import first_difference
+from tests.kill_fuzz.harness import run_to_completion
+from tests.kill_fuzz.harness import run_with_crash_points
+from tests.kill_fuzz.harness import run_with_random_kills
+from tests.kill_fuzz.harness import sqlite_url
+from tests.kill_fuzz.harness import trajectory
+
+
+N_COMPLETE = 20
+SEED = 7
+KILLS = 3
+MAX_KILL_DELAY = 0.8  # seconds after the child is ready; a run of the child lasts about 1 s
+DELAY_IN_OBJECTIVE = 0.005  # so that random kills land inside the objective too
+
+SEEDED = [
+    "random",
+    "tpe",
+    "tpe-independent",
+    "tpe-group",
+    "cmaes",
+    "cmaes-sep",
+    "cmaes-margin",
+    "cmaes-lr-adapt",
+]
+UNSEEDED = ["random", "tpe", "cmaes"]
+SIGNALS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
+
+# Plain Optuna's CmaEsSampler(with_margin=True) crashes inside cmaes (CMAwM.tell gets solutions
+# of different lengths) once the conditional branch changes the search space, so that variant
+# runs the objective without it.
+CONFIG_EXTRAS: dict[str, dict[str, Any]] = {"cmaes-margin": {"conditional": False}}
+
+
+def _config(
+    sampler: str, storage: str, *, seed: int | None = SEED, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "sampler": sampler,
+        "seed": seed,
+        "storage": storage,
+        "n_complete": N_COMPLETE,
+        "delay": DELAY_IN_OBJECTIVE,
+        **CONFIG_EXTRAS.get(sampler, {}),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The uninterrupted trajectory of each seeded configuration, computed once."""
+    cache: dict[str, Trajectory] = {}
+
+    def get(sampler: str) -> Trajectory:
+        if sampler not in cache:
+            url = sqlite_url(tmp_path_factory.mktemp("reference") / f"{sampler}.db")
+            run_to_completion(_config(sampler, url), RunLog())
+            cache[sampler] = trajectory(url, wrapped=True)
+        return cache[sampler]
+
+    return get
+
+
+def _assert_same(actual: Trajectory, expected: Trajectory, log: RunLog) -> None:
+    difference = first_difference(actual, expected)
+    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
+    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("sampler", SEEDED)
+def test_resume_after_random_kills_matches_uninterrupted_run(
+    sampler: str, sig: signal.Signals, tmp_path: Path, reference: Any
+) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    rng = random.Random(f"{sampler}-{sig.name}")
+    log = run_with_random_kills(
+        _config(sampler, url), kills=KILLS, signals=[sig], rng=rng, max_delay=MAX_KILL_DELAY
+    )
+    assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
+    _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
+
+
+@pytest.mark.parametrize("sampler", UNSEEDED)
+def test_unseeded_study_resumes_to_its_own_continuation(sampler: str, tmp_path: Path) -> None:
+    # The uninterrupted run of an unseeded study is the one its first process would have made:
+    # replay it from the initial RNG state the killed run recorded, without the wrapper.
+    url = sqlite_url(tmp_path / "study.db")
+    rng = random.Random(f"unseeded-{sampler}")
+    log = run_with_random_kills(
+        _config(sampler, url, seed=None),
+        kills=KILLS,
+        signals=SIGNALS,
+        rng=rng,
+        max_delay=MAX_KILL_DELAY,
+    )
+    assert log.kills_landed >= 1
+    reference_url = sqlite_url(tmp_path / "reference.db")
+    run_to_completion(
+        _config(sampler, reference_url, seed=None, wrap=False, initial_state_from=url), RunLog()
+    )
+    _assert_same(trajectory(url, wrapped=True), trajectory(reference_url, wrapped=False), log)
+
+
+def _crash_plans() -> list[tuple[str, list[str]]]:
+    plans = []
+    for point in POINTS:
+        if point == "after_resume":
+            # Passed once per process, when it resumes: create something to resume first.
+            plans.append((point, ["objective:6", "after_resume:1", "after_resume:1"]))
+        else:
+            # Crash mid-run, then again on the second pass after resuming.
+            plans.append((point, [f"{point}:7", f"{point}:2"]))
+    return plans
+
+
+CRASH_PLANS = _crash_plans()
+
+
+def _with_signal(plan: list[str], sig: signal.Signals) -> list[str]:
+    return [f"{step}:{sig.name[3:]}" for step in plan]
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "cmaes"])
+@pytest.mark.parametrize(("point", "plan"), CRASH_PLANS, ids=[p for p, _ in CRASH_PLANS])
+def test_resume_after_sigkill_at_crash_point_matches_uninterrupted_run(
+    point: str, plan: list[str], sampler: str, tmp_path: Path, reference: Any
+) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    log = run_with_crash_points(_config(sampler, url), _with_signal(plan, signal.SIGKILL))
+    assert log.kills_landed == len(plan), f"crash point {point} was not reached: {log.signals}"
+    _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+@pytest.mark.parametrize(("point", "plan"), CRASH_PLANS, ids=[p for p, _ in CRASH_PLANS])
+def test_resume_after_signal_at_crash_point_matches_uninterrupted_run(
+    point: str, plan: list[str], sig: signal.Signals, tmp_path: Path, reference: Any
+) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    log = run_with_crash_points(_config("tpe", url), _with_signal(plan, sig))
+    assert log.kills_landed == len(plan), f"crash point {point} was not reached: {log.signals}"
+    _assert_same(trajectory(url, wrapped=True), reference("tpe"), log)
+
+
+@pytest.mark.parametrize("sampler", SEEDED)
+def test_control_unwrapped_sampler_diverges_under_the_same_random_kills(
+    sampler: str, tmp_path: Path, reference: Any
+) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    rng = random.Random(f"{sampler}-SIGKILL")
+    log = run_with_random_kills(
+        _config(sampler, url, wrap=False),
+        kills=KILLS,
+        signals=[signal.SIGKILL],
+        rng=rng,
+        max_delay=MAX_KILL_DELAY,
+    )
+    assert log.kills_landed >= 1
+    assert first_difference(trajectory(url, wrapped=False), reference(sampler)) is not None
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "cmaes"])
+@pytest.mark.parametrize("point", ["objective", "between_trials"])
+def test_control_unwrapped_sampler_diverges_at_crash_points(
+    point: str, sampler: str, tmp_path: Path, reference: Any
+) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    plan = _with_signal([f"{point}:7", f"{point}:2"], signal.SIGKILL)
+    log = run_with_crash_points(_config(sampler, url, wrap=False), plan)
+    assert log.kills_landed == len(plan)
+    assert first_difference(trajectory(url, wrapped=False), reference(sampler)) is not None
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("sampler", SEEDED)
+def test_soak_many_random_kills_with_every_signal(
+    sampler: str, tmp_path: Path, reference: Any
+) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    rng = random.Random(f"soak-{sampler}")
+    log = run_with_random_kills(
+        _config(sampler, url), kills=15, signals=SIGNALS, rng=rng, max_delay=MAX_KILL_DELAY
+    )
+    _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
