@@ -82,8 +82,8 @@ def encode(state: dict[str, Any], *, allow_pickle: bool = False) -> bytes:
         if isinstance(value, list):
             return [to_tree(v) for v in value]
         if isinstance(value, dict):
-            if not all(isinstance(k, str) for k in value):
-                raise TypeError("state dict keys must be strings")
+            if not all(isinstance(k, str) and not k.startswith("$") for k in value):
+                raise TypeError("state dict keys must be strings not starting with '$'")
             return {k: to_tree(v) for k, v in value.items()}
         if isinstance(value, PickledValue):
             if not allow_pickle:
@@ -139,7 +139,7 @@ def decode(payload: bytes, *, allow_pickle: bool = False) -> dict[str, Any]:
         header = json.loads(payload[start : start + header_length])
         blob_area = payload[start + header_length :]
         blobs = [bytes(blob_area[offset : offset + size]) for offset, size in header["blobs"]]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise CorruptCheckpointError("checkpoint header is not valid") from e
     if sum(len(b) for b in blobs) != len(blob_area):
         raise CorruptCheckpointError("checkpoint blob area has the wrong length")
@@ -154,9 +154,12 @@ def decode(payload: bytes, *, allow_pickle: bool = False) -> dict[str, Any]:
         if _TUPLE in node:
             return tuple(from_tree(v) for v in node[_TUPLE])
         if _ARRAY in node:
+            # Checked as text first: np.dtype() parses its argument, which is untrusted here.
+            if node["dtype"] not in _ALLOWED_DTYPES:
+                raise CorruptCheckpointError(
+                    f"checkpoint holds an array of dtype {node['dtype']!r}"
+                )
             dtype = np.dtype(node["dtype"])
-            if dtype.str not in _ALLOWED_DTYPES:
-                raise CorruptCheckpointError(f"checkpoint holds an array of dtype {dtype}")
             array = np.frombuffer(blobs[node[_ARRAY]], dtype=dtype)
             return array.reshape(node["shape"]).copy()
         if _PICKLE in node:
@@ -173,7 +176,7 @@ def decode(payload: bytes, *, allow_pickle: bool = False) -> dict[str, Any]:
 
     try:
         state = from_tree(header["state"])
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
         raise CorruptCheckpointError("checkpoint state tree is not valid") from e
     if not isinstance(state, dict):
         raise CorruptCheckpointError("checkpoint state is not a dict")

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import enum
 import hashlib
 import json
+import types
 from typing import Any
 
 import numpy as np
@@ -72,9 +73,7 @@ def describe(value: Any, *, skip: Iterable[str] = (), _depth: int = 0) -> Any:
         return _qualname(value)
     if callable(value) and hasattr(value, "__code__"):
         # A function or lambda: its name plus a digest of its code, so an edited one differs.
-        code = value.__code__
-        digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
-        return {"function": _qualname(value), "code": digest}
+        return {"function": _qualname(value), "code": _code_digest(value.__code__)}
     attrs = getattr(value, "__dict__", None)
     if attrs is None:
         return _qualname(type(value))
@@ -89,6 +88,16 @@ def describe(value: Any, *, skip: Iterable[str] = (), _depth: int = 0) -> Any:
     }
 
 
+def _code_digest(code: types.CodeType) -> str:
+    # Nested code objects (lambdas, comprehensions) are digested recursively: their repr holds
+    # a memory address, which differs from one process to the next.
+    digest = hashlib.sha256(code.co_code)
+    for const in code.co_consts:
+        text = _code_digest(const) if isinstance(const, types.CodeType) else repr(const)
+        digest.update(text.encode())
+    return digest.hexdigest()[:16]
+
+
 def digest(description: Any) -> str:
     """Return a short stable digest of a description."""
     text = json.dumps(description, sort_keys=True, separators=(",", ":"))
@@ -97,6 +106,10 @@ def digest(description: Any) -> str:
 
 def differences(stored: Any, current: Any, path: str = "") -> list[str]:
     """List human-readable differences between two descriptions, one line per leaf."""
+    if _is_float(stored) or _is_float(current):
+        return (
+            [] if stored == current else [f"{path}: was {_short(stored)}, now {_short(current)}"]
+        )
     if isinstance(stored, dict) and isinstance(current, dict):
         lines = []
         for key in sorted(set(stored) | set(current)):
@@ -118,8 +131,12 @@ def differences(stored: Any, current: Any, path: str = "") -> list[str]:
     return []
 
 
+def _is_float(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"float"}
+
+
 def _short(value: Any) -> str:
-    if isinstance(value, dict) and set(value) == {"float"}:
+    if _is_float(value):
         return repr(float.fromhex(value["float"]))
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 80 else text[:77] + "..."

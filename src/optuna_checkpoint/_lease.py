@@ -21,7 +21,7 @@ from optuna_checkpoint.stores._base import Owner
 
 
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
-"""Seconds between lease refreshes while a trial runs (each checkpoint refreshes it too)."""
+"""Seconds between lease refreshes, made by a daemon thread for as long as the sampler lives."""
 
 DEFAULT_GRACE_PERIOD = 120.0
 """Seconds without a heartbeat after which a lease held from another host counts as expired."""
@@ -47,6 +47,8 @@ def process_start_time(pid: int) -> str | None:
         return _pid_exists_fallback(pid)
     # The command name (field 2) may contain spaces and parentheses; fields resume after ")".
     fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None  # killed, only not yet reaped by its parent: it runs no more code
     return fields[19]  # field 22 of proc(5), "starttime"
 
 

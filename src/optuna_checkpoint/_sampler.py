@@ -129,7 +129,6 @@ class CheckpointingSampler(BaseSampler):
 
     Args:
         sampler: The sampler to wrap, freshly constructed with the same arguments on every run.
-        stream: Name of the checkpoint stream in the study. One process writes a stream at a time.
         allow_pickle: Allow cloudpickle for samplers without a state adapter. Loading a pickle
             executes code from the database, so only allow it if you trust every writer of the
             database. Plain-data checkpoints are used for the samplers this package knows.
@@ -147,7 +146,6 @@ class CheckpointingSampler(BaseSampler):
         self,
         sampler: BaseSampler,
         *,
-        stream: str = DEFAULT_STREAM,
         allow_pickle: bool = False,
         start_new_stream: bool = False,
         max_retries: int = DEFAULT_MAX_RETRIES,
@@ -159,7 +157,8 @@ class CheckpointingSampler(BaseSampler):
         if max_retries < 0:
             raise ValueError(f"max_retries must be non-negative, got {max_retries}")
         self._sampler = sampler
-        self._stream_name = stream
+        # One stream per study in this release; named, so worker streams can be added beside it.
+        self._stream_name = DEFAULT_STREAM
         self._allow_pickle = allow_pickle
         self._start_new_stream = start_new_stream
         self._max_retries = max_retries
@@ -183,7 +182,7 @@ class CheckpointingSampler(BaseSampler):
         return self._sampler
 
     def __repr__(self) -> str:
-        return f"CheckpointingSampler({self._sampler!r}, stream={self._stream_name!r})"
+        return f"CheckpointingSampler({self._sampler!r})"
 
     # -- BaseSampler hooks -------------------------------------------------------------------
 
@@ -266,7 +265,11 @@ class CheckpointingSampler(BaseSampler):
         view, logical = self._logical(attachment, study, trial)
         self._sampler.after_trial(view, logical, state, values)
         checkpoint = self._capture(
-            attachment, trial_id, logical.number, state, None if values is None else list(values)
+            attachment.study_uid,
+            trial_id,
+            logical.number,
+            state,
+            None if values is None else list(values),
         )
         crash_point("after_capture")
         attachment.trials_in_progress.discard(trial_id)
@@ -297,17 +300,15 @@ class CheckpointingSampler(BaseSampler):
 
     def _capture(
         self,
-        attachment: _Attachment | None,
+        uid: str,
         trial_id: int | None,
         logical_number: int,
-        state: TrialState | None,
-        values: list[float] | None,
-        *,
-        study_uid_: str | None = None,
+        state: TrialState | None = None,
+        values: list[float] | None = None,
     ) -> Checkpoint:
-        uid = study_uid_ if attachment is None else attachment.study_uid
-        assert uid is not None
+        """Encode the wrapped sampler's current state as the checkpoint of ``trial_id``."""
         payload = _codec.encode(self._adapter.state_dict(), allow_pickle=self._allow_pickle)
+        context = _checksum_context(uid, self._stream_name, trial_id, logical_number)
         return Checkpoint(
             trial_id=trial_id,
             logical_number=logical_number,
@@ -315,10 +316,7 @@ class CheckpointingSampler(BaseSampler):
             trial_values=values,
             adapter=self._adapter.name,
             payload=payload,
-            checksum=_codec.checksum(
-                payload,
-                context=_checksum_context(uid, self._stream_name, trial_id, logical_number),
-            ),
+            checksum=_codec.checksum(payload, context=context),
         )
 
     def _restore(self, attachment: _Attachment, checkpoint: Checkpoint) -> None:
@@ -387,48 +385,68 @@ class CheckpointingSampler(BaseSampler):
         uid = study_uid(storage, study._study_id, study.study_name)
         me = current_owner()
         stream = store.find_stream(uid, self._stream_name)
+        created = False
         if stream is None:
-            initial = self._capture(None, None, -1, None, None, study_uid_=uid)
-            created = store.create_stream(
+            initial = self._capture(uid, None, -1)
+            stream = store.create_stream(
                 study._study_id,
                 uid,
                 self._stream_name,
                 self._fingerprint,
                 me,
                 initial,
-                first_trial_number=trial.number,
+                first_trial_number=_first_trial_of_new_stream(storage, study._study_id, trial),
             )
-            if created is not None:
-                attachment = self._new_attachment(storage, study, uid, store, created, me)
-                attachment.hidden = _hidden_from(store.where_interrupted(uid))
-                return attachment
-            stream = store.find_stream(uid, self._stream_name)
-            assert stream is not None
-
-        self._take_lease(store, stream, me, study, trial)
-        if self._start_new_stream:
-            initial = self._capture(None, None, -1, None, None, study_uid_=uid)
-            reset = store.reset_stream(
-                replace(stream, owner=me),
-                self._fingerprint,
-                me,
-                initial,
-                first_trial_number=trial.number,
-            )
-            if reset is None:
-                raise StreamOwnedError("another process took the stream over while it was reset")
-            _logger.warning(
-                "Started a new checkpoint stream %r for study %r: the sampler continues from its "
-                "configuration as given, not from the previous run's state.",
-                self._stream_name,
-                study.study_name,
-            )
-            stream = reset
+            created = stream is not None
+            if stream is None:  # another process created it first: resume from it like any
+                stream = store.find_stream(uid, self._stream_name)
+                assert stream is not None
+                self._take_lease(store, stream, me, study, trial)
         else:
-            self._check_fingerprint(stream, study)
-        attachment = self._new_attachment(storage, study, uid, store, stream, me)
-        self._resume(attachment, study, trial)
+            self._take_lease(store, stream, me, study, trial)
+        attachment = None
+        try:
+            if self._start_new_stream and not created:
+                stream = self._restart_stream(store, stream, me, study, trial, uid)
+            else:
+                self._check_fingerprint(stream, study)
+            attachment = self._new_attachment(storage, study, uid, store, stream, me)
+            self._resume(attachment, study, trial)
+        except BaseException:
+            # Whatever stopped the resume (a mismatch, a corrupt checkpoint, Ctrl-C), the lease
+            # must not stay with a token no sampler holds: a retry in this process would be
+            # refused as if another process owned the stream.
+            if attachment is not None and attachment.heartbeat is not None:
+                attachment.heartbeat.stop()
+            store.release(stream.stream_id, me.token)
+            raise
         return attachment
+
+    def _restart_stream(
+        self,
+        store: CheckpointStore,
+        stream: Stream,
+        me: Owner,
+        study: Study,
+        trial: FrozenTrial,
+        uid: str,
+    ) -> Stream:
+        initial = self._capture(uid, None, -1)
+        reset = store.reset_stream(
+            replace(stream, owner=me),
+            self._fingerprint,
+            me,
+            initial,
+            first_trial_number=trial.number,
+        )
+        if reset is None:
+            raise StreamOwnedError("another process took the stream over while it was reset")
+        _logger.warning(
+            "Started a new checkpoint stream for study %r: the sampler continues from its "
+            "configuration as given, not from the previous run's state.",
+            study.study_name,
+        )
+        return reset
 
     def _new_attachment(
         self,
@@ -494,7 +512,9 @@ class CheckpointingSampler(BaseSampler):
         )
         reason = "refused: another live process owns the checkpoint stream"
         store.add_interruptions(
-            stream.study_uid, [Interruption(trial._trial_id, trial.number, logical, reason)]
+            study._study_id,
+            stream.study_uid,
+            [Interruption(trial._trial_id, trial.number, logical, reason)],
         )
         study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -540,7 +560,7 @@ class CheckpointingSampler(BaseSampler):
         )
         # Recorded first: if this process dies before closing them, the next one still hides
         # them and closes them (closing is idempotent).
-        store.add_interruptions(attachment.study_uid, fresh)
+        store.add_interruptions(attachment.study_id, attachment.study_uid, fresh)
         interrupted = sorted([*known, *fresh], key=lambda i: i.trial_number)
         reasons = {i.trial_id: i.reason for i in interrupted}
         reasons.update(
@@ -627,6 +647,8 @@ class CheckpointingSampler(BaseSampler):
         for trial in sorted(trials.values(), key=lambda t: t.number):
             if trial._trial_id == current._trial_id or trial._trial_id in known_ids:
                 continue
+            if trial.number < first_trial_number:
+                continue  # from before this stream: never its own, left as they are
             if trial.state == TrialState.RUNNING:
                 interrupt(trial, "its process died while the trial ran")
             elif trial.state == TrialState.FAIL and trial.number > last_checkpointed:
@@ -706,6 +728,31 @@ class CheckpointingSampler(BaseSampler):
         attachment, self._attachment = self._attachment, None
         if attachment is not None and attachment.release is not None:
             attachment.release()
+
+
+def _first_trial_of_new_stream(storage: BaseStorage, study_id: int, current: FrozenTrial) -> int:
+    """Return the number of the first trial a new stream counts as its own.
+
+    Optuna creates a trial before any sampler hook runs, so a process killed in that gap leaves
+    a RUNNING trial that no sampler ever saw: nothing suggested, nothing reported, no attribute.
+    Trials like that right before the current one are the new stream's stillborn attempts; the
+    resume then hides and closes them like any interrupted trial.
+    """
+    number = current.number
+    while number > 0:
+        previous = storage.get_trial(
+            storage.get_trial_id_from_study_id_trial_number(study_id, number - 1)
+        )
+        untouched = not (
+            previous.params
+            or previous.intermediate_values
+            or previous.system_attrs
+            or previous.user_attrs
+        )
+        if previous.state != TrialState.RUNNING or not untouched:
+            break
+        number -= 1
+    return number
 
 
 def _checksum_context(uid: str, stream: str, trial_id: int | None, logical_number: int) -> str:

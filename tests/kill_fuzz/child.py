@@ -86,8 +86,12 @@ def main() -> int:
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= n_complete:
         return 0
     print("ready", flush=True)
+    delay, conditional = config.get("delay", 0.0), config.get("conditional", True)
+    if config.get("loop") == "ask_tell":
+        _ask_tell_loop(study, n_complete, delay, conditional)
+        return 0
     study.optimize(
-        lambda trial: objective(trial, config.get("delay", 0.0), config.get("conditional", True)),
+        lambda trial: objective(trial, delay, conditional),
         catch=(GenuineFailure,),
         callbacks=[
             optuna.study.MaxTrialsCallback(n_complete, states=(TrialState.COMPLETE,)),
@@ -95,6 +99,23 @@ def main() -> int:
         ],
     )
     return 0
+
+
+def _ask_tell_loop(study: optuna.Study, n_complete: int, delay: float, conditional: bool) -> None:
+    """The same study driven by ask and tell in one process, as users of that API write it."""
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    while complete < n_complete:
+        trial = study.ask()
+        try:
+            value = objective(trial, delay, conditional)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except GenuineFailure:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+            complete += 1
+        crash_point("between_trials")
 
 
 def _load_initial_state(sampler: optuna.samplers.BaseSampler, storage_url: str) -> None:

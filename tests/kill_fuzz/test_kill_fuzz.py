@@ -102,6 +102,26 @@ def test_resume_after_random_kills_matches_uninterrupted_run(
     _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
 
 
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_ask_tell_loop_resumes_after_random_kills_like_uninterrupted_optimize(
+    sampler: str, sig: signal.Signals, tmp_path: Path, reference: Any
+) -> None:
+    # study.tell goes through the same after_trial and commit as study.optimize, so the
+    # ask/tell trajectory equals the optimize reference.
+    url = sqlite_url(tmp_path / "study.db")
+    rng = random.Random(f"ask-tell-{sampler}-{sig.name}")
+    log = run_with_random_kills(
+        _config(sampler, url, loop="ask_tell"),
+        kills=KILLS,
+        signals=[sig],
+        rng=rng,
+        max_delay=MAX_KILL_DELAY,
+    )
+    assert log.kills_landed >= 1
+    _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
+
+
 @pytest.mark.parametrize("sampler", UNSEEDED)
 def test_unseeded_study_resumes_to_its_own_continuation(sampler: str, tmp_path: Path) -> None:
     # The uninterrupted run of an unseeded study is the one its first process would have made:

@@ -164,8 +164,13 @@ class CheckpointStore(abc.ABC):
         """Return the study's interrupted trials in trial-number order."""
 
     @abc.abstractmethod
-    def add_interruptions(self, study_uid: str, interruptions: Sequence[Interruption]) -> None:
-        """Record interrupted trials; recording one again is a no-op."""
+    def add_interruptions(
+        self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
+    ) -> None:
+        """Record interrupted trials; recording one again is a no-op.
+
+        ``study_id`` lets the rows be removed once the study is deleted and its id reused.
+        """
 
     supports_commit_hook = False
 

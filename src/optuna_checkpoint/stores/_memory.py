@@ -154,7 +154,9 @@ class InMemoryCheckpointStore(CheckpointStore):
             found = list(self._interruptions.get(study_uid, {}).values())
         return sorted(found, key=lambda i: i.trial_number)
 
-    def add_interruptions(self, study_uid: str, interruptions: Sequence[Interruption]) -> None:
+    def add_interruptions(
+        self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
+    ) -> None:
         """Record interrupted trials; known ones are skipped."""
         with self._lock:
             known = self._interruptions.setdefault(study_uid, {})

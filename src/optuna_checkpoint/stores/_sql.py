@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 import json
 import threading
+import time
 from typing import TYPE_CHECKING
 from typing import Any
 import weakref
@@ -88,8 +89,10 @@ checkpoints = sa.Table(
 interrupted_trials = sa.Table(
     "optuna_checkpoint_interrupted_trials",
     metadata,
+    # Keyed by study too: SQLite reuses the trial ids of a deleted study.
+    sa.Column("study_uid", sa.String(32), primary_key=True),
     sa.Column("trial_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("study_uid", sa.String(32), nullable=False, index=True),
+    sa.Column("study_id", sa.Integer, nullable=False, index=True),
     sa.Column("trial_number", sa.Integer, nullable=False),
     sa.Column("logical_number", sa.Integer, nullable=False),
     sa.Column("reason", sa.String(255), nullable=False),
@@ -336,13 +339,19 @@ class SQLCheckpointStore(CheckpointStore):
                     checkpoints.delete().where(checkpoints.c.stream_id.in_(orphaned))
                 )
                 connection.execute(streams.delete().where(streams.c.stream_id.in_(orphaned)))
+                connection.execute(
+                    interrupted_trials.delete().where(
+                        interrupted_trials.c.study_id == study_id,
+                        interrupted_trials.c.study_uid != study_uid,
+                    )
+                )
                 stream_id = connection.execute(
                     streams.insert().values(
                         study_id=study_id,
                         study_uid=study_uid,
                         name=name,
                         fingerprint=json.dumps(fingerprint, sort_keys=True),
-                        heartbeat_at=0.0,
+                        heartbeat_at=time.time(),
                         first_trial_number=first_trial_number,
                         **_owner_columns(owner),
                     )
@@ -374,6 +383,7 @@ class SQLCheckpointStore(CheckpointStore):
                 .values(
                     fingerprint=json.dumps(fingerprint, sort_keys=True),
                     first_trial_number=first_trial_number,
+                    heartbeat_at=time.time(),
                     **_owner_columns(owner),
                 )
             )
@@ -494,7 +504,9 @@ class SQLCheckpointStore(CheckpointStore):
             for r in rows
         ]
 
-    def add_interruptions(self, study_uid: str, interruptions: Sequence[Interruption]) -> None:
+    def add_interruptions(
+        self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
+    ) -> None:
         """Record interrupted trials; known ones are skipped."""
         if not interruptions:
             return
@@ -502,7 +514,8 @@ class SQLCheckpointStore(CheckpointStore):
             known = set(
                 connection.execute(
                     sa.select(interrupted_trials.c.trial_id).where(
-                        interrupted_trials.c.trial_id.in_([i.trial_id for i in interruptions])
+                        interrupted_trials.c.study_uid == study_uid,
+                        interrupted_trials.c.trial_id.in_([i.trial_id for i in interruptions]),
                     )
                 ).scalars()
             )
@@ -510,6 +523,7 @@ class SQLCheckpointStore(CheckpointStore):
                 {
                     "trial_id": i.trial_id,
                     "study_uid": study_uid,
+                    "study_id": study_id,
                     "trial_number": i.trial_number,
                     "logical_number": i.logical_number,
                     "reason": i.reason[:255],

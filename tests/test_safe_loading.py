@@ -1,0 +1,243 @@
+"""End to end through the database: a tampered checkpoint row never runs code or goes unnoticed."""
+
+from __future__ import annotations
+
+import gc
+import json
+import pathlib
+import pickle
+import struct
+import subprocess
+import sys
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+import sqlalchemy as sa
+
+from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint import CorruptCheckpointError
+from optuna_checkpoint import _codec
+from optuna_checkpoint._sampler import _checksum_context
+from optuna_checkpoint.stores._sql import checkpoints
+from optuna_checkpoint.stores._sql import streams
+
+
+STUDY = "safe"
+N_TRIALS = 4
+
+CHILD = """
+import sys
+
+import optuna
+
+from optuna_checkpoint import CheckpointingSampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+url, allow_pickle = sys.argv[1], sys.argv[2] == "1"
+sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0), allow_pickle=allow_pickle)
+study = optuna.load_study(study_name="safe", storage=url, sampler=sampler)
+study.optimize(lambda t: t.suggest_float("x", -1.0, 1.0) ** 2, n_trials=1)
+print("RESUMED")
+"""
+
+
+class _TouchOnUnpickle:
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def malicious_payload(marker: pathlib.Path) -> bytes:
+    """A well-formed checkpoint whose RNG entry is a pickle that creates ``marker`` when loaded."""
+    blob = pickle.dumps(_TouchOnUnpickle(marker))
+    header = json.dumps({"state": {"rng": {"$pickle": 0}}, "blobs": [[0, len(blob)]]}).encode()
+    return b"OCKP\x01" + struct.pack("<I", len(header)) + header + blob
+
+
+def objective(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", -1.0, 1.0) ** 2
+
+
+def run_study(url: str) -> None:
+    sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(study_name=STUDY, storage=url, sampler=sampler)
+    study.optimize(objective, n_trials=N_TRIALS)
+    del study, sampler
+    gc.collect()  # releases the lease, so another process may resume at once
+
+
+def snapshot(url: str) -> list[tuple[int, str, dict[str, Any], list[str] | None]]:
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    return [
+        (
+            t.number,
+            t.state.name,
+            t.params,
+            None if t.values is None else [v.hex() for v in t.values],
+        )
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+def latest_checkpoint(engine: sa.Engine) -> tuple[Any, Any]:
+    with engine.connect() as connection:
+        row = connection.execute(
+            checkpoints.select().order_by(checkpoints.c.checkpoint_id.desc()).limit(1)
+        ).one()
+        stream = connection.execute(
+            streams.select().where(streams.c.stream_id == row.stream_id)
+        ).one()
+    return row, stream
+
+
+def overwrite(engine: sa.Engine, checkpoint_id: int, **values: Any) -> None:
+    with engine.begin() as connection:
+        updated = connection.execute(
+            checkpoints.update()
+            .where(checkpoints.c.checkpoint_id == checkpoint_id)
+            .values(**values)
+        )
+        assert updated.rowcount == 1
+
+
+def resume_in_child(
+    url: str, *, allow_pickle: bool, cwd: pathlib.Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, url, "1" if allow_pickle else "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def url(tmp_path: pathlib.Path) -> str:
+    return f"sqlite:///{tmp_path / 's.db'}"
+
+
+def test_lease_is_released_when_the_sampler_is_collected(url: str) -> None:
+    run_study(url)
+    engine = sa.create_engine(url)
+    try:
+        _, stream = latest_checkpoint(engine)
+    finally:
+        engine.dispose()
+    assert stream.owner_token is None
+
+
+def test_malicious_pickle_with_valid_checksum_is_refused_in_a_fresh_process(
+    url: str, tmp_path: pathlib.Path
+) -> None:
+    run_study(url)
+    before = snapshot(url)
+    marker = tmp_path / "MARKER"
+    payload = malicious_payload(marker)
+    engine = sa.create_engine(url)
+    try:
+        row, stream = latest_checkpoint(engine)
+        assert row.trial_id != -1  # the checkpoint of the last trial, the one resumed from
+        context = _checksum_context(
+            stream.study_uid, stream.name, row.trial_id, row.logical_number
+        )
+        # The checksum matches the tampered payload: only the pickle rule stands in the way.
+        overwrite(
+            engine,
+            row.checkpoint_id,
+            payload=payload,
+            checksum=_codec.checksum(payload, context=context),
+        )
+    finally:
+        engine.dispose()
+
+    result = resume_in_child(url, allow_pickle=False, cwd=tmp_path)
+
+    assert result.returncode != 0, result.stdout
+    assert "UnsafeCheckpointError" in result.stderr, result.stderr
+    assert "RESUMED" not in result.stdout
+    assert not marker.exists()
+    after = snapshot(url)
+    assert after[: len(before)] == before
+    assert all(state != "COMPLETE" for _, state, _, _ in after[len(before) :])
+
+    # Control: the row really was accepted up to decoding. Allowing pickles runs it.
+    resume_in_child(url, allow_pickle=True, cwd=tmp_path)
+    assert marker.exists()
+
+
+def test_tampered_payload_byte_fails_the_checksum_and_leaves_trials_untouched(url: str) -> None:
+    run_study(url)
+    before = snapshot(url)
+    engine = sa.create_engine(url)
+    try:
+        row, _ = latest_checkpoint(engine)
+        tampered = bytearray(row.payload)
+        tampered[-1] ^= 0x01  # the last byte of the RNG key: still decodes, just wrongly
+        _codec.decode(bytes(tampered))
+        overwrite(engine, row.checkpoint_id, payload=bytes(tampered))
+    finally:
+        engine.dispose()
+
+    sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0))
+    study = optuna.load_study(study_name=STUDY, storage=url, sampler=sampler)
+    with pytest.raises(CorruptCheckpointError, match="checksum") as raised:
+        study.optimize(objective, n_trials=1)
+
+    assert "start_new_stream=True" in str(raised.value)
+    after = snapshot(url)
+    assert after[: len(before)] == before
+    assert len(after) == len(before) + 1
+    assert after[-1][1] != TrialState.COMPLETE.name and after[-1][3] is None
+
+
+def test_checkpoint_copied_from_another_trial_fails_the_checksum(url: str) -> None:
+    run_study(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            last, previous = connection.execute(
+                checkpoints.select().order_by(checkpoints.c.checkpoint_id.desc()).limit(2)
+            ).all()
+        # A genuine payload with its genuine checksum, but from the trial before.
+        overwrite(engine, last.checkpoint_id, payload=previous.payload, checksum=previous.checksum)
+    finally:
+        engine.dispose()
+
+    sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0))
+    study = optuna.load_study(study_name=STUDY, storage=url, sampler=sampler)
+    with pytest.raises(CorruptCheckpointError, match="checksum"):
+        study.optimize(objective, n_trials=1)
+    assert study.trials[-1].state != TrialState.COMPLETE
+
+
+def test_start_new_stream_after_a_corrupt_checkpoint_in_the_same_process_continues(
+    url: str,
+) -> None:
+    run_study(url)
+    engine = sa.create_engine(url)
+    try:
+        row, _ = latest_checkpoint(engine)
+        overwrite(engine, row.checkpoint_id, checksum="0" * 64)
+    finally:
+        engine.dispose()
+    study = optuna.load_study(
+        study_name=STUDY,
+        storage=url,
+        sampler=CheckpointingSampler(optuna.samplers.RandomSampler(seed=0)),
+    )
+    with pytest.raises(CorruptCheckpointError, match="start_new_stream=True"):
+        study.optimize(objective, n_trials=1)
+
+    study = optuna.load_study(
+        study_name=STUDY,
+        storage=url,
+        sampler=CheckpointingSampler(optuna.samplers.RandomSampler(seed=0), start_new_stream=True),
+    )
+    study.optimize(objective, n_trials=1)
+
+    assert study.trials[-1].state == TrialState.COMPLETE
