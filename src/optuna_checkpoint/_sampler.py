@@ -28,6 +28,13 @@ from optuna_checkpoint._adapters import adapter_for
 from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint._fingerprint import describe
 from optuna_checkpoint._fingerprint import differences
+from optuna_checkpoint._interruptions import INTERRUPTED_ATTR
+from optuna_checkpoint._interruptions import RETRIES_EXHAUSTED
+from optuna_checkpoint._interruptions import find_interrupted
+from optuna_checkpoint._interruptions import first_trial_of_new_stream
+from optuna_checkpoint._interruptions import hidden_from
+from optuna_checkpoint._interruptions import mark_retry
+from optuna_checkpoint._interruptions import roll_forward
 from optuna_checkpoint._lease import DEFAULT_GRACE_PERIOD
 from optuna_checkpoint._lease import DEFAULT_HEARTBEAT_INTERVAL
 from optuna_checkpoint._lease import Heartbeat
@@ -57,28 +64,20 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-INTERRUPTED_ATTR = "optuna_checkpoint:interrupted"
-"""System attribute set on a trial that was interrupted and will be retried."""
-
 DEFAULT_STREAM = "main"
 DEFAULT_MAX_RETRIES = 3
-
-# Optuna's own retry bookkeeping, read by RetryHeartbeatStaleTrialCallback.retried_trial_number.
-_FAILED_TRIAL_ATTR = "failed_trial"
-_RETRY_HISTORY_ATTR = "retry_history"
 
 _live_samplers: weakref.WeakSet[CheckpointingSampler] = weakref.WeakSet()
 
 
-def study_uid(storage: BaseStorage, study_id: int, study_name: str) -> str:
+def study_uid(study_id: int, study_name: str, first_trial: FrozenTrial) -> str:
     """Identify a study across processes without writing anything to it.
 
     Derived from the study's id and name and its first trial's id and start time, so a study
     deleted and recreated under the same id and name (SQLite reuses ids) gets another uid.
     """
-    first = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, 0))
-    start = first.datetime_start.isoformat() if first.datetime_start else ""
-    text = f"{study_id}\0{study_name}\0{first._trial_id}\0{start}"
+    start = first_trial.datetime_start.isoformat() if first_trial.datetime_start else ""
+    text = f"{study_id}\0{study_name}\0{first_trial._trial_id}\0{start}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -369,20 +368,15 @@ class CheckpointingSampler(BaseSampler):
         self._attachment = attachment = self._open_stream(study, trial)
         # Released when the sampler is collected or the interpreter exits, so the next process
         # resumes at once instead of first proving this one gone.
-        attachment.release = weakref.finalize(
-            self,
-            _release_lease,
-            attachment.store,
-            attachment.stream.stream_id,
-            attachment.owner.token,
-            attachment.heartbeat,
-        )
+        attachment.release = weakref.finalize(self, _release_lease, attachment)
         return attachment
 
     def _open_stream(self, study: Study, trial: FrozenTrial) -> _Attachment:
         storage = study._storage
         store = _store_for(storage)
-        uid = study_uid(storage, study._study_id, study.study_name)
+        # The trials are read once here and used by the whole resume.
+        trials = storage.get_all_trials(study._study_id, deepcopy=False)
+        uid = study_uid(study._study_id, study.study_name, trials[0])
         me = current_owner()
         stream = store.find_stream(uid, self._stream_name)
         created = False
@@ -395,7 +389,7 @@ class CheckpointingSampler(BaseSampler):
                 self._fingerprint,
                 me,
                 initial,
-                first_trial_number=_first_trial_of_new_stream(storage, study._study_id, trial),
+                first_trial_number=first_trial_of_new_stream(storage, study._study_id, trial),
             )
             created = stream is not None
             if stream is None:  # another process created it first: resume from it like any
@@ -411,7 +405,7 @@ class CheckpointingSampler(BaseSampler):
             else:
                 self._check_fingerprint(stream, study)
             attachment = self._new_attachment(storage, study, uid, store, stream, me)
-            self._resume(attachment, study, trial)
+            self._resume(attachment, trials, trial)
         except BaseException:
             # Whatever stopped the resume (a mismatch, a corrupt checkpoint, Ctrl-C), the lease
             # must not stay with a token no sampler holds: a retry in this process would be
@@ -507,7 +501,7 @@ class CheckpointingSampler(BaseSampler):
     ) -> None:
         # Left RUNNING, it would be a pending trial to the owner's constant-liar TPE; recorded as
         # interrupted, the owner hides it on its next trial, like any interrupted attempt.
-        logical = _hidden_from(store.where_interrupted(stream.study_uid)).logical_number(
+        logical = hidden_from(store.where_interrupted(stream.study_uid)).logical_number(
             trial.number
         )
         reason = "refused: another live process owns the checkpoint stream"
@@ -532,158 +526,57 @@ class CheckpointingSampler(BaseSampler):
             "continue with this configuration."
         )
 
-    def _resume(self, attachment: _Attachment, study: Study, current: FrozenTrial) -> None:
+    def _resume(
+        self, attachment: _Attachment, all_trials: list[FrozenTrial], current: FrozenTrial
+    ) -> None:
         """Close interrupted trials and restore the state from before the next logical trial."""
-        store, storage, stream_id = (
-            attachment.store,
-            attachment.storage,
-            attachment.stream.stream_id,
-        )
+        store, storage = attachment.store, attachment.storage
         known = store.where_interrupted(attachment.study_uid)
-        known_ids = {i.trial_id for i in known}
-        # Checkpoint trial ids, newest first; ``None`` is the state from before the first trial.
-        history = [
-            trial_id
-            for trial_id, _ in store.checkpoints_newest_first(stream_id)
-            if trial_id is None or trial_id not in known_ids
-        ]
-        trials = {
-            t._trial_id: t for t in storage.get_all_trials(attachment.study_id, deepcopy=False)
-        }
-        newest = store.find_checkpoint(stream_id, history[0]) if history else None
+        # Only the newest two are needed: the FAIL-marker rule below may hide the newest, and no
+        # rule hides a trial before it that has a checkpoint.
+        latest = store.latest_checkpoints(
+            attachment.stream.stream_id, excluding={i.trial_id for i in known}, limit=2
+        )
+        trials = {t._trial_id: t for t in all_trials}
+        newest = latest[0] if latest else None
         if newest is not None and newest.trial_id in trials:
-            self._roll_forward(storage, trials[newest.trial_id], newest)
+            roll_forward(storage, trials[newest.trial_id], newest)
             trials[newest.trial_id] = storage.get_trial(newest.trial_id)
 
-        fresh, exhausted = self._find_interrupted(
-            trials, current, known, newest, attachment.stream.first_trial_number
+        fresh, exhausted = find_interrupted(
+            trials,
+            current,
+            known,
+            newest,
+            first_trial_number=attachment.stream.first_trial_number,
+            max_retries=self._max_retries,
         )
         # Recorded first: if this process dies before closing them, the next one still hides
         # them and closes them (closing is idempotent).
         store.add_interruptions(attachment.study_id, attachment.study_uid, fresh)
         interrupted = sorted([*known, *fresh], key=lambda i: i.trial_number)
         reasons = {i.trial_id: i.reason for i in interrupted}
-        reasons.update(
-            (t._trial_id, "retries exhausted; kept as a genuine failure") for t in exhausted
-        )
+        reasons.update((t._trial_id, RETRIES_EXHAUSTED) for t in exhausted)
         for trial_id, reason in reasons.items():
             if trials[trial_id].state == TrialState.RUNNING:
                 storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, reason)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        attachment.hidden = _hidden_from(interrupted)
+        attachment.hidden = hidden_from(interrupted)
 
-        restorable = [t for t in history if t is None or t not in attachment.hidden.trial_ids]
+        restorable = [
+            c
+            for c in latest
+            if c.trial_id is None or c.trial_id not in attachment.hidden.trial_ids
+        ]
         if not restorable:
             raise CorruptCheckpointError(
                 f"stream {self._stream_name!r} has no checkpoint to resume from; pass "
                 "start_new_stream=True to CheckpointingSampler to start it again."
             )
-        checkpoint = newest if restorable[0] == history[0] else None
-        if checkpoint is None:
-            checkpoint = store.find_checkpoint(stream_id, restorable[0])
-        assert checkpoint is not None
+        checkpoint = restorable[0]
         self._restore(attachment, checkpoint)
-        self._mark_retry(storage, current, attachment.hidden, interrupted)
+        mark_retry(storage, current, attachment.hidden, interrupted)
         crash_point("after_resume")
-
-    @staticmethod
-    def _roll_forward(storage: BaseStorage, trial: FrozenTrial, checkpoint: Checkpoint) -> None:
-        # The checkpoint was saved but the process died before Optuna stored the trial's end.
-        if trial.state != TrialState.RUNNING or checkpoint.trial_state is None:
-            return
-        _logger.info(
-            "Trial %d: storing its final state, which was saved only in its checkpoint.",
-            trial.number,
-        )
-        storage.set_trial_state_values(
-            trial._trial_id, TrialState[checkpoint.trial_state], checkpoint.trial_values
-        )
-
-    def _find_interrupted(
-        self,
-        trials: dict[int, FrozenTrial],
-        current: FrozenTrial,
-        known: list[Interruption],
-        newest: Checkpoint | None,
-        first_trial_number: int,
-    ) -> tuple[list[Interruption], list[FrozenTrial]]:
-        """Find the trials the previous owner left unfinished.
-
-        Returns:
-            The new interruptions (hidden and retried), and the RUNNING trials to close as FAIL
-            without a retry because their logical position ran out of retries.
-        """
-        hidden_pairs = [(i.trial_id, i.trial_number) for i in known]
-        attempts: dict[int, int] = {}
-        for interruption in known:
-            attempts[interruption.logical_number] = (
-                attempts.get(interruption.logical_number, 0) + 1
-            )
-        fresh: list[Interruption] = []
-        exhausted: list[FrozenTrial] = []
-
-        def interrupt(trial: FrozenTrial, reason: str) -> None:
-            logical = HiddenTrials(hidden_pairs).logical_number(trial.number)
-            if attempts.get(logical, 0) >= self._max_retries:
-                _logger.warning(
-                    "Trial %d was interrupted %d times at the same point of the trajectory; its "
-                    "failure is now treated as genuine and it is not retried again.",
-                    trial.number,
-                    attempts[logical] + 1,
-                )
-                if trial.state == TrialState.RUNNING:
-                    exhausted.append(trial)
-                return
-            attempts[logical] = attempts.get(logical, 0) + 1
-            fresh.append(Interruption(trial._trial_id, trial.number, logical, reason))
-            hidden_pairs.append((trial._trial_id, trial.number))
-
-        newest_trial = trials.get(newest.trial_id) if newest and newest.trial_id else None
-        # Trials after the newest checkpoint never reached after_trial (each one that does gets a
-        # checkpoint in the same transaction): the previous owner, now gone, was running them.
-        # They are RUNNING, or FAIL if Optuna's heartbeat check failed them as stale meanwhile.
-        last_checkpointed = first_trial_number - 1 if newest_trial is None else newest_trial.number
-        known_ids = {i.trial_id for i in known}
-        for trial in sorted(trials.values(), key=lambda t: t.number):
-            if trial._trial_id == current._trial_id or trial._trial_id in known_ids:
-                continue
-            if trial.number < first_trial_number:
-                continue  # from before this stream: never its own, left as they are
-            if trial.state == TrialState.RUNNING:
-                interrupt(trial, "its process died while the trial ran")
-            elif trial.state == TrialState.FAIL and trial.number > last_checkpointed:
-                interrupt(trial, "its process died while the trial ran; failed as stale")
-
-        # A FAIL that was the last thing the previous process did may be a Ctrl-C, which reaches
-        # after_trial as an ordinary FAIL. Had the study gone on past it, a later trial would
-        # exist. So it is retried; a genuine, deterministic failure just fails again.
-        ended_on_fail = newest_trial is not None and newest_trial.state == TrialState.FAIL
-        if (
-            newest_trial is not None
-            and ended_on_fail
-            and not any(
-                t.number > newest_trial.number and t._trial_id != current._trial_id
-                for t in trials.values()
-            )
-        ):
-            interrupt(newest_trial, "its process ended right after the trial failed")
-        return fresh, exhausted
-
-    @staticmethod
-    def _mark_retry(
-        storage: BaseStorage,
-        current: FrozenTrial,
-        hidden: HiddenTrials,
-        interrupted: list[Interruption],
-    ) -> None:
-        logical = hidden.logical_number(current.number)
-        previous = [i.trial_number for i in interrupted if i.logical_number == logical]
-        if not previous:
-            return
-        # Same bookkeeping as Optuna's RetryHeartbeatStaleTrialCallback.
-        for key, value in ((_FAILED_TRIAL_ATTR, previous[0]), (_RETRY_HISTORY_ATTR, previous)):
-            storage.set_trial_system_attr(current._trial_id, key, value)
-            current.system_attrs[key] = value
 
     @staticmethod
     def _refresh_hidden_trials(attachment: _Attachment) -> None:
@@ -691,15 +584,15 @@ class CheckpointingSampler(BaseSampler):
         # stream (it was refused); hide that trial too, as an uninterrupted run never had it.
         hint = attachment.store.interruption_count_hint(attachment.study_uid)
         if hint is not None and hint != len(attachment.hidden.trial_ids):
-            attachment.hidden = _hidden_from(
+            attachment.hidden = hidden_from(
                 attachment.store.where_interrupted(attachment.study_uid)
             )
 
     def _settle_deferred_saves(self, attachment: _Attachment) -> None:
-        """Catch a deferred checkpoint whose trial was committed without it.
+        """Stop if the previous trial was committed as finished without its checkpoint.
 
-        That happens only if Optuna stopped finishing trials the way the commit hook expects;
-        then the checkpoint is written now, and later ones right away in ``after_trial``.
+        That happens only if Optuna stopped finishing trials the way the commit hook expects.
+        Continuing would resume inexactly after the next kill, so the study stops instead.
         """
         if not attachment.atomic:
             return
@@ -730,48 +623,19 @@ class CheckpointingSampler(BaseSampler):
             attachment.release()
 
 
-def _first_trial_of_new_stream(storage: BaseStorage, study_id: int, current: FrozenTrial) -> int:
-    """Return the number of the first trial a new stream counts as its own.
-
-    Optuna creates a trial before any sampler hook runs, so a process killed in that gap leaves
-    a RUNNING trial that no sampler ever saw: nothing suggested, nothing reported, no attribute.
-    Trials like that right before the current one are the new stream's stillborn attempts; the
-    resume then hides and closes them like any interrupted trial.
-    """
-    number = current.number
-    while number > 0:
-        previous = storage.get_trial(
-            storage.get_trial_id_from_study_id_trial_number(study_id, number - 1)
-        )
-        untouched = not (
-            previous.params
-            or previous.intermediate_values
-            or previous.system_attrs
-            or previous.user_attrs
-        )
-        if previous.state != TrialState.RUNNING or not untouched:
-            break
-        number -= 1
-    return number
-
-
 def _checksum_context(uid: str, stream: str, trial_id: int | None, logical_number: int) -> str:
     return f"{uid}/{stream}/{'initial' if trial_id is None else trial_id}/{logical_number}"
 
 
-def _release_lease(
-    store: CheckpointStore, stream_id: int, token: str, heartbeat: Heartbeat | None
-) -> None:
-    if heartbeat is not None:
-        heartbeat.stop()
+def _release_lease(attachment: _Attachment) -> None:
+    # Runs when the sampler is collected or the interpreter exits, including after Ctrl-C.
+    if attachment.heartbeat is not None:
+        attachment.heartbeat.stop()
     try:
-        store.release(stream_id, token)  # a no-op if another sampler took the stream over
+        # A no-op if another sampler took the stream over.
+        attachment.store.release(attachment.stream.stream_id, attachment.owner.token)
     except Exception:
         _logger.debug("Could not release the checkpoint lease.", exc_info=True)
-
-
-def _hidden_from(interruptions: Sequence[Interruption]) -> HiddenTrials:
-    return HiddenTrials((i.trial_id, i.trial_number) for i in interruptions)
 
 
 def _local_sampler_holding(token: str) -> CheckpointingSampler | None:

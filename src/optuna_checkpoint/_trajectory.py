@@ -29,6 +29,6 @@ def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
     trials = study.get_trials(deepcopy=True)
     if not trials:
         return trials
-    uid = study_uid(study._storage, study._study_id, study.study_name)
+    uid = study_uid(study._study_id, study.study_name, trials[0])
     hidden = {i.trial_id for i in _store_for(study._storage).where_interrupted(uid)}
     return [t for t in trials if t._trial_id not in hidden]

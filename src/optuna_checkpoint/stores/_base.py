@@ -13,6 +13,7 @@ id: SQLite reuses the ids of deleted studies, and a recreated study must not see
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +142,11 @@ class CheckpointStore(abc.ABC):
 
     @abc.abstractmethod
     def release(self, stream_id: int, token: str) -> None:
-        """Give the lease up, if ``token`` still holds it (a no-op otherwise)."""
+        """Give the lease up, if ``token`` still holds it (a no-op otherwise).
+
+        Called from a finalizer, possibly at interpreter exit right after a Ctrl-C: it must not
+        block for long, and may fail (the lease then expires or its owner is seen to be gone).
+        """
 
     @abc.abstractmethod
     def save(self, stream: Stream, checkpoint: Checkpoint, token: str, now: float) -> None:
@@ -152,12 +157,14 @@ class CheckpointStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def checkpoints_newest_first(self, stream_id: int) -> Sequence[tuple[int | None, int]]:
-        """Return ``(trial_id, logical_number)`` of the stream's checkpoints, newest first."""
+    def latest_checkpoints(
+        self, stream_id: int, *, excluding: Collection[int], limit: int
+    ) -> list[Checkpoint]:
+        """Return up to ``limit`` of the stream's newest checkpoints, newest first.
 
-    @abc.abstractmethod
-    def find_checkpoint(self, stream_id: int, trial_id: int | None) -> Checkpoint | None:
-        """Return the stream's checkpoint of ``trial_id`` (``None``: the initial one)."""
+        Checkpoints of the trials in ``excluding`` (hidden trials) are skipped. The cost must
+        not grow with the number of checkpoints: a resume reads only the newest ones.
+        """
 
     @abc.abstractmethod
     def where_interrupted(self, study_uid: str) -> list[Interruption]:

@@ -6,6 +6,7 @@ resumed elsewhere anyway. Checkpoints are saved in ``after_trial`` (no commit ho
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import replace
 import itertools
@@ -137,16 +138,14 @@ class InMemoryCheckpointStore(CheckpointStore):
             by_trial.pop(checkpoint.trial_id, None)
             by_trial[checkpoint.trial_id] = checkpoint
 
-    def checkpoints_newest_first(self, stream_id: int) -> Sequence[tuple[int | None, int]]:
-        """Return ``(trial_id, logical_number)`` pairs, newest first."""
+    def latest_checkpoints(
+        self, stream_id: int, *, excluding: Collection[int], limit: int
+    ) -> list[Checkpoint]:
+        """Return the stream's newest checkpoints, skipping the trials in ``excluding``."""
         with self._lock:
             saved = list(self._checkpoints[stream_id].values())
-        return [(c.trial_id, c.logical_number) for c in reversed(saved)]
-
-    def find_checkpoint(self, stream_id: int, trial_id: int | None) -> Checkpoint | None:
-        """Return one checkpoint, or ``None``."""
-        with self._lock:
-            return self._checkpoints[stream_id].get(trial_id)
+        kept = [c for c in reversed(saved) if c.trial_id is None or c.trial_id not in excluding]
+        return kept[:limit]
 
     def where_interrupted(self, study_uid: str) -> list[Interruption]:
         """Return the study's interrupted trials in trial-number order."""

@@ -10,6 +10,7 @@ one extra statement instead of one extra transaction.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import dataclass
 import json
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 
 _INITIAL_TRIAL_ID = -1  # the row holding the state from before the stream's first trial
+_RELEASE_BUSY_TIMEOUT_MS = 200
+_SQLITE_BUSY_TIMEOUT_MS = 5000  # pysqlite's default, which Optuna's engine uses
 # Optuna's trial model, recognised by table name so that no private class is imported.
 _OPTUNA_TRIALS_TABLE = "trials"
 
@@ -425,13 +428,21 @@ class SQLCheckpointStore(CheckpointStore):
         return result.rowcount == 1
 
     def release(self, stream_id: int, token: str) -> None:
-        """Give the lease up."""
+        """Give the lease up, waiting at most briefly for a lock."""
         with self._engine.begin() as connection:
-            connection.execute(
-                streams.update()
-                .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
-                .values(**_owner_columns(None))
-            )
+            if connection.dialect.name == "sqlite":
+                # A statement cut short by Ctrl-C can hold SQLite's lock until exit; rather than
+                # the default five seconds, give up quickly: the lease then simply lapses.
+                connection.exec_driver_sql(f"PRAGMA busy_timeout = {_RELEASE_BUSY_TIMEOUT_MS}")
+            try:
+                connection.execute(
+                    streams.update()
+                    .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
+                    .values(**_owner_columns(None))
+                )
+            finally:
+                if connection.dialect.name == "sqlite":
+                    connection.exec_driver_sql(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
 
     def save(self, stream: Stream, checkpoint: Checkpoint, token: str, now: float) -> None:
         """Save a checkpoint in its own transaction, replacing one of the same trial."""
@@ -455,36 +466,28 @@ class SQLCheckpointStore(CheckpointStore):
             )
             connection.execute(checkpoints.insert().values(row))
 
-    def checkpoints_newest_first(self, stream_id: int) -> Sequence[tuple[int | None, int]]:
-        """Return ``(trial_id, logical_number)`` pairs, newest first."""
+    def latest_checkpoints(
+        self, stream_id: int, *, excluding: Collection[int], limit: int
+    ) -> list[Checkpoint]:
+        """Return the stream's newest checkpoints, skipping the trials in ``excluding``."""
+        query = checkpoints.select().where(checkpoints.c.stream_id == stream_id)
+        if excluding:
+            query = query.where(checkpoints.c.trial_id.not_in(list(excluding)))
+        query = query.order_by(checkpoints.c.checkpoint_id.desc()).limit(limit)
         with self._engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(checkpoints.c.trial_id, checkpoints.c.logical_number)
-                .where(checkpoints.c.stream_id == stream_id)
-                .order_by(checkpoints.c.checkpoint_id.desc())
-            ).all()
-        return [(None if t == _INITIAL_TRIAL_ID else t, n) for t, n in rows]
-
-    def find_checkpoint(self, stream_id: int, trial_id: int | None) -> Checkpoint | None:
-        """Return one checkpoint, or ``None``."""
-        key = _INITIAL_TRIAL_ID if trial_id is None else trial_id
-        with self._engine.connect() as connection:
-            row = connection.execute(
-                checkpoints.select().where(
-                    checkpoints.c.stream_id == stream_id, checkpoints.c.trial_id == key
-                )
-            ).first()
-        if row is None:
-            return None
-        return Checkpoint(
-            trial_id=trial_id,
-            logical_number=row.logical_number,
-            trial_state=row.trial_state,
-            trial_values=_values_from_text(row.trial_values),
-            adapter=row.adapter,
-            payload=bytes(row.payload),
-            checksum=row.checksum,
-        )
+            rows = connection.execute(query).all()
+        return [
+            Checkpoint(
+                trial_id=None if row.trial_id == _INITIAL_TRIAL_ID else row.trial_id,
+                logical_number=row.logical_number,
+                trial_state=row.trial_state,
+                trial_values=_values_from_text(row.trial_values),
+                adapter=row.adapter,
+                payload=bytes(row.payload),
+                checksum=row.checksum,
+            )
+            for row in rows
+        ]
 
     def where_interrupted(self, study_uid: str) -> list[Interruption]:
         """Return the study's interrupted trials in trial-number order."""

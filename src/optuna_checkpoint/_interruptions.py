@@ -1,0 +1,165 @@
+"""Which trials a resume treats as interrupted, and how their retries are marked.
+
+A retried trial is a new trial (no sampler hook runs before Optuna creates one), so resuming
+means finding the attempts the previous owner left unfinished, hiding them from the wrapped
+sampler, and telling the retry which attempts it repeats. The rules are in docs/design.md, §4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import logging
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+
+from optuna_checkpoint._logical import HiddenTrials
+from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import Interruption
+
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+
+_logger = logging.getLogger(__name__)
+
+INTERRUPTED_ATTR = "optuna_checkpoint:interrupted"
+"""System attribute set on a trial that was interrupted (and retried, unless it says not)."""
+
+RETRIES_EXHAUSTED = "retries exhausted; kept as a genuine failure"
+
+# Optuna's own retry bookkeeping, read by RetryHeartbeatStaleTrialCallback.retried_trial_number.
+_FAILED_TRIAL_ATTR = "failed_trial"
+_RETRY_HISTORY_ATTR = "retry_history"
+
+
+def hidden_from(interruptions: Sequence[Interruption]) -> HiddenTrials:
+    """The trials to hide from the wrapped sampler."""
+    return HiddenTrials((i.trial_id, i.trial_number) for i in interruptions)
+
+
+def first_trial_of_new_stream(storage: BaseStorage, study_id: int, current: FrozenTrial) -> int:
+    """Return the number of the first trial a new stream counts as its own.
+
+    Optuna creates a trial before any sampler hook runs, so a process killed in that gap leaves
+    a RUNNING trial that no sampler ever saw: nothing suggested, nothing reported, no attribute.
+    Trials like that right before the current one are the new stream's stillborn attempts; the
+    resume then hides and closes them like any interrupted trial.
+    """
+    number = current.number
+    while number > 0:
+        previous = storage.get_trial(
+            storage.get_trial_id_from_study_id_trial_number(study_id, number - 1)
+        )
+        touched = (
+            previous.params
+            or previous.intermediate_values
+            or previous.system_attrs
+            or previous.user_attrs
+        )
+        if previous.state != TrialState.RUNNING or touched:
+            break
+        number -= 1
+    return number
+
+
+def roll_forward(storage: BaseStorage, trial: FrozenTrial, checkpoint: Checkpoint) -> None:
+    """Store a trial's end that only its checkpoint recorded (stores without a commit hook)."""
+    if trial.state != TrialState.RUNNING or checkpoint.trial_state is None:
+        return
+    _logger.info(
+        "Trial %d: storing its final state, which was saved only in its checkpoint.", trial.number
+    )
+    storage.set_trial_state_values(
+        trial._trial_id, TrialState[checkpoint.trial_state], checkpoint.trial_values
+    )
+
+
+def find_interrupted(
+    trials: dict[int, FrozenTrial],
+    current: FrozenTrial,
+    known: list[Interruption],
+    newest: Checkpoint | None,
+    *,
+    first_trial_number: int,
+    max_retries: int,
+) -> tuple[list[Interruption], list[FrozenTrial]]:
+    """Find the trials the previous owner of the stream left unfinished.
+
+    Args:
+        trials: All trials of the study, by id.
+        current: The trial this process is starting.
+        known: Interruptions recorded before.
+        newest: The stream's newest checkpoint whose trial is not hidden yet.
+        first_trial_number: The number of the stream's first trial; earlier ones are not its.
+        max_retries: How often one logical position may be retried.
+
+    Returns:
+        The new interruptions (to hide and retry), and the RUNNING trials to close as FAIL
+        without a retry because their logical position has used up its retries.
+    """
+    hidden_pairs = [(i.trial_id, i.trial_number) for i in known]
+    attempts: dict[int, int] = {}
+    for interruption in known:
+        attempts[interruption.logical_number] = attempts.get(interruption.logical_number, 0) + 1
+    fresh: list[Interruption] = []
+    exhausted: list[FrozenTrial] = []
+
+    def interrupt(trial: FrozenTrial, reason: str) -> None:
+        logical = HiddenTrials(hidden_pairs).logical_number(trial.number)
+        if attempts.get(logical, 0) >= max_retries:
+            _logger.warning(
+                "Trial %d was interrupted %d times at the same point of the trajectory; its "
+                "failure is now treated as genuine and it is not retried again.",
+                trial.number,
+                attempts[logical] + 1,
+            )
+            if trial.state == TrialState.RUNNING:
+                exhausted.append(trial)
+            return
+        attempts[logical] = attempts.get(logical, 0) + 1
+        fresh.append(Interruption(trial._trial_id, trial.number, logical, reason))
+        hidden_pairs.append((trial._trial_id, trial.number))
+
+    newest_trial = trials.get(newest.trial_id) if newest and newest.trial_id else None
+    # Trials after the newest checkpoint never reached after_trial (each one that does gets a
+    # checkpoint in the same transaction): the previous owner, now gone, was running them.
+    # They are RUNNING, or FAIL if Optuna's heartbeat check failed them as stale meanwhile.
+    last_checkpointed = first_trial_number - 1 if newest_trial is None else newest_trial.number
+    known_ids = {i.trial_id for i in known}
+    for trial in sorted(trials.values(), key=lambda t: t.number):
+        if trial._trial_id == current._trial_id or trial._trial_id in known_ids:
+            continue
+        if trial.number < first_trial_number:
+            continue  # from before this stream: never its own, left as they are
+        if trial.state == TrialState.RUNNING:
+            interrupt(trial, "its process died while the trial ran")
+        elif trial.state == TrialState.FAIL and trial.number > last_checkpointed:
+            interrupt(trial, "its process died while the trial ran; failed as stale")
+
+    # A Ctrl-C in the objective reaches after_trial as an ordinary FAIL, and the process then
+    # exits; no hook sees the exception. So a FAIL with the newest checkpoint is retried: had
+    # the process gone on, the next trial's checkpoint would be newer. A genuine, deterministic
+    # failure retried this way just fails again, at the same place of the trajectory.
+    if newest_trial is not None and newest_trial.state == TrialState.FAIL:
+        interrupt(newest_trial, "the newest checkpoint is of this failed trial (Ctrl-C?)")
+    return fresh, exhausted
+
+
+def mark_retry(
+    storage: BaseStorage,
+    current: FrozenTrial,
+    hidden: HiddenTrials,
+    interrupted: list[Interruption],
+) -> None:
+    """Tell the current trial which interrupted attempts it repeats, as Optuna's retries do."""
+    logical = hidden.logical_number(current.number)
+    previous = [i.trial_number for i in interrupted if i.logical_number == logical]
+    if not previous:
+        return
+    for key, value in ((_FAILED_TRIAL_ATTR, previous[0]), (_RETRY_HISTORY_ATTR, previous)):
+        storage.set_trial_system_attr(current._trial_id, key, value)
+        # The Trial object Optuna is building holds this very FrozenTrial.
+        current.system_attrs[key] = value
