@@ -84,7 +84,7 @@ def find_interrupted(
     newest: Checkpoint | None,
     *,
     first_trial_number: int,
-    max_retries: int,
+    max_retries: int | None,
 ) -> tuple[list[Interruption], list[FrozenTrial]]:
     """Find the trials the previous owner of the stream left unfinished.
 
@@ -94,7 +94,7 @@ def find_interrupted(
         known: Interruptions recorded before.
         newest: The stream's newest checkpoint whose trial is not hidden yet.
         first_trial_number: The number of the stream's first trial; earlier ones are not its.
-        max_retries: How often one logical position may be retried.
+        max_retries: How often one logical position may be retried; ``None``: no limit.
 
     Returns:
         The new interruptions (to hide and retry), and the RUNNING trials to close as FAIL
@@ -109,7 +109,7 @@ def find_interrupted(
 
     def interrupt(trial: FrozenTrial, reason: str) -> None:
         logical = HiddenTrials(hidden_pairs).logical_number(trial.number)
-        if attempts.get(logical, 0) >= max_retries:
+        if max_retries is not None and attempts.get(logical, 0) >= max_retries:
             _logger.warning(
                 "Trial %d was interrupted %d times at the same point of the trajectory; its "
                 "failure is now treated as genuine and it is not retried again.",

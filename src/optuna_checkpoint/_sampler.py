@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 DEFAULT_STREAM = "main"
-DEFAULT_MAX_RETRIES = 3
 
 _live_samplers: weakref.WeakSet[CheckpointingSampler] = weakref.WeakSet()
 
@@ -135,7 +134,10 @@ class CheckpointingSampler(BaseSampler):
             ``sampler`` as given, e.g. after deliberately changing its configuration. The
             trajectory from then on is that of the new sampler, not of the old run.
         max_retries: How often a trial interrupted at the same logical position is retried
-            before its failure is treated as genuine.
+            before its failure is treated as genuine; ``None`` (the default, as for Optuna's
+            ``RetryFailedTrialCallback``) retries every time, which the exact-resume guarantee
+            needs. Set it when a trial may kill its own process (e.g. out of memory) and the
+            script is restarted automatically, so that such a trial cannot loop forever.
         grace_period: Seconds without a heartbeat after which a lease held from another host is
             considered abandoned.
         heartbeat_interval: Seconds between lease refreshes while a trial runs.
@@ -147,13 +149,13 @@ class CheckpointingSampler(BaseSampler):
         *,
         allow_pickle: bool = False,
         start_new_stream: bool = False,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retries: int | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> None:
         if isinstance(sampler, CheckpointingSampler):
             raise ValueError("the sampler is already a CheckpointingSampler; wrap it only once")
-        if max_retries < 0:
+        if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries must be non-negative, got {max_retries}")
         self._sampler = sampler
         # One stream per study in this release; named, so worker streams can be added beside it.

@@ -15,7 +15,6 @@ import optuna
 
 from optuna_checkpoint import uninterrupted_trials
 from optuna_checkpoint._interruptions import INTERRUPTED_ATTR
-from optuna_checkpoint._sampler import DEFAULT_MAX_RETRIES
 from tests.kill_fuzz.harness import CHILD
 from tests.kill_fuzz.harness import RunLog
 from tests.kill_fuzz.harness import first_difference
@@ -33,8 +32,9 @@ def test_trial_that_kills_its_process_every_time_is_kept_as_failure_after_max_re
     tmp_path: Path,
 ) -> None:
     url = sqlite_url(tmp_path / "study.db")
-    config = _config("tpe", url)
-    attempts = DEFAULT_MAX_RETRIES + 1
+    max_retries = 2
+    config = _config("tpe", url, max_retries=max_retries)
+    attempts = max_retries + 1
     for _ in range(attempts):
         _, died = run_child(config, crash_at="objective:1:KILL")
         assert died
@@ -54,6 +54,27 @@ def test_trial_that_kills_its_process_every_time_is_kept_as_failure_after_max_re
     logical = uninterrupted_trials(study)
     assert logical[0].number == kept.number
     assert sum(t.state.name == "COMPLETE" for t in logical) == 12
+
+
+def test_trial_interrupted_many_times_at_one_position_is_retried_until_it_completes(
+    tmp_path: Path,
+) -> None:
+    # The default retries without limit: kills in quick succession may hit one position often.
+    reference_url = sqlite_url(tmp_path / "reference.db")
+    run_to_completion(_config("cmaes", reference_url), RunLog())
+    url = sqlite_url(tmp_path / "study.db")
+    config = _config("cmaes", url)
+    for signal_name in ("KILL", "INT", "TERM", "INT", "KILL", "INT"):
+        _, died = run_child(config, crash_at=f"objective:1:{signal_name}")
+        assert died
+    run_to_completion(config, RunLog())
+
+    study = optuna.load_study(study_name="fuzz", storage=url)
+    assert len(study.trials) - len(uninterrupted_trials(study)) == 6
+    difference = first_difference(
+        trajectory(url, wrapped=True), trajectory(reference_url, wrapped=True)
+    )
+    assert difference is None, difference
 
 
 def test_second_process_is_refused_and_the_owner_trajectory_stays_exact(

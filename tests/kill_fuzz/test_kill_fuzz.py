@@ -213,14 +213,28 @@ def test_control_unwrapped_sampler_diverges_at_crash_points(
     assert first_difference(trajectory(url, wrapped=False), reference(sampler)) is not None
 
 
+SOAK_COMPLETE = 80
+SOAK_KILLS = 15
+SOAK_MAX_KILL_DELAY = 0.3  # short runs between kills, so that all of them land
+
+
 @pytest.mark.soak
 @pytest.mark.parametrize("sampler", SEEDED)
-def test_soak_many_random_kills_with_every_signal(
-    sampler: str, tmp_path: Path, reference: Any
-) -> None:
+def test_soak_many_random_kills_with_every_signal(sampler: str, tmp_path: Path) -> None:
+    reference_url = sqlite_url(tmp_path / "reference.db")
+    run_to_completion(_config(sampler, reference_url, n_complete=SOAK_COMPLETE), RunLog())
     url = sqlite_url(tmp_path / "study.db")
     rng = random.Random(f"soak-{sampler}")
     log = run_with_random_kills(
-        _config(sampler, url), kills=15, signals=SIGNALS, rng=rng, max_delay=MAX_KILL_DELAY
+        _config(sampler, url, n_complete=SOAK_COMPLETE),
+        kills=SOAK_KILLS,
+        signals=SIGNALS,
+        rng=rng,
+        max_delay=SOAK_MAX_KILL_DELAY,
     )
-    _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
+    difference = first_difference(
+        trajectory(url, wrapped=True), trajectory(reference_url, wrapped=True)
+    )
+    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
+    # A run that finishes before its kill ends the loop early; most kills must still land.
+    assert log.kills_landed >= SOAK_KILLS // 2, f"only {log.kills_landed} kills landed"
