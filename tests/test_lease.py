@@ -27,6 +27,7 @@ from optuna_checkpoint._lease import current_owner
 from optuna_checkpoint._lease import judge_lease
 from optuna_checkpoint._lease import process_start_time
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._sql import _stream_from_row
 from optuna_checkpoint.stores._sql import streams
 
 
@@ -282,13 +283,7 @@ def stream_row(url: str) -> Any:
 
 def judged_from_another_host(url: str) -> LeaseVerdict:
     row = stream_row(url)
-    owner = Owner(
-        token=row.owner_token,
-        host=row.owner_host,
-        boot_id=row.owner_boot_id,
-        pid=row.owner_pid,
-        pid_start=row.owner_pid_start,
-    )
+    owner = _stream_from_row(row).owner
     elsewhere = replace(current_owner(), host="another-host", boot_id="another-boot")
     return judge_lease(owner, row.heartbeat_at, time.time(), elsewhere, GRACE)
 

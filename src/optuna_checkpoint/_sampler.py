@@ -174,6 +174,8 @@ class CheckpointingSampler(BaseSampler):
         self._attachment: _Attachment | None = None
         self._superseded = False
         self._warned_concurrency = False
+        # The trial each thread started last, settled when that thread starts its next one.
+        self._thread_last_trial = threading.local()
         self._lock = threading.RLock()
         _live_samplers.add(self)
 
@@ -196,7 +198,7 @@ class CheckpointingSampler(BaseSampler):
         crash_point("before_trial")
         with self._lock:
             attachment = self._attach(study, trial)
-            self._settle_deferred_saves(attachment)
+            self._settle_previous_trial(attachment)
             self._refresh_hidden_trials(attachment)
             if attachment.trials_in_progress and not self._warned_concurrency:
                 self._warned_concurrency = True
@@ -207,6 +209,7 @@ class CheckpointingSampler(BaseSampler):
                     "and the trials interleave differently on every run."
                 )
             attachment.trials_in_progress.add(trial._trial_id)
+            self._thread_last_trial.trial_id = trial._trial_id
             if attachment.atomic:
                 # From here until after_trial has captured the state, a commit of this trial's
                 # end is refused: a Ctrl-C landing anywhere in between must leave it RUNNING.
@@ -590,23 +593,29 @@ class CheckpointingSampler(BaseSampler):
                 attachment.store.where_interrupted(attachment.study_uid)
             )
 
-    def _settle_deferred_saves(self, attachment: _Attachment) -> None:
-        """Stop if the previous trial was committed as finished without its checkpoint.
+    def _settle_previous_trial(self, attachment: _Attachment) -> None:
+        """Check the trial this thread started last, now that it starts another.
 
-        That happens only if Optuna stopped finishing trials the way the commit hook expects.
-        Continuing would resume inexactly after the next kill, so the study stops instead.
+        Its deferred checkpoint should have gone out with the commit of its end. Still pending
+        on a finished trial means Optuna stopped finishing trials the way the commit hook
+        expects: continuing would resume inexactly after the next kill, so the study stops.
+        Still pending on a RUNNING trial means that commit was refused; the marker goes.
+        Only this thread's own trial is looked at: the store's pending set is shared with
+        other threads (``n_jobs > 1``) and other samplers on the same storage, whose trials may
+        be between their capture and their commit right now.
         """
-        if not attachment.atomic:
+        trial_id = getattr(self._thread_last_trial, "trial_id", None)
+        self._thread_last_trial.trial_id = None
+        if not attachment.atomic or trial_id not in attachment.store.pending_trial_ids():
             return
-        for trial_id in attachment.store.pending_trial_ids():
-            attachment.store.discard_pending(trial_id)
-            if attachment.storage.get_trial(trial_id).state.is_finished():
-                attachment.atomic = False
-                raise CheckpointError(
-                    f"trial id {trial_id} was stored as finished without its checkpoint: this "
-                    "Optuna version stores trial results in a way optuna-checkpoint does not "
-                    "recognise. Please report it with your Optuna version."
-                )
+        attachment.store.discard_pending(trial_id)
+        if attachment.storage.get_trial(trial_id).state.is_finished():
+            attachment.atomic = False
+            raise CheckpointError(
+                f"trial id {trial_id} was stored as finished without its checkpoint: this "
+                "Optuna version stores trial results in a way optuna-checkpoint does not "
+                "recognise. Please report it with your Optuna version."
+            )
 
     # -- lifetime ----------------------------------------------------------------------------
 
