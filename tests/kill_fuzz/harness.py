@@ -143,12 +143,13 @@ def run_with_random_kills(
     signals: list[signal.Signals],
     rng: random.Random,
     max_delay: float,
+    min_delay: float = 0.0,
 ) -> RunLog:
     """Kill the child ``kills`` times at random instants, cycling ``signals``, then finish it."""
     log = RunLog()
     while log.kills_landed < kills and log.runs < MAX_RUNS:
         sig = signals[log.kills_landed % len(signals)]
-        _, died = run_child(config, kill_after=rng.uniform(0.0, max_delay), kill_signal=sig)
+        _, died = run_child(config, kill_after=rng.uniform(min_delay, max_delay), kill_signal=sig)
         log.runs += 1
         if died:
             log.kills_landed += 1

@@ -32,6 +32,8 @@ N_COMPLETE = 20
 SEED = 7
 KILLS = 3
 MAX_KILL_DELAY = 0.8  # seconds after the child is ready; a run of the child lasts about 1 s
+CONTROL_MIN_KILL_DELAY = 0.3  # the first trials of a run take well under this
+CONTROL_DELAY_IN_OBJECTIVE = 0.05  # about 20 trials then outlast MAX_KILL_DELAY
 DELAY_IN_OBJECTIVE = 0.005  # so that random kills land inside the objective too
 
 SEEDED = [
@@ -190,14 +192,17 @@ def test_control_unwrapped_sampler_diverges_under_the_same_random_kills(
 ) -> None:
     url = sqlite_url(tmp_path / "study.db")
     rng = random.Random(f"{sampler}-SIGKILL")
+    # Kills that land before any trial finished, or after the last, leave nothing to diverge
+    # from: the control waits for the first trials and runs slowly enough to still be going.
     log = run_with_random_kills(
-        _config(sampler, url, wrap=False),
+        _config(sampler, url, wrap=False, delay=CONTROL_DELAY_IN_OBJECTIVE),
         kills=KILLS,
         signals=[signal.SIGKILL],
         rng=rng,
         max_delay=MAX_KILL_DELAY,
+        min_delay=CONTROL_MIN_KILL_DELAY,
     )
-    assert log.kills_landed >= 1
+    assert log.kills_landed == KILLS
     assert first_difference(trajectory(url, wrapped=False), reference(sampler)) is not None
 
 
