@@ -187,7 +187,7 @@ def test_start_new_stream_resumes_from_the_sampler_as_given(
         study = resume(url, TPESampler(seed=11, n_startup_trials=3), start_new_stream=True)
     study.optimize(objective, n_trials=1)
 
-    assert "Started a new checkpoint stream for study 'fp'" in caplog.text
+    assert "Started a new checkpoint stream 'main' for study 'fp'" in caplog.text
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
     assert [t.params for t in study.trials] == [t.params for t in control.trials]
     # The stream now records the new configuration: it resumes as is, the old one is refused.

@@ -237,10 +237,11 @@ def test_live_process_keeps_the_stream_and_its_death_lets_this_process_resume(
     try:
         wait_for_line(child, "BLOCKING")  # trial 2 runs in the child, which holds the lease
 
+        # The same worker id as the child's: a second live process on it must be refused.
         study = optuna.load_study(
             study_name="lease",
             storage=url,
-            sampler=CheckpointingSampler(optuna.samplers.RandomSampler(seed=0)),
+            sampler=CheckpointingSampler(optuna.samplers.RandomSampler(seed=0), worker_id="main"),
         )
         with pytest.raises(StreamOwnedError) as raised:
             study.optimize(objective, n_trials=1)
@@ -344,7 +345,9 @@ def test_busy_sampler_in_this_process_keeps_the_stream_and_an_idle_one_hands_it_
     pending = first.ask()  # the first sampler is now in the middle of a trial
     pending.suggest_float("x", -2.0, 2.0)
 
-    second = optuna.load_study(study_name="same", storage=url, sampler=wrapped_random())
+    second = optuna.load_study(
+        study_name="same", storage=url, sampler=wrapped_random(worker_id="main")
+    )
     with pytest.raises(StreamOwnedError, match="held by another sampler in this process"):
         second.optimize(objective, n_trials=1)
 
@@ -353,5 +356,5 @@ def test_busy_sampler_in_this_process_keeps_the_stream_and_an_idle_one_hands_it_
     third.optimize(objective, n_trials=1)
     assert third.trials[-1].state == TrialState.COMPLETE
 
-    with pytest.raises(StreamOwnedError, match="took over stream 'main'"):
+    with pytest.raises(StreamOwnedError, match="took over this sampler's checkpoint stream"):
         first.optimize(objective, n_trials=1)

@@ -7,8 +7,12 @@ sampler, and telling the retry which attempts it repeats. The rules are in docs/
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Collection
 from collections.abc import Sequence
+import datetime
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
@@ -77,13 +81,39 @@ def roll_forward(storage: BaseStorage, trial: FrozenTrial, checkpoint: Checkpoin
     )
 
 
+def adoptable_trials(
+    unclaimed: Sequence[FrozenTrial],
+    claims_of: Callable[[list[int]], dict[int, int]],
+    claim_window: float,
+) -> list[FrozenTrial]:
+    """Return the unclaimed RUNNING trials that stay unclaimed for the whole claim window.
+
+    A live process claims its trial within ``claim_window`` seconds of creating it; a trial
+    younger than that may be one just being started elsewhere, so this waits (only then) until
+    it is either claimed or old enough to have been left by a process that died.
+    """
+    pending = list(unclaimed)
+    window = datetime.timedelta(seconds=claim_window)
+    while pending:
+        now = datetime.datetime.now()
+        ages = [now - t.datetime_start for t in pending if t.datetime_start is not None]
+        youngest = min(ages, default=window)
+        if youngest >= window:
+            break
+        time.sleep(min(0.25, (window - youngest).total_seconds()))
+        claimed = claims_of([t._trial_id for t in pending])
+        pending = [t for t in pending if t._trial_id not in claimed]
+    return pending
+
+
 def find_interrupted(
     trials: dict[int, FrozenTrial],
     current: FrozenTrial,
     known: list[Interruption],
     newest: Checkpoint | None,
     *,
-    first_trial_number: int,
+    mine: Collection[int],
+    stream_id: int,
     max_retries: int | None,
 ) -> tuple[list[Interruption], list[FrozenTrial]]:
     """Find the trials the previous owner of the stream left unfinished.
@@ -91,9 +121,10 @@ def find_interrupted(
     Args:
         trials: All trials of the study, by id.
         current: The trial this process is starting.
-        known: Interruptions recorded before.
+        known: Interruptions recorded before, of every stream.
         newest: The stream's newest checkpoint whose trial is not hidden yet.
-        first_trial_number: The number of the stream's first trial; earlier ones are not its.
+        mine: The ids of the unfinished trials the stream ran (claimed by it, or adopted).
+        stream_id: The stream resuming.
         max_retries: How often one logical position may be retried; ``None``: no limit.
 
     Returns:
@@ -103,7 +134,9 @@ def find_interrupted(
     hidden_pairs = [(i.trial_id, i.trial_number) for i in known]
     attempts: dict[int, int] = {}
     for interruption in known:
-        attempts[interruption.logical_number] = attempts.get(interruption.logical_number, 0) + 1
+        if interruption.stream_id == stream_id:
+            logical = interruption.logical_number
+            attempts[logical] = attempts.get(logical, 0) + 1
     fresh: list[Interruption] = []
     exhausted: list[FrozenTrial] = []
 
@@ -120,20 +153,20 @@ def find_interrupted(
                 exhausted.append(trial)
             return
         attempts[logical] = attempts.get(logical, 0) + 1
-        fresh.append(Interruption(trial._trial_id, trial.number, logical, reason))
+        fresh.append(Interruption(trial._trial_id, trial.number, logical, reason, stream_id))
         hidden_pairs.append((trial._trial_id, trial.number))
 
     newest_trial = trials.get(newest.trial_id) if newest and newest.trial_id else None
     # Trials after the newest checkpoint never reached after_trial (each one that does gets a
     # checkpoint in the same transaction): the previous owner, now gone, was running them.
     # They are RUNNING, or FAIL if Optuna's heartbeat check failed them as stale meanwhile.
-    last_checkpointed = first_trial_number - 1 if newest_trial is None else newest_trial.number
+    last_checkpointed = -1 if newest_trial is None else newest_trial.number
     known_ids = {i.trial_id for i in known}
     for trial in sorted(trials.values(), key=lambda t: t.number):
         if trial._trial_id == current._trial_id or trial._trial_id in known_ids:
             continue
-        if trial.number < first_trial_number:
-            continue  # from before this stream: never its own, left as they are
+        if trial._trial_id not in mine:
+            continue  # another worker's, or from before this stream: left as it is
         if trial.state == TrialState.RUNNING:
             interrupt(trial, "its process died while the trial ran")
         elif trial.state == TrialState.FAIL and trial.number > last_checkpointed:
@@ -151,12 +184,20 @@ def find_interrupted(
 def mark_retry(
     storage: BaseStorage,
     current: FrozenTrial,
-    hidden: HiddenTrials,
     interrupted: list[Interruption],
+    stream_id: int,
+    restored_after: int,
 ) -> None:
-    """Tell the current trial which interrupted attempts it repeats, as Optuna's retries do."""
-    logical = hidden.logical_number(current.number)
-    previous = [i.trial_number for i in interrupted if i.logical_number == logical]
+    """Tell the current trial which interrupted attempts it repeats, as Optuna's retries do.
+
+    Those are the stream's attempts after ``restored_after``, the number of the trial whose
+    checkpoint was restored (``-1`` for the initial one): each started from that same state.
+    """
+    previous = [
+        i.trial_number
+        for i in interrupted
+        if i.stream_id == stream_id and i.trial_number > restored_after
+    ]
     if not previous:
         return
     for key, value in ((_FAILED_TRIAL_ATTR, previous[0]), (_RETRY_HISTORY_ATTR, previous)):

@@ -30,6 +30,7 @@ from optuna_checkpoint._fingerprint import describe
 from optuna_checkpoint._fingerprint import differences
 from optuna_checkpoint._interruptions import INTERRUPTED_ATTR
 from optuna_checkpoint._interruptions import RETRIES_EXHAUSTED
+from optuna_checkpoint._interruptions import adoptable_trials
 from optuna_checkpoint._interruptions import find_interrupted
 from optuna_checkpoint._interruptions import first_trial_of_new_stream
 from optuna_checkpoint._interruptions import hidden_from
@@ -38,9 +39,15 @@ from optuna_checkpoint._interruptions import roll_forward
 from optuna_checkpoint._lease import DEFAULT_GRACE_PERIOD
 from optuna_checkpoint._lease import DEFAULT_HEARTBEAT_INTERVAL
 from optuna_checkpoint._lease import Heartbeat
+from optuna_checkpoint._lease import LeaseVerdict
 from optuna_checkpoint._lease import current_owner
 from optuna_checkpoint._lease import judge_lease
 from optuna_checkpoint._logical import HiddenTrials
+from optuna_checkpoint._worker import MAIN_WORKER
+from optuna_checkpoint._worker import check_worker_id
+from optuna_checkpoint._worker import slot_names
+from optuna_checkpoint._worker import spawn_worker_state
+from optuna_checkpoint._worker import worker_id_from_environment
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
@@ -64,7 +71,14 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_STREAM = "main"
+CLAIM_WINDOW = 5.0
+"""Seconds after its creation within which a live process claims its trial for its stream.
+
+A worker claims its first trial a few queries after Optuna created it, and every later one in
+the very transaction that creates it; an unclaimed trial older than this was left by a process
+that died before its first sampler hook. The age is read from Optuna's ``datetime_start``, so
+the hosts' clocks must agree to within a few seconds (as for Optuna's own heartbeat).
+"""
 
 _live_samplers: weakref.WeakSet[CheckpointingSampler] = weakref.WeakSet()
 
@@ -133,14 +147,23 @@ class CheckpointingSampler(BaseSampler):
         start_new_stream: Discard the study's checkpoints and start the stream again from
             ``sampler`` as given, e.g. after deliberately changing its configuration. The
             trajectory from then on is that of the new sampler, not of the old run.
+        worker_id: The name of this worker's checkpoint stream, for studies run by several
+            processes at once. Without it, the environment's ``OPTUNA_CHECKPOINT_WORKER_ID`` or
+            launcher rank is used, else the first free slot (``main``, ``worker-1``, ...); see
+            :mod:`optuna_checkpoint._worker` for the rule. A second live process with the same
+            explicit id is refused with :class:`StreamOwnedError`. Every worker but ``main``
+            derives its random streams from the sampler's seed and its id, so seeded workers
+            do not propose the same points.
         max_retries: How often a trial interrupted at the same logical position is retried
             before its failure is treated as genuine; ``None`` (the default, as for Optuna's
             ``RetryFailedTrialCallback``) retries every time, which the exact-resume guarantee
             needs. Set it when a trial may kill its own process (e.g. out of memory) and the
             script is restarted automatically, so that such a trial cannot loop forever.
         grace_period: Seconds without a heartbeat after which a lease held from another host is
-            considered abandoned.
-        heartbeat_interval: Seconds between lease refreshes while a trial runs.
+            considered abandoned. Defaults to the storage's own grace period when Optuna's
+            heartbeat is enabled on it, else to 120.
+        heartbeat_interval: Seconds between lease refreshes while a trial runs. Defaults to the
+            storage's heartbeat interval when Optuna's heartbeat is enabled on it, else to 30.
     """
 
     def __init__(
@@ -149,22 +172,30 @@ class CheckpointingSampler(BaseSampler):
         *,
         allow_pickle: bool = False,
         start_new_stream: bool = False,
+        worker_id: str | None = None,
         max_retries: int | None = None,
-        grace_period: float = DEFAULT_GRACE_PERIOD,
-        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        grace_period: float | None = None,
+        heartbeat_interval: float | None = None,
     ) -> None:
         if isinstance(sampler, CheckpointingSampler):
             raise ValueError("the sampler is already a CheckpointingSampler; wrap it only once")
         if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries must be non-negative, got {max_retries}")
         self._sampler = sampler
-        # One stream per study in this release; named, so worker streams can be added beside it.
-        self._stream_name = DEFAULT_STREAM
+        # None: take the first free slot of the study when attaching.
+        self._worker_id = (
+            check_worker_id(worker_id) if worker_id is not None else worker_id_from_environment()
+        )
         self._allow_pickle = allow_pickle
         self._start_new_stream = start_new_stream
         self._max_retries = max_retries
         self._grace_period = grace_period
         self._heartbeat_interval = heartbeat_interval
+        # Resolved against the storage's own heartbeat settings when attaching.
+        self._grace = DEFAULT_GRACE_PERIOD if grace_period is None else grace_period
+        self._heartbeat_every = (
+            DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else heartbeat_interval
+        )
         self._adapter = adapter_for(sampler, allow_pickle=allow_pickle)
         # Described now, while the sampler is fresh: seeded RNGs still show their seed.
         self._fingerprint = {
@@ -197,7 +228,9 @@ class CheckpointingSampler(BaseSampler):
         """Resume on the first trial of a process, then delegate with the logical view."""
         crash_point("before_trial")
         with self._lock:
-            attachment = self._attach(study, trial)
+            attachment, attached_now = self._attach(study, trial)
+            if not attached_now:  # the first trial was claimed while attaching
+                self._claim(attachment, trial)
             self._settle_previous_trial(attachment)
             self._refresh_hidden_trials(attachment)
             if attachment.trials_in_progress and not self._warned_concurrency:
@@ -270,6 +303,7 @@ class CheckpointingSampler(BaseSampler):
         self._sampler.after_trial(view, logical, state, values)
         checkpoint = self._capture(
             attachment.study_uid,
+            attachment.stream.name,
             trial_id,
             logical.number,
             state,
@@ -305,6 +339,7 @@ class CheckpointingSampler(BaseSampler):
     def _capture(
         self,
         uid: str,
+        stream_name: str,
         trial_id: int | None,
         logical_number: int,
         state: TrialState | None = None,
@@ -312,7 +347,7 @@ class CheckpointingSampler(BaseSampler):
     ) -> Checkpoint:
         """Encode the wrapped sampler's current state as the checkpoint of ``trial_id``."""
         payload = _codec.encode(self._adapter.state_dict(), allow_pickle=self._allow_pickle)
-        context = _checksum_context(uid, self._stream_name, trial_id, logical_number)
+        context = _checksum_context(uid, stream_name, trial_id, logical_number)
         return Checkpoint(
             trial_id=trial_id,
             logical_number=logical_number,
@@ -324,8 +359,9 @@ class CheckpointingSampler(BaseSampler):
         )
 
     def _restore(self, attachment: _Attachment, checkpoint: Checkpoint) -> None:
+        stream_name = attachment.stream.name
         context = _checksum_context(
-            attachment.study_uid, self._stream_name, checkpoint.trial_id, checkpoint.logical_number
+            attachment.study_uid, stream_name, checkpoint.trial_id, checkpoint.logical_number
         )
         where = (
             "the initial checkpoint"
@@ -339,7 +375,7 @@ class CheckpointingSampler(BaseSampler):
         )
         if _codec.checksum(checkpoint.payload, context=context) != checkpoint.checksum:
             raise CorruptCheckpointError(
-                f"{where} in stream {self._stream_name!r} fails its checksum: it was corrupted "
+                f"{where} in stream {stream_name!r} fails its checksum: it was corrupted "
                 "or altered, or copied from another study, stream or trial." + remedy
             )
         if checkpoint.adapter != self._adapter.name:
@@ -355,11 +391,12 @@ class CheckpointingSampler(BaseSampler):
 
     # -- attach and resume -------------------------------------------------------------------
 
-    def _attach(self, study: Study, trial: FrozenTrial) -> _Attachment:
+    def _attach(self, study: Study, trial: FrozenTrial) -> tuple[_Attachment, bool]:
+        """Return the attachment to ``study``, opening its stream on the first hook."""
         if self._superseded:
             raise StreamOwnedError(
-                f"another CheckpointingSampler in this process took over stream "
-                f"{self._stream_name!r} of study {study.study_name!r}; use that one."
+                f"another CheckpointingSampler in this process took over this sampler's "
+                f"checkpoint stream of study {study.study_name!r}; use that one."
             )
         attachment = self._attachment
         if (
@@ -367,50 +404,39 @@ class CheckpointingSampler(BaseSampler):
             and attachment.study_id == study._study_id
             and (attachment.storage is study._storage)
         ):
-            return attachment
+            return attachment, False
         if attachment is not None:
             self._release()
         self._attachment = attachment = self._open_stream(study, trial)
         # Released when the sampler is collected or the interpreter exits, so the next process
         # resumes at once instead of first proving this one gone.
         attachment.release = weakref.finalize(self, _release_lease, attachment)
-        return attachment
+        return attachment, True
 
     def _open_stream(self, study: Study, trial: FrozenTrial) -> _Attachment:
         storage = study._storage
         store = _store_for(storage)
-        # The trials are read once here and used by the whole resume.
-        trials = storage.get_all_trials(study._study_id, deepcopy=False)
-        uid = study_uid(study._study_id, study.study_name, trials[0])
+        self._grace, self._heartbeat_every = _lease_timing(
+            storage, self._grace_period, self._heartbeat_interval
+        )
+        # Captured before anything runs: worker streams are derived from the state as given.
+        pristine = self._adapter.state_dict()
+        uid = study_uid(study._study_id, study.study_name, _first_trial(storage, study._study_id))
         me = current_owner()
-        stream = store.find_stream(uid, self._stream_name)
-        created = False
-        if stream is None:
-            initial = self._capture(uid, None, -1)
-            stream = store.create_stream(
-                study._study_id,
-                uid,
-                self._stream_name,
-                self._fingerprint,
-                me,
-                initial,
-                first_trial_number=first_trial_of_new_stream(storage, study._study_id, trial),
-            )
-            created = stream is not None
-            if stream is None:  # another process created it first: resume from it like any
-                stream = store.find_stream(uid, self._stream_name)
-                assert stream is not None
-                self._take_lease(store, stream, me, study, trial)
-        else:
-            self._take_lease(store, stream, me, study, trial)
+        stream, created = self._choose_stream(store, study, trial, uid, me, pristine)
         attachment = None
         try:
+            # Claimed first, so a worker resuming meanwhile never takes it for a dead one's.
+            self._claim_first_trial(store, stream, study, trial)
             if self._start_new_stream and not created:
-                stream = self._restart_stream(store, stream, me, study, trial, uid)
+                stream = self._restart_stream(store, stream, me, study, trial, uid, pristine)
             else:
                 self._check_fingerprint(stream, study)
             attachment = self._new_attachment(storage, study, uid, store, stream, me)
+            # The trials are read once here and used by the whole resume.
+            trials = storage.get_all_trials(study._study_id, deepcopy=False)
             self._resume(attachment, trials, trial)
+            store.claim_trials_at_creation(stream, study._study_id)
         except BaseException:
             # Whatever stopped the resume (a mismatch, a corrupt checkpoint, Ctrl-C), the lease
             # must not stay with a token no sampler holds: a retry in this process would be
@@ -421,6 +447,116 @@ class CheckpointingSampler(BaseSampler):
             raise
         return attachment
 
+    def _choose_stream(
+        self,
+        store: CheckpointStore,
+        study: Study,
+        trial: FrozenTrial,
+        uid: str,
+        me: Owner,
+        pristine: dict[str, Any],
+    ) -> tuple[Stream, bool]:
+        """Take the lease of this worker's stream, creating it if new.
+
+        Returns:
+            The stream, and whether it was created now.
+        """
+        explicit = self._worker_id is not None
+        existing = {s.name: s for s in store.list_streams(uid)}
+        names = iter([self._worker_id]) if self._worker_id is not None else slot_names()
+        for name in names:
+            assert name is not None
+            stream = existing.get(name)
+            if stream is None:
+                initial = self._initial_checkpoint(uid, name, pristine)
+                stream = store.create_stream(
+                    study._study_id,
+                    uid,
+                    name,
+                    self._fingerprint,
+                    me,
+                    initial,
+                    first_trial_number=first_trial_of_new_stream(
+                        study._storage, study._study_id, trial
+                    ),
+                )
+                if stream is not None:
+                    return stream, True
+                # Another process created it first: it is an existing stream like any other.
+                stream = store.find_stream(uid, name)
+                assert stream is not None
+            verdict = self._judge(stream, me)
+            if verdict.may_take_over and store.take_over(stream, me, time.time()):
+                _logger.info("Took over checkpoint stream %r: %s.", name, verdict.reason)
+                return stream, False
+            if not explicit:
+                continue  # a busy slot: try the next one
+            if verdict.may_take_over:
+                raise StreamOwnedError(
+                    f"another process took over checkpoint stream {name!r} of study "
+                    f"{study.study_name!r} at the same moment; run one process per worker id."
+                )
+            self._close_refused_trial(store, stream, study, trial)
+            raise StreamOwnedError(
+                f"worker id {name!r} of study {study.study_name!r} is in use: "
+                f"{verdict.reason}. Two live processes must not share a worker id. Stop the "
+                "other process first, or give this one another worker_id (or none, to take a "
+                f"free slot). Trial {trial.number}, which this process had just created, was "
+                "closed as FAIL and is hidden from the other workers' samplers."
+            )
+        raise AssertionError("unreachable: slot names never run out")
+
+    def _judge(self, stream: Stream, me: Owner) -> LeaseVerdict:
+        verdict = judge_lease(stream.owner, stream.heartbeat_at, time.time(), me, self._grace)
+        if not verdict.may_take_over and stream.owner is not None:
+            other = _local_sampler_holding(stream.owner.token)
+            if other is not None and other is not self and other._idle():
+                # The same study opened again in this process (e.g. a notebook cell run twice).
+                other._superseded = True
+                other._stop_heartbeat()
+                verdict = LeaseVerdict(True, "an idle sampler in this process held it")
+        return verdict
+
+    def _initial_checkpoint(
+        self, uid: str, stream_name: str, pristine: dict[str, Any]
+    ) -> Checkpoint:
+        """Set the sampler to its state for a new stream of that name, and capture it.
+
+        ``main`` keeps the sampler as constructed (it is still untouched: this runs before its
+        first hook); every other stream derives its generators from ``pristine`` and its name.
+        """
+        if stream_name != MAIN_WORKER:
+            spawned, generators = spawn_worker_state(pristine, stream_name)
+            if generators:
+                self._adapter.load_state_dict(spawned)
+            else:
+                _logger.warning(
+                    "%s has no random generator optuna-checkpoint can derive per worker: seed "
+                    "it differently in each worker, or workers may propose the same points.",
+                    type(self._sampler).__name__,
+                )
+        return self._capture(uid, stream_name, None, -1)
+
+    def _claim_first_trial(
+        self, store: CheckpointStore, stream: Stream, study: Study, trial: FrozenTrial
+    ) -> None:
+        if not store.claim_trial(stream, study._study_id, trial._trial_id):
+            raise StreamOwnedError(
+                f"trial {trial.number}, which this process had just created, was taken for an "
+                "abandoned one by another worker's resume before this process could claim it "
+                f"(the claim window is {CLAIM_WINDOW:.0f} s; is the database overloaded, or "
+                "are the hosts' clocks apart?). Run this worker again."
+            )
+
+    def _claim(self, attachment: _Attachment, trial: FrozenTrial) -> None:
+        store, stream = attachment.store, attachment.stream
+        if not store.claim_trial(stream, attachment.study_id, trial._trial_id):
+            raise CheckpointError(
+                f"trial {trial.number} is claimed by another worker's checkpoint stream: it "
+                "was taken for an abandoned trial while this process started it. Run this "
+                "worker again."
+            )
+
     def _restart_stream(
         self,
         store: CheckpointStore,
@@ -429,8 +565,9 @@ class CheckpointingSampler(BaseSampler):
         study: Study,
         trial: FrozenTrial,
         uid: str,
+        pristine: dict[str, Any],
     ) -> Stream:
-        initial = self._capture(uid, None, -1)
+        initial = self._initial_checkpoint(uid, stream.name, pristine)
         reset = store.reset_stream(
             replace(stream, owner=me),
             self._fingerprint,
@@ -441,8 +578,9 @@ class CheckpointingSampler(BaseSampler):
         if reset is None:
             raise StreamOwnedError("another process took the stream over while it was reset")
         _logger.warning(
-            "Started a new checkpoint stream for study %r: the sampler continues from its "
+            "Started a new checkpoint stream %r for study %r: the sampler continues from its "
             "configuration as given, not from the previous run's state.",
+            stream.name,
             study.study_name,
         )
         return reset
@@ -458,7 +596,7 @@ class CheckpointingSampler(BaseSampler):
     ) -> _Attachment:
         heartbeat = None
         if not isinstance(store, InMemoryCheckpointStore):
-            heartbeat = Heartbeat(store, stream.stream_id, me.token, self._heartbeat_interval)
+            heartbeat = Heartbeat(store, stream.stream_id, me.token, self._heartbeat_every)
         return _Attachment(
             storage=storage,
             study_id=study._study_id,
@@ -472,34 +610,6 @@ class CheckpointingSampler(BaseSampler):
             trials_in_progress=set(),
         )
 
-    def _take_lease(
-        self, store: CheckpointStore, stream: Stream, me: Owner, study: Study, trial: FrozenTrial
-    ) -> None:
-        now = time.time()
-        verdict = judge_lease(stream.owner, stream.heartbeat_at, now, me, self._grace_period)
-        if not verdict.may_take_over and stream.owner is not None:
-            other = _local_sampler_holding(stream.owner.token)
-            if other is not None and other is not self and other._idle():
-                # The same study opened again in this process (e.g. a notebook cell run twice).
-                other._superseded = True
-                other._stop_heartbeat()
-                verdict = replace(verdict, may_take_over=True)
-        if not verdict.may_take_over:
-            self._close_refused_trial(store, stream, study, trial)
-            raise StreamOwnedError(
-                f"checkpoint stream {self._stream_name!r} of study {study.study_name!r} cannot be "
-                f"taken over: {verdict.reason}. Two processes must not write one stream. Stop "
-                "the other process first, or run this one on another study. Trial "
-                f"{trial.number}, which this process had just created, was closed as FAIL and "
-                "is hidden from the owner's sampler."
-            )
-        if not store.take_over(stream, me, now):
-            raise StreamOwnedError(
-                f"another process took over checkpoint stream {self._stream_name!r} of study "
-                f"{study.study_name!r} at the same moment; run one process per stream."
-            )
-        _logger.info("Took over checkpoint stream %r: %s.", self._stream_name, verdict.reason)
-
     @staticmethod
     def _close_refused_trial(
         store: CheckpointStore, stream: Stream, study: Study, trial: FrozenTrial
@@ -509,7 +619,7 @@ class CheckpointingSampler(BaseSampler):
         logical = hidden_from(store.where_interrupted(stream.study_uid)).logical_number(
             trial.number
         )
-        reason = "refused: another live process owns the checkpoint stream"
+        reason = "refused: another live process holds its worker id"
         store.add_interruptions(
             study._study_id,
             stream.study_uid,
@@ -553,7 +663,8 @@ class CheckpointingSampler(BaseSampler):
             current,
             known,
             newest,
-            first_trial_number=attachment.stream.first_trial_number,
+            mine=self._unfinished_trials_of_stream(attachment, trials, current, known, newest),
+            stream_id=attachment.stream.stream_id,
             max_retries=self._max_retries,
         )
         # Recorded first: if this process dies before closing them, the next one still hides
@@ -575,13 +686,57 @@ class CheckpointingSampler(BaseSampler):
         ]
         if not restorable:
             raise CorruptCheckpointError(
-                f"stream {self._stream_name!r} has no checkpoint to resume from; pass "
+                f"stream {attachment.stream.name!r} has no checkpoint to resume from; pass "
                 "start_new_stream=True to CheckpointingSampler to start it again."
             )
         checkpoint = restorable[0]
         self._restore(attachment, checkpoint)
-        mark_retry(storage, current, attachment.hidden, interrupted)
+        restored_after = -1 if checkpoint.trial_id is None else trials[checkpoint.trial_id].number
+        mark_retry(storage, current, interrupted, attachment.stream.stream_id, restored_after)
         crash_point("after_resume")
+
+    @staticmethod
+    def _unfinished_trials_of_stream(
+        attachment: _Attachment,
+        trials: dict[int, FrozenTrial],
+        current: FrozenTrial,
+        known: list[Interruption],
+        newest: Checkpoint | None,
+    ) -> set[int]:
+        """The unfinished trials this stream's previous owner ran: claimed by it, or adopted.
+
+        A trial no stream claimed after the claim window was created by a process that died
+        before its first sampler hook; the first worker to resume adopts it, atomically, so it
+        is hidden and retried exactly once. Other workers' trials are never touched.
+        """
+        store, stream = attachment.store, attachment.stream
+        hidden = {i.trial_id for i in known}
+        newest_trial = trials.get(newest.trial_id) if newest and newest.trial_id else None
+        after = newest_trial.number if newest_trial is not None else -1
+        candidates = [
+            t
+            for t in trials.values()
+            if t._trial_id != current._trial_id
+            and t._trial_id not in hidden
+            and (
+                t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and t.number > after)
+            )
+        ]
+        claims = store.claims(attachment.study_uid, [t._trial_id for t in candidates])
+        mine = {trial_id for trial_id, owner in claims.items() if owner == stream.stream_id}
+        unclaimed = [
+            t
+            for t in candidates
+            if t._trial_id not in claims
+            and t.state == TrialState.RUNNING
+            and t.number >= stream.first_trial_number
+        ]
+        for trial in adoptable_trials(
+            unclaimed, lambda ids: store.claims(attachment.study_uid, ids), CLAIM_WINDOW
+        ):
+            if store.claim_trial(stream, attachment.study_id, trial._trial_id):
+                mine.add(trial._trial_id)
+        return mine
 
     @staticmethod
     def _refresh_hidden_trials(attachment: _Attachment) -> None:
@@ -670,4 +825,28 @@ def _store_for(storage: BaseStorage) -> CheckpointStore:
     raise CheckpointError(
         f"{type(storage).__name__} is not supported by this release of optuna-checkpoint; use "
         "an RDB storage (e.g. storage='sqlite:///study.db')."
+    )
+
+
+def _first_trial(storage: BaseStorage, study_id: int) -> FrozenTrial:
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, 0))
+
+
+def _lease_timing(
+    storage: BaseStorage, grace_period: float | None, heartbeat_interval: float | None
+) -> tuple[float, float]:
+    """The lease's grace period and heartbeat interval: as given, else the storage's own."""
+    # RDBStorage's public heartbeat settings (BaseHeartbeat), when Optuna's heartbeat is on.
+    get_interval = getattr(storage, "get_heartbeat_interval", None)
+    storage_interval = get_interval() if callable(get_interval) else None
+    if storage_interval:
+        rdb = resolve_rdb_storage(storage)
+        storage_grace = getattr(rdb, "grace_period", None) or 2 * storage_interval
+        if heartbeat_interval is None:
+            heartbeat_interval = float(storage_interval)
+        if grace_period is None:
+            grace_period = float(storage_grace)
+    return (
+        DEFAULT_GRACE_PERIOD if grace_period is None else grace_period,
+        DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else heartbeat_interval,
     )

@@ -78,7 +78,9 @@ def main() -> int:
     if config.get("initial_state_from"):
         _load_initial_state(sampler, config["initial_state_from"])
     if config.get("wrap", True):
-        sampler = CheckpointingSampler(sampler, max_retries=config.get("max_retries"))
+        sampler = CheckpointingSampler(
+            sampler, max_retries=config.get("max_retries"), worker_id=config.get("worker_id")
+        )
     study = optuna.create_study(
         study_name="fuzz", storage=config["storage"], load_if_exists=True, sampler=sampler
     )

@@ -86,7 +86,8 @@ def test_second_process_is_refused_and_the_owner_trajectory_stays_exact(
     url = sqlite_url(tmp_path / "study.db")
     # The owner is slow enough for the intruder to start while it runs; CMA-ES reseeds from
     # trial numbers, so an intruding trial left visible would change the owner's proposals.
-    owner_config = json.dumps(_config("cmaes", url, delay=0.15))
+    # Both claim the same worker id: the second live process on it must be refused.
+    owner_config = json.dumps(_config("cmaes", url, delay=0.15, worker_id="main"))
     owner = subprocess.Popen(
         [sys.executable, str(CHILD), owner_config], stdout=subprocess.PIPE, text=True
     )

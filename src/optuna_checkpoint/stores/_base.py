@@ -1,13 +1,16 @@
 """The checkpoint store contract and the records that pass through it.
 
-A store keeps, per study, named *streams* of checkpoints. A stream records the fingerprint of the
-sampler configuration that writes it and the lease of the process that owns it; its checkpoints
-are the wrapped sampler's state after each finished trial, keyed by the trial's id. Independently
-of streams, a store records which trials were *interrupted* (their process died) so that every
+A store keeps, per study, named *streams* of checkpoints, one per worker. A stream records the
+fingerprint of the sampler configuration that writes it and the lease of the process that owns it;
+its checkpoints are the wrapped sampler's state after each finished trial, keyed by the trial's id.
+Each trial a worker runs is *claimed* for its stream, so that a worker resuming its stream knows
+which unfinished trials were its own and never touches another worker's. Independently of
+streams, a store records which trials were *interrupted* (their process died) so that every
 process hides them from the sampler in the same way.
 
-Each study is identified by a ``study_uid`` kept in the study's own system attributes, not by its
-id: SQLite reuses the ids of deleted studies, and a recreated study must not see old checkpoints.
+Each study is identified by a ``study_uid`` derived from the study (see
+``optuna_checkpoint._sampler.study_uid``), not by its id: SQLite reuses the ids of deleted
+studies, and a recreated study must not see old checkpoints.
 """
 
 from __future__ import annotations
@@ -81,12 +84,17 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Interruption:
-    """A trial whose process died before it finished; it is hidden and retried."""
+    """A trial whose process died before it finished; it is hidden and retried.
+
+    ``stream_id`` is the stream whose worker retries it, or ``None`` for a trial no stream ran
+    (one refused by a stream's owner).
+    """
 
     trial_id: int
     trial_number: int
     logical_number: int
     reason: str
+    stream_id: int | None = None
 
 
 class CheckpointStore(abc.ABC):
@@ -98,6 +106,10 @@ class CheckpointStore(abc.ABC):
     @abc.abstractmethod
     def find_stream(self, study_uid: str, name: str) -> Stream | None:
         """Return the stream, or ``None`` if there is none."""
+
+    @abc.abstractmethod
+    def list_streams(self, study_uid: str) -> list[Stream]:
+        """Return all of the study's streams, in the order they were created."""
 
     @abc.abstractmethod
     def create_stream(
@@ -178,6 +190,30 @@ class CheckpointStore(abc.ABC):
 
         ``study_id`` lets the rows be removed once the study is deleted and its id reused.
         """
+
+    @abc.abstractmethod
+    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
+        """Record that trial ``trial_id`` is run by ``stream``'s worker.
+
+        Atomic against concurrent claims of the same trial: exactly one stream wins.
+
+        Returns:
+            ``True`` if the trial is now, or already was, ``stream``'s; ``False`` if another
+            stream claimed it first.
+        """
+
+    @abc.abstractmethod
+    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
+        """Return the claiming stream's id for each of ``trial_ids`` that is claimed."""
+
+    def claim_trials_at_creation(self, stream: Stream, study_id: int) -> None:
+        """Claim for ``stream`` the RUNNING trials this process creates in the study from now on.
+
+        Stores with a commit hook add the claim to the transaction that creates the trial, so a
+        trial is never unclaimed while its process lives, at no extra round trip; the sampler's
+        :meth:`claim_trial` in ``before_trial`` is then free. Other stores do nothing here.
+        """
+        return None
 
     supports_commit_hook = False
 

@@ -37,6 +37,7 @@ class InMemoryCheckpointStore(CheckpointStore):
         self._streams: dict[tuple[str, str], Stream] = {}
         self._checkpoints: dict[int, dict[int | None, Checkpoint]] = {}
         self._interruptions: dict[str, dict[int, Interruption]] = {}
+        self._claims: dict[str, dict[int, int]] = {}
 
     @classmethod
     def for_storage(cls, storage: BaseStorage) -> InMemoryCheckpointStore:
@@ -60,6 +61,12 @@ class InMemoryCheckpointStore(CheckpointStore):
         """Return the stream, or ``None``."""
         with self._lock:
             return self._streams.get((study_uid, name))
+
+    def list_streams(self, study_uid: str) -> list[Stream]:
+        """Return the study's streams in creation order."""
+        with self._lock:
+            found = [s for s in self._streams.values() if s.study_uid == study_uid]
+        return sorted(found, key=lambda s: s.stream_id)
 
     def create_stream(
         self,
@@ -161,3 +168,15 @@ class InMemoryCheckpointStore(CheckpointStore):
             known = self._interruptions.setdefault(study_uid, {})
             for interruption in interruptions:
                 known.setdefault(interruption.trial_id, interruption)
+
+    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
+        """Claim the trial for the stream unless another stream has it."""
+        with self._lock:
+            claims = self._claims.setdefault(stream.study_uid, {})
+            return claims.setdefault(trial_id, stream.stream_id) == stream.stream_id
+
+    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
+        """Return the claiming stream of each claimed trial among ``trial_ids``."""
+        with self._lock:
+            claims = self._claims.get(study_uid, {})
+            return {t: claims[t] for t in trial_ids if t in claims}

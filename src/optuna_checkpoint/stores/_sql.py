@@ -99,6 +99,17 @@ interrupted_trials = sa.Table(
     sa.Column("trial_number", sa.Integer, nullable=False),
     sa.Column("logical_number", sa.Integer, nullable=False),
     sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("stream_id", sa.Integer),
+)
+
+trial_claims = sa.Table(
+    "optuna_checkpoint_trial_claims",
+    metadata,
+    # Keyed by study, like interruptions: SQLite reuses the trial ids of a deleted study.
+    sa.Column("study_uid", sa.String(32), primary_key=True),
+    sa.Column("trial_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("study_id", sa.Integer, nullable=False, index=True),
+    sa.Column("stream_id", sa.Integer, nullable=False),
 )
 
 
@@ -124,6 +135,7 @@ _INSERT_IF_OWNER = checkpoints.insert().from_select(
         streams.c.owner_token == sa.bindparam("owner_token"),
     ),
 )
+_INSERT_CLAIM = trial_claims.insert()
 _COUNT_INTERRUPTIONS = (
     sa.select(sa.func.count())
     .select_from(interrupted_trials)
@@ -196,6 +208,14 @@ def _stream_from_row(row: sa.Row[Any]) -> Stream:
     )
 
 
+@dataclass(frozen=True)
+class _CreationClaimer:
+    """Claims the trials this process creates in one study for one stream."""
+
+    study_uid: str
+    stream_id: int
+
+
 @dataclass
 class _DeferredSave:
     stream_id: int
@@ -205,18 +225,30 @@ class _DeferredSave:
 
 
 class _TrialCommitHook:
-    """Adds deferred checkpoints to the transactions that finish their trials.
+    """Adds claims and deferred checkpoints to the transactions Optuna commits anyway.
 
-    One per :class:`RDBStorage`; registered on Optuna's ``scoped_session`` with SQLAlchemy's
-    ``before_commit`` event, so it sees every commit Optuna makes through that storage.
+    One per :class:`RDBStorage`, listening on Optuna's ``scoped_session`` with SQLAlchemy's
+    documented session events, so it sees every commit Optuna makes through that storage:
+
+    * a trial created RUNNING in a study this process works on for a stream is claimed for that
+      stream in the transaction that creates it, so it is never unclaimed while its process
+      lives;
+    * a trial turning finished gets its deferred checkpoint in the transaction that stores its
+      end.
     """
+
+    _NEW_TRIALS = "optuna_checkpoint_new_trials"  # key in ``Session.info``
 
     def __init__(self, rdb: RDBStorage) -> None:
         self._deferred: dict[int, _DeferredSave] = {}
+        self._claimers: dict[int, _CreationClaimer] = {}  # by study id
+        self._claimed_at_creation: dict[int, int] = {}  # trial id -> stream id
         self._lock = threading.Lock()
         # Interruptions per study as counted in the latest checkpoint's transaction: lets the
         # owner notice, at no extra round trip, a trial that another process closed as refused.
         self.interruption_counts: dict[str, int] = {}
+        event.listen(rdb.scoped_session, "pending_to_persistent", self._on_inserted)
+        event.listen(rdb.scoped_session, "after_soft_rollback", self._on_rollback)
         event.listen(rdb.scoped_session, "before_commit", self._before_commit)
 
     def defer(self, trial_id: int, save: _DeferredSave) -> None:
@@ -231,7 +263,35 @@ class _TrialCommitHook:
         with self._lock:
             self._deferred.pop(trial_id, None)
 
+    def claim_new_trials(self, study_id: int, claimer: _CreationClaimer | None) -> None:
+        with self._lock:
+            if claimer is None:
+                self._claimers.pop(study_id, None)
+            else:
+                self._claimers[study_id] = claimer
+
+    def stop_claiming_for(self, stream_id: int) -> None:
+        with self._lock:
+            for study_id, claimer in list(self._claimers.items()):
+                if claimer.stream_id == stream_id:
+                    del self._claimers[study_id]
+
+    def take_creation_claim(self, trial_id: int) -> int | None:
+        """The stream the trial was claimed for when it was created here, asked once."""
+        with self._lock:
+            return self._claimed_at_creation.pop(trial_id, None)
+
+    def _on_inserted(self, session: Session, instance: object) -> None:
+        if self._claimers and getattr(instance, "__tablename__", None) == _OPTUNA_TRIALS_TABLE:
+            session.info.setdefault(self._NEW_TRIALS, []).append(instance)
+
+    def _on_rollback(self, session: Session, previous_transaction: object) -> None:
+        session.info.pop(self._NEW_TRIALS, None)
+
     def _before_commit(self, session: Session) -> None:
+        created = session.info.pop(self._NEW_TRIALS, None)
+        if created:
+            self._claim_created(session, created)
         if not self._deferred:
             return
         for trial_id in self._finishing_trials(session):
@@ -259,6 +319,31 @@ class _TrialCommitHook:
                 _COUNT_INTERRUPTIONS, {"study_uid": save.study_uid}
             ).scalar_one()
             crash_point("inside_commit")
+
+    def _claim_created(self, session: Session, created: list[Any]) -> None:
+        rows: list[dict[str, Any]] = []
+        for trial in created:
+            state = getattr(trial, "state", None)
+            with self._lock:
+                claimer = self._claimers.get(getattr(trial, "study_id", None))  # type: ignore[arg-type]
+            # Enqueued trials are created WAITING: whichever worker pops one claims it then.
+            if claimer is None or state != TrialState.RUNNING:
+                continue
+            trial_id = int(getattr(trial, "trial_id"))  # noqa: B009 - untyped ORM row
+            rows.append(
+                {
+                    "study_uid": claimer.study_uid,
+                    "trial_id": trial_id,
+                    "study_id": int(getattr(trial, "study_id")),  # noqa: B009
+                    "stream_id": claimer.stream_id,
+                }
+            )
+        if not rows:
+            return
+        session.connection().execute(_INSERT_CLAIM, rows)
+        with self._lock:
+            for row in rows:
+                self._claimed_at_creation[int(row["trial_id"])] = int(row["stream_id"])
 
     def _finishing_trials(self, session: Session) -> list[int]:
         # Optuna loads the trial row ``for_update`` and sets its state before committing; find
@@ -320,6 +405,16 @@ class SQLCheckpointStore(CheckpointStore):
             ).first()
         return None if row is None else _stream_from_row(row)
 
+    def list_streams(self, study_uid: str) -> list[Stream]:
+        """Return the study's streams in creation order."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                streams.select()
+                .where(streams.c.study_uid == study_uid)
+                .order_by(streams.c.stream_id)
+            ).all()
+        return [_stream_from_row(row) for row in rows]
+
     def create_stream(
         self,
         study_id: int,
@@ -342,12 +437,12 @@ class SQLCheckpointStore(CheckpointStore):
                     checkpoints.delete().where(checkpoints.c.stream_id.in_(orphaned))
                 )
                 connection.execute(streams.delete().where(streams.c.stream_id.in_(orphaned)))
-                connection.execute(
-                    interrupted_trials.delete().where(
-                        interrupted_trials.c.study_id == study_id,
-                        interrupted_trials.c.study_uid != study_uid,
+                for table in (interrupted_trials, trial_claims):
+                    connection.execute(
+                        table.delete().where(
+                            table.c.study_id == study_id, table.c.study_uid != study_uid
+                        )
                     )
-                )
                 stream_id = connection.execute(
                     streams.insert().values(
                         study_id=study_id,
@@ -429,6 +524,7 @@ class SQLCheckpointStore(CheckpointStore):
 
     def release(self, stream_id: int, token: str) -> None:
         """Give the lease up, waiting at most briefly for a lock."""
+        self._hook.stop_claiming_for(stream_id)
         with self._engine.begin() as connection:
             if connection.dialect.name == "sqlite":
                 # A statement cut short by Ctrl-C can hold SQLite's lock until exit; rather than
@@ -503,6 +599,7 @@ class SQLCheckpointStore(CheckpointStore):
                 trial_number=r.trial_number,
                 logical_number=r.logical_number,
                 reason=r.reason,
+                stream_id=r.stream_id,
             )
             for r in rows
         ]
@@ -530,6 +627,7 @@ class SQLCheckpointStore(CheckpointStore):
                     "trial_number": i.trial_number,
                     "logical_number": i.logical_number,
                     "reason": i.reason[:255],
+                    "stream_id": i.stream_id,
                 }
                 for i in interruptions
                 if i.trial_id not in known
@@ -556,3 +654,38 @@ class SQLCheckpointStore(CheckpointStore):
     def interruption_count_hint(self, study_uid: str) -> int | None:
         """The study's number of interruptions as of the latest checkpoint committed here."""
         return self._hook.interruption_counts.get(study_uid)
+
+    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
+        """Claim the trial for the stream, unless another stream has it."""
+        if self._hook.take_creation_claim(trial_id) == stream.stream_id:
+            return True  # claimed in the transaction that created it
+        row = {
+            "study_uid": stream.study_uid,
+            "trial_id": trial_id,
+            "study_id": study_id,
+            "stream_id": stream.stream_id,
+        }
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(_INSERT_CLAIM, row)
+            return True
+        except sa_exc.IntegrityError:
+            pass  # claimed before: by this stream (a retried call) or by another
+        return self.claims(stream.study_uid, [trial_id]).get(trial_id) == stream.stream_id
+
+    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
+        """Return the claiming stream of each claimed trial among ``trial_ids``."""
+        if not trial_ids:
+            return {}
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(trial_claims.c.trial_id, trial_claims.c.stream_id).where(
+                    trial_claims.c.study_uid == study_uid,
+                    trial_claims.c.trial_id.in_(list(trial_ids)),
+                )
+            ).all()
+        return {row.trial_id: row.stream_id for row in rows}
+
+    def claim_trials_at_creation(self, stream: Stream, study_id: int) -> None:
+        """Claim the study's trials created by this process from now on, as they are created."""
+        self._hook.claim_new_trials(study_id, _CreationClaimer(stream.study_uid, stream.stream_id))
