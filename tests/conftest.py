@@ -15,6 +15,7 @@ def _quiet_optuna() -> Iterator[None]:
     optuna.logging.set_verbosity(previous)
 
 
-from tests.servers import mysql_url  # noqa: E402, F401 - fixtures for every test module
+from tests.servers import database_url  # noqa: E402, F401 - fixtures for every test module
+from tests.servers import mysql_url  # noqa: E402, F401
 from tests.servers import postgres_url  # noqa: E402, F401
 from tests.servers import redis_url  # noqa: E402, F401

@@ -9,8 +9,8 @@ that CI and the development machines use:
 ``OPTUNA_CHECKPOINT_TEST_REDIS``             ``redis://127.0.0.1:6379/0``
 ==========================================  ===================================================
 
-The SQL URLs name a database the tests may connect to; each test session creates a database of
-its own on that server and drops it at the end. A server that cannot be reached makes its tests
+The SQL URLs name a database the tests may connect to; each test creates a database of its own on
+that server and drops it at the end. A server that cannot be reached makes its tests
 skip with the reason, unless ``OPTUNA_CHECKPOINT_REQUIRE_SERVERS=1`` is set (as ``.ci/run``
 does): then they fail, so CI cannot go green by skipping them.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import os
+from pathlib import Path
 import uuid
 
 import pytest
@@ -73,16 +74,27 @@ def _scratch_database(env: str, what: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """URL of a fresh PostgreSQL database for this test session."""
+    """URL of a fresh PostgreSQL database, dropped after the test."""
     yield from _scratch_database(POSTGRES_ENV, "PostgreSQL")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def mysql_url() -> Iterator[str]:
-    """URL of a fresh MySQL/MariaDB database for this test session."""
+    """URL of a fresh MySQL/MariaDB database, dropped after the test."""
     yield from _scratch_database(MYSQL_ENV, "MySQL/MariaDB")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of a fresh database of each kind Optuna's RDBStorage supports."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+    elif request.param == "postgresql":
+        yield from _scratch_database(POSTGRES_ENV, "PostgreSQL")
+    else:
+        yield from _scratch_database(MYSQL_ENV, "MySQL/MariaDB")
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,12 @@ one extra statement instead of one extra transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import dataclass
 import json
+import random
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
+_TRANSIENT_RETRIES = 5
 _INITIAL_TRIAL_ID = -1  # the row holding the state from before the stream's first trial
 _RELEASE_BUSY_TIMEOUT_MS = 200
 _SQLITE_BUSY_TIMEOUT_MS = 5000  # pysqlite's default, which Optuna's engine uses
@@ -113,6 +116,9 @@ trial_claims = sa.Table(
 )
 
 
+# Optuna's own table of studies, named but never created or altered here (a separate MetaData).
+_optuna_studies = sa.Table("studies", sa.MetaData(), sa.Column("study_id", sa.Integer))
+
 _CHECKPOINT_COLUMNS = (
     "stream_id",
     "trial_id",
@@ -124,16 +130,21 @@ _CHECKPOINT_COLUMNS = (
     "checksum",
 )
 # INSERT ... SELECT ... WHERE the stream is still ours: the lease check costs no extra statement.
-_INSERT_IF_OWNER = checkpoints.insert().from_select(
-    list(_CHECKPOINT_COLUMNS),
-    sa.select(
-        *(sa.bindparam(name, type_=checkpoints.c[name].type) for name in _CHECKPOINT_COLUMNS)
+# ``preserve_rowcount``: psycopg reports no row count for an INSERT unless SQLAlchemy asks for it.
+_INSERT_IF_OWNER = (
+    checkpoints.insert()
+    .from_select(
+        list(_CHECKPOINT_COLUMNS),
+        sa.select(
+            *(sa.bindparam(name, type_=checkpoints.c[name].type) for name in _CHECKPOINT_COLUMNS)
+        )
+        .select_from(streams)
+        .where(
+            streams.c.stream_id == sa.bindparam("stream_id"),
+            streams.c.owner_token == sa.bindparam("owner_token"),
+        ),
     )
-    .select_from(streams)
-    .where(
-        streams.c.stream_id == sa.bindparam("stream_id"),
-        streams.c.owner_token == sa.bindparam("owner_token"),
-    ),
+    .execution_options(preserve_rowcount=True)
 )
 _INSERT_CLAIM = trial_claims.insert()
 _COUNT_INTERRUPTIONS = (
@@ -150,6 +161,13 @@ def resolve_rdb_storage(storage: BaseStorage) -> RDBStorage | None:
     # ``optuna.storages._CachedStorage`` keeps the RDB backend in ``_backend``; no public accessor.
     backend = getattr(storage, "_backend", None)
     return backend if isinstance(backend, RDBStorage) else None
+
+
+def _is_transient(error: sa_exc.OperationalError) -> bool:
+    """Whether the server asks for the transaction to be retried (deadlock, lock timeout)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)  # psycopg
+    code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+    return sqlstate in ("40001", "40P01") or code in (1205, 1213)  # PG; MySQL/MariaDB
 
 
 def _values_to_text(values: list[float] | None) -> str | None:
@@ -426,42 +444,80 @@ class SQLCheckpointStore(CheckpointStore):
         *,
         first_trial_number: int,
     ) -> Stream | None:
-        """Create the stream with its initial checkpoint, removing a deleted study's rows."""
+        """Create the stream with its initial checkpoint, removing deleted studies' rows."""
+        self._remove_rows_of_deleted_studies(study_id, study_uid)
+        values = {
+            "study_id": study_id,
+            "study_uid": study_uid,
+            "name": name,
+            "fingerprint": json.dumps(fingerprint, sort_keys=True),
+            "heartbeat_at": time.time(),
+            "first_trial_number": first_trial_number,
+            **_owner_columns(owner),
+        }
+
+        def insert(connection: sa.Connection) -> None:
+            key = connection.execute(streams.insert().values(values)).inserted_primary_key
+            assert key is not None
+            connection.execute(checkpoints.insert().values(_checkpoint_row(key[0], initial)))
+
         try:
-            with self._engine.begin() as connection:
-                orphaned = sa.select(streams.c.stream_id).where(
-                    streams.c.study_id == study_id, streams.c.study_uid != study_uid
-                )
-                # SQLite does not enforce the foreign key's cascade, so delete children first.
-                connection.execute(
-                    checkpoints.delete().where(checkpoints.c.stream_id.in_(orphaned))
-                )
-                connection.execute(streams.delete().where(streams.c.stream_id.in_(orphaned)))
-                for table in (interrupted_trials, trial_claims):
-                    connection.execute(
-                        table.delete().where(
-                            table.c.study_id == study_id, table.c.study_uid != study_uid
-                        )
-                    )
-                stream_id = connection.execute(
-                    streams.insert().values(
-                        study_id=study_id,
-                        study_uid=study_uid,
-                        name=name,
-                        fingerprint=json.dumps(fingerprint, sort_keys=True),
-                        heartbeat_at=time.time(),
-                        first_trial_number=first_trial_number,
-                        **_owner_columns(owner),
-                    )
-                ).inserted_primary_key
-                assert stream_id is not None
-                stream_id = stream_id[0]
-                connection.execute(
-                    checkpoints.insert().values(_checkpoint_row(stream_id, initial))
-                )
+            self._transaction_with_retries(insert)
         except sa_exc.IntegrityError:
-            return None
+            return None  # another process created the stream first
         return self.find_stream(study_uid, name)
+
+    def _transaction_with_retries(self, work: Callable[[sa.Connection], None]) -> None:
+        # Workers starting together make MySQL/MariaDB and PostgreSQL report deadlocks on
+        # concurrent inserts into the same index range; the server's advice is to retry.
+        for attempt in range(_TRANSIENT_RETRIES + 1):
+            try:
+                with self._engine.begin() as connection:
+                    work(connection)
+                return
+            except sa_exc.OperationalError as e:
+                if attempt == _TRANSIENT_RETRIES or not _is_transient(e):
+                    raise
+                time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
+
+    def _remove_rows_of_deleted_studies(self, study_id: int, study_uid: str) -> None:
+        """Remove the rows of studies that ``optuna.delete_study`` deleted.
+
+        Our tables have no foreign key into Optuna's schema, so that Optuna's migrations and
+        ``delete_study`` never trip over them; rows of deleted studies are removed here instead,
+        whenever a stream is created. That includes a study deleted and recreated under the
+        same id (SQLite reuses ids), recognised by its other ``study_uid``. Optuna's ``studies``
+        table is only read. Nothing is locked unless there is something to remove.
+        """
+        live = sa.select(_optuna_studies.c.study_id)
+
+        def stale(table: sa.Table) -> sa.ColumnElement[bool]:
+            return sa.or_(
+                sa.and_(table.c.study_id == study_id, table.c.study_uid != study_uid),
+                table.c.study_id.not_in(live),
+            )
+
+        tables = (streams, interrupted_trials, trial_claims)
+        with self._engine.connect() as connection:
+            stale_streams = list(
+                connection.execute(sa.select(streams.c.stream_id).where(stale(streams))).scalars()
+            )
+            if not stale_streams and not any(
+                connection.execute(sa.select(t.c.study_id).where(stale(t)).limit(1)).first()
+                for t in tables[1:]
+            ):
+                return
+
+        def remove(connection: sa.Connection) -> None:
+            # SQLite does not enforce the foreign key's cascade, so children go first.
+            connection.execute(
+                checkpoints.delete().where(checkpoints.c.stream_id.in_(stale_streams))
+            )
+            connection.execute(streams.delete().where(streams.c.stream_id.in_(stale_streams)))
+            for table in tables[1:]:
+                connection.execute(table.delete().where(stale(table)))
+
+        self._transaction_with_retries(remove)
 
     def reset_stream(
         self,

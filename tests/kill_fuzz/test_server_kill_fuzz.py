@@ -1,0 +1,105 @@
+"""The kill-fuzz guarantee on database servers: PostgreSQL and MySQL/MariaDB, killed for real.
+
+The same child study as ``test_kill_fuzz.py`` runs against a fresh database on each server and
+is killed at random instants and at the crash points where the server's transactions matter
+most (inside the commit that carries the checkpoint, and right after a trial is created). Its
+trajectory must equal the uninterrupted run's, bit for bit; the control shows that the unwrapped
+sampler, killed the same way on the same server, diverges.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from typing import Any
+
+import pytest
+
+from tests.kill_fuzz.harness import RunLog
+from tests.kill_fuzz.harness import Trajectory
+from tests.kill_fuzz.harness import first_difference
+from tests.kill_fuzz.harness import run_to_completion
+from tests.kill_fuzz.harness import run_with_crash_points
+from tests.kill_fuzz.harness import run_with_random_kills
+from tests.kill_fuzz.harness import sqlite_url
+from tests.kill_fuzz.harness import trajectory
+from tests.kill_fuzz.test_kill_fuzz import CONTROL_DELAY_IN_OBJECTIVE
+from tests.kill_fuzz.test_kill_fuzz import CONTROL_MIN_KILL_DELAY
+from tests.kill_fuzz.test_kill_fuzz import MAX_KILL_DELAY
+from tests.kill_fuzz.test_kill_fuzz import N_COMPLETE
+from tests.kill_fuzz.test_kill_fuzz import _config
+
+
+pytestmark = pytest.mark.parametrize("server", ["postgresql", "mysql"])
+
+
+@pytest.fixture
+def server_url(server: str, request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("postgres_url" if server == "postgresql" else "mysql_url"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Uninterrupted trajectories, run on SQLite: floats round-trip exactly on every server."""
+    cache: dict[str, Trajectory] = {}
+
+    def get(sampler: str) -> Trajectory:
+        if sampler not in cache:
+            url = sqlite_url(tmp_path_factory.mktemp("reference") / f"{sampler}.db")
+            run_to_completion(_config(sampler, url), RunLog())
+            cache[sampler] = trajectory(url, wrapped=True)
+        return cache[sampler]
+
+    return get
+
+
+def _assert_same(url: str, expected: Trajectory, log: RunLog) -> None:
+    actual = trajectory(url, wrapped=True)
+    difference = first_difference(actual, expected)
+    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
+    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_resume_after_random_kills_on_a_server_matches_uninterrupted_run(
+    sampler: str, server: str, server_url: str, reference: Any
+) -> None:
+    rng = random.Random(f"{server}-{sampler}")
+    log = run_with_random_kills(
+        _config(sampler, server_url),
+        kills=3,
+        signals=[signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+        rng=rng,
+        max_delay=MAX_KILL_DELAY + 1.0,  # server round trips make each run a little longer
+    )
+    assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
+    _assert_same(server_url, reference(sampler), log)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [["inside_commit:3", "inside_commit:2:INT"], ["before_trial:4", "after_capture:2"]],
+    ids=["inside-commit", "trial-start-and-capture"],
+)
+def test_resume_after_crash_points_on_a_server_matches_uninterrupted_run(
+    plan: list[str], server: str, server_url: str, reference: Any
+) -> None:
+    log = run_with_crash_points(_config("tpe", server_url), plan)
+    assert log.kills_landed == len(plan)
+    _assert_same(server_url, reference("tpe"), log)
+
+
+def test_control_unwrapped_sampler_on_a_server_diverges_under_kills(
+    server: str, server_url: str, reference: Any
+) -> None:
+    log = run_with_random_kills(
+        _config("tpe", server_url, wrap=False, delay=CONTROL_DELAY_IN_OBJECTIVE),
+        kills=2,
+        signals=[signal.SIGKILL],
+        rng=random.Random(f"control-{server}"),
+        max_delay=MAX_KILL_DELAY + 1.0,
+        min_delay=CONTROL_MIN_KILL_DELAY + 0.5,
+    )
+    assert log.kills_landed == 2
+    difference = first_difference(trajectory(server_url, wrapped=False), reference("tpe"))
+    assert difference is not None, "the unwrapped sampler survived the kills: the test is blind"
