@@ -69,21 +69,6 @@ def _config(
     }
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The uninterrupted trajectory of each seeded configuration, computed once."""
-    cache: dict[str, Trajectory] = {}
-
-    def get(sampler: str) -> Trajectory:
-        if sampler not in cache:
-            url = sqlite_url(tmp_path_factory.mktemp("reference") / f"{sampler}.db")
-            run_to_completion(_config(sampler, url), RunLog())
-            cache[sampler] = trajectory(url, wrapped=True)
-        return cache[sampler]
-
-    return get
-
-
 def _assert_same(actual: Trajectory, expected: Trajectory, log: RunLog) -> None:
     difference = first_difference(actual, expected)
     assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"

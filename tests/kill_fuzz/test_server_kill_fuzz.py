@@ -18,10 +18,8 @@ import pytest
 from tests.kill_fuzz.harness import RunLog
 from tests.kill_fuzz.harness import Trajectory
 from tests.kill_fuzz.harness import first_difference
-from tests.kill_fuzz.harness import run_to_completion
 from tests.kill_fuzz.harness import run_with_crash_points
 from tests.kill_fuzz.harness import run_with_random_kills
-from tests.kill_fuzz.harness import sqlite_url
 from tests.kill_fuzz.harness import trajectory
 from tests.kill_fuzz.test_kill_fuzz import CONTROL_DELAY_IN_OBJECTIVE
 from tests.kill_fuzz.test_kill_fuzz import CONTROL_MIN_KILL_DELAY
@@ -36,21 +34,6 @@ pytestmark = pytest.mark.parametrize("server", ["postgresql", "mysql"])
 @pytest.fixture
 def server_url(server: str, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("postgres_url" if server == "postgresql" else "mysql_url"))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Uninterrupted trajectories, run on SQLite: floats round-trip exactly on every server."""
-    cache: dict[str, Trajectory] = {}
-
-    def get(sampler: str) -> Trajectory:
-        if sampler not in cache:
-            url = sqlite_url(tmp_path_factory.mktemp("reference") / f"{sampler}.db")
-            run_to_completion(_config(sampler, url), RunLog())
-            cache[sampler] = trajectory(url, wrapped=True)
-        return cache[sampler]
-
-    return get
 
 
 def _assert_same(url: str, expected: Trajectory, log: RunLog) -> None:
