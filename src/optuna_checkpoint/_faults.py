@@ -19,6 +19,7 @@ POINTS = (
     "after_trial_start",
     "after_capture",
     "inside_commit",
+    "after_save",  # stores without a commit hook: checkpoint saved, trial end not yet stored
     # Passed by the kill-fuzz tests' own objective and callback, not by the library.
     "objective",
     "between_trials",

@@ -52,12 +52,12 @@ from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.stores._attrs import AttributeCheckpointStore
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import Stream
-from optuna_checkpoint.stores._memory import InMemoryCheckpointStore
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 from optuna_checkpoint.stores._sql import resolve_rdb_storage
 
@@ -319,6 +319,7 @@ class CheckpointingSampler(BaseSampler):
             attachment.store.save(
                 attachment.stream, checkpoint, attachment.owner.token, time.time()
             )
+            crash_point("after_save")
 
     # -- views -------------------------------------------------------------------------------
 
@@ -422,6 +423,7 @@ class CheckpointingSampler(BaseSampler):
         # Captured before anything runs: worker streams are derived from the state as given.
         pristine = self._adapter.state_dict()
         uid = study_uid(study._study_id, study.study_name, _first_trial(storage, study._study_id))
+        store.open_study(study._study_id, uid)
         me = current_owner()
         stream, created = self._choose_stream(store, study, trial, uid, me, pristine)
         attachment = None
@@ -595,7 +597,7 @@ class CheckpointingSampler(BaseSampler):
         me: Owner,
     ) -> _Attachment:
         heartbeat = None
-        if not isinstance(store, InMemoryCheckpointStore):
+        if not isinstance(storage, InMemoryStorage):  # no other process to keep out
             heartbeat = Heartbeat(store, stream.stream_id, me.token, self._heartbeat_every)
         return _Attachment(
             storage=storage,
@@ -821,11 +823,8 @@ def _store_for(storage: BaseStorage) -> CheckpointStore:
             "The study is in memory: its checkpoints are kept in memory too, so it cannot be "
             "resumed by another process. Use a database URL such as sqlite:///study.db."
         )
-        return InMemoryCheckpointStore.for_storage(storage)
-    raise CheckpointError(
-        f"{type(storage).__name__} is not supported by this release of optuna-checkpoint; use "
-        "an RDB storage (e.g. storage='sqlite:///study.db')."
-    )
+    # GrpcStorageProxy, and any other storage: through Optuna's public storage API.
+    return AttributeCheckpointStore.for_storage(storage)
 
 
 def _first_trial(storage: BaseStorage, study_id: int) -> FrozenTrial:

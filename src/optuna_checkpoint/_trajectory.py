@@ -30,5 +30,7 @@ def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
     if not trials:
         return trials
     uid = study_uid(study._study_id, study.study_name, trials[0])
-    hidden = {i.trial_id for i in _store_for(study._storage).where_interrupted(uid)}
+    store = _store_for(study._storage)
+    store.open_study(study._study_id, uid)
+    hidden = {i.trial_id for i in store.where_interrupted(uid)}
     return [t for t in trials if t._trial_id not in hidden]

@@ -18,6 +18,7 @@ import warnings
 
 import optuna
 from optuna.trial import TrialState
+from storages import open_storage  # this folder, which is on the path of a script run from it
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint._faults import crash_point
@@ -82,7 +83,10 @@ def main() -> int:
             sampler, max_retries=config.get("max_retries"), worker_id=config.get("worker_id")
         )
     study = optuna.create_study(
-        study_name="fuzz", storage=config["storage"], load_if_exists=True, sampler=sampler
+        study_name="fuzz",
+        storage=open_storage(config["storage"]),
+        load_if_exists=True,
+        sampler=sampler,
     )
     n_complete = config["n_complete"]
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= n_complete:

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_checkpoint import uninterrupted_trials
+from tests.kill_fuzz.storages import open_storage
 
 
 CHILD = Path(__file__).with_name("child.py")
@@ -50,7 +51,7 @@ def trajectory(storage: str, *, wrapped: bool) -> Trajectory:
     For a wrapped run the interrupted attempts are left out (they were retried); for the
     unwrapped control every finished trial counts, as a user of plain Optuna would see them.
     """
-    study = optuna.load_study(study_name="fuzz", storage=storage)
+    study = optuna.load_study(study_name="fuzz", storage=open_storage(storage))
     trials = uninterrupted_trials(study) if wrapped else study.get_trials()
     return [trial_key(t) for t in trials if t.state != TrialState.RUNNING]
 

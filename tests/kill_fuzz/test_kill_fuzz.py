@@ -133,6 +133,8 @@ def test_unseeded_study_resumes_to_its_own_continuation(sampler: str, tmp_path: 
 def _crash_plans() -> list[tuple[str, list[str]]]:
     plans = []
     for point in POINTS:
+        if point == "after_save":
+            continue  # never passed on SQL storages: their checkpoint goes with the commit
         if point == "after_resume":
             # Passed once per process, when it resumes: create something to resume first.
             plans.append((point, ["objective:6", "after_resume:1", "after_resume:1"]))

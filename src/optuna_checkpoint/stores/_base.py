@@ -103,6 +103,9 @@ class CheckpointStore(abc.ABC):
     Every method is one transaction: it either happens completely or not at all.
     """
 
+    def open_study(self, study_id: int, study_uid: str) -> None:  # noqa: B027 - optional hook
+        """Called once per process and study before any other method names ``study_uid``."""
+
     @abc.abstractmethod
     def find_stream(self, study_uid: str, name: str) -> Stream | None:
         """Return the stream, or ``None`` if there is none."""

@@ -1,0 +1,319 @@
+"""A store kept in the study's own system attributes, through Optuna's public storage API only.
+
+For storages this package cannot reach beneath, above all :class:`optuna.storages.GrpcStorageProxy`
+(the server holds the database; the client sees only Optuna's storage calls), and for
+:class:`optuna.storages.InMemoryStorage`. Everything is JSON:
+
+* study attribute ``optuna_checkpoint:stream:<name>``: the stream (id, fingerprint, lease) and
+  its newest few checkpoints, the payload in base64;
+* study attribute ``optuna_checkpoint:interrupted:<trial id>``: one interrupted trial;
+* trial attribute ``optuna_checkpoint:stream``: the stream that claimed the trial.
+
+Only the newest :data:`KEPT_CHECKPOINTS` checkpoints of a stream are kept, so the attributes stay
+small and a resume reads a bounded amount whatever the study's size. Optuna's storage API has no
+transactions and no compare-and-swap, so the conditional writes of the store contract are
+*checked*, not atomic: each is a read, a write and a read-back. Two processes racing within
+those few milliseconds for the same lease or trial could both believe they won; with one
+process per worker id, as the sampler enforces, that needs two workers started within the same
+instant on the same id. The checkpoint is written before Optuna stores the trial's end, and the
+sampler rolls a trial forward on resume if only the checkpoint made it (no commit hook here).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Collection
+from collections.abc import Sequence
+from dataclasses import asdict
+import hashlib
+import threading
+import time
+from typing import Any
+import weakref
+
+from optuna.storages import BaseStorage
+
+from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import CheckpointStore
+from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import Stream
+
+
+KEPT_CHECKPOINTS = 4
+"""Newest checkpoints kept per stream: a resume needs the newest two not hidden."""
+
+_STREAM_PREFIX = "optuna_checkpoint:stream:"
+_INTERRUPTED_PREFIX = "optuna_checkpoint:interrupted:"
+_CLAIM_ATTR = "optuna_checkpoint:stream"
+
+
+def _stream_id(study_uid: str, name: str) -> int:
+    # Stable across processes without a counter to coordinate; 48 bits fit every integer column.
+    return int.from_bytes(hashlib.sha256(f"{study_uid}/{name}".encode()).digest()[:6], "big")
+
+
+def _checkpoint_to_json(checkpoint: Checkpoint) -> dict[str, Any]:
+    data = asdict(checkpoint)
+    data["payload"] = base64.b64encode(checkpoint.payload).decode()
+    if checkpoint.trial_values is not None:
+        data["trial_values"] = [float(v).hex() for v in checkpoint.trial_values]
+    return data
+
+
+def _checkpoint_from_json(data: dict[str, Any]) -> Checkpoint:
+    values = data["trial_values"]
+    return Checkpoint(
+        trial_id=data["trial_id"],
+        logical_number=data["logical_number"],
+        trial_state=data["trial_state"],
+        trial_values=None if values is None else [float.fromhex(v) for v in values],
+        adapter=data["adapter"],
+        payload=base64.b64decode(data["payload"]),
+        checksum=data["checksum"],
+    )
+
+
+class AttributeCheckpointStore(CheckpointStore):
+    """Streams, checkpoints, claims and interruptions in Optuna's study and trial attributes.
+
+    One per storage object (:meth:`for_storage`); a store object serialises its own writes with
+    a lock, so threads of one process (``n_jobs > 1``) never interleave a read-modify-write.
+    """
+
+    _instances: weakref.WeakKeyDictionary[BaseStorage, AttributeCheckpointStore] = (
+        weakref.WeakKeyDictionary()
+    )
+    _instances_lock = threading.Lock()
+
+    def __init__(self, storage: BaseStorage) -> None:
+        self._storage = storage
+        self._lock = threading.RLock()
+        self._study_ids: dict[str, int] = {}  # study uid -> study id, learnt on first use
+
+    @classmethod
+    def for_storage(cls, storage: BaseStorage) -> AttributeCheckpointStore:
+        """Return the store of ``storage``."""
+        with cls._instances_lock:
+            store = cls._instances.get(storage)
+            if store is None:
+                store = cls._instances[storage] = cls(storage)
+            return store
+
+    def __repr__(self) -> str:
+        return f"AttributeCheckpointStore({type(self._storage).__name__})"
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def _study_id(self, study_uid: str) -> int:
+        try:
+            return self._study_ids[study_uid]
+        except KeyError:
+            raise LookupError(f"study {study_uid} was never opened through this store") from None
+
+    def _read(self, study_uid: str, name: str) -> dict[str, Any] | None:
+        attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
+        data = attrs.get(_STREAM_PREFIX + name)
+        return data if isinstance(data, dict) else None
+
+    def _write(self, study_uid: str, data: dict[str, Any]) -> None:
+        self._storage.set_study_system_attr(
+            self._study_id(study_uid), _STREAM_PREFIX + data["name"], data
+        )
+
+    @staticmethod
+    def _stream(study_uid: str, data: dict[str, Any]) -> Stream:
+        owner = data["owner"]
+        return Stream(
+            stream_id=data["stream_id"],
+            study_uid=study_uid,
+            name=data["name"],
+            fingerprint=data["fingerprint"],
+            owner=None if owner is None else Owner(**owner),
+            heartbeat_at=data["heartbeat_at"],
+            first_trial_number=data["first_trial_number"],
+        )
+
+    def _by_id(self, stream_id: int) -> tuple[str, dict[str, Any]]:
+        for study_uid in self._study_ids:
+            for stream in self.list_streams(study_uid):
+                if stream.stream_id == stream_id:
+                    data = self._read(study_uid, stream.name)
+                    assert data is not None
+                    return study_uid, data
+        raise LookupError(f"no stream {stream_id}")
+
+    def open_study(self, study_id: int, study_uid: str) -> None:
+        """Learn which study a uid names: the attributes are addressed by study id."""
+        self._study_ids[study_uid] = study_id
+
+    def find_stream(self, study_uid: str, name: str) -> Stream | None:
+        """Return the stream, or ``None``."""
+        data = self._read(study_uid, name)
+        return None if data is None else self._stream(study_uid, data)
+
+    def list_streams(self, study_uid: str) -> list[Stream]:
+        """Return the study's streams in creation order."""
+        attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
+        found = [
+            self._stream(study_uid, value)
+            for key, value in attrs.items()
+            if key.startswith(_STREAM_PREFIX) and isinstance(value, dict)
+        ]
+        return sorted(found, key=lambda s: (s.heartbeat_at, s.name))
+
+    def create_stream(
+        self,
+        study_id: int,
+        study_uid: str,
+        name: str,
+        fingerprint: Any,
+        owner: Owner,
+        initial: Checkpoint,
+        *,
+        first_trial_number: int,
+    ) -> Stream | None:
+        """Create the stream unless it exists; checked by reading it back."""
+        self.open_study(study_id, study_uid)
+        with self._lock:
+            if self._read(study_uid, name) is not None:
+                return None
+            data = {
+                "stream_id": _stream_id(study_uid, name),
+                "name": name,
+                "fingerprint": fingerprint,
+                "owner": asdict(owner),
+                "heartbeat_at": time.time(),
+                "first_trial_number": first_trial_number,
+                "checkpoints": [_checkpoint_to_json(initial)],
+            }
+            self._write(study_uid, data)
+            written = self._read(study_uid, name)
+        if written is None or written["owner"] != asdict(owner):
+            return None
+        return self._stream(study_uid, written)
+
+    def _swap_owner(self, stream: Stream, changes: dict[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            data = self._read(stream.study_uid, stream.name)
+            expected = None if stream.owner is None else asdict(stream.owner)
+            if data is None or data["owner"] != expected:
+                return None
+            data.update(changes)
+            self._write(stream.study_uid, data)
+            written = self._read(stream.study_uid, stream.name)
+        return written if written is not None and written["owner"] == data["owner"] else None
+
+    def reset_stream(
+        self,
+        stream: Stream,
+        fingerprint: Any,
+        owner: Owner,
+        initial: Checkpoint,
+        *,
+        first_trial_number: int,
+    ) -> Stream | None:
+        """Drop the stream's checkpoints and restart it, if ``stream.owner`` still owns it."""
+        written = self._swap_owner(
+            stream,
+            {
+                "fingerprint": fingerprint,
+                "owner": asdict(owner),
+                "heartbeat_at": time.time(),
+                "first_trial_number": first_trial_number,
+                "checkpoints": [_checkpoint_to_json(initial)],
+            },
+        )
+        return None if written is None else self._stream(stream.study_uid, written)
+
+    def take_over(self, stream: Stream, owner: Owner, now: float) -> bool:
+        """Make ``owner`` the owner if the owner is still ``stream.owner`` (checked)."""
+        return self._swap_owner(stream, {"owner": asdict(owner), "heartbeat_at": now}) is not None
+
+    def _update_if_owner(self, stream_id: int, token: str, changes: dict[str, Any]) -> bool:
+        with self._lock:
+            study_uid, data = self._by_id(stream_id)
+            if data["owner"] is None or data["owner"]["token"] != token:
+                return False
+            data.update(changes)
+            self._write(study_uid, data)
+            return True
+
+    def heartbeat(self, stream_id: int, token: str, now: float) -> bool:
+        """Refresh the lease."""
+        return self._update_if_owner(stream_id, token, {"heartbeat_at": now})
+
+    def release(self, stream_id: int, token: str) -> None:
+        """Give the lease up."""
+        self._update_if_owner(stream_id, token, {"owner": None})
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save(self, stream: Stream, checkpoint: Checkpoint, token: str, now: float) -> None:
+        """Keep ``checkpoint`` among the stream's newest ones, if ``token`` owns the stream."""
+        with self._lock:
+            data = self._read(stream.study_uid, stream.name)
+            if data is None or data["owner"] is None or data["owner"]["token"] != token:
+                raise StreamOwnedError(
+                    "this process no longer owns the checkpoint stream; run one process per "
+                    "worker id."
+                )
+            kept = [c for c in data["checkpoints"] if c["trial_id"] != checkpoint.trial_id]
+            kept.append(_checkpoint_to_json(checkpoint))
+            data.update(checkpoints=kept[-KEPT_CHECKPOINTS:], heartbeat_at=now)
+            self._write(stream.study_uid, data)
+
+    def latest_checkpoints(
+        self, stream_id: int, *, excluding: Collection[int], limit: int
+    ) -> list[Checkpoint]:
+        """Return the stream's newest kept checkpoints, skipping the trials in ``excluding``."""
+        _, data = self._by_id(stream_id)
+        kept = [
+            _checkpoint_from_json(c)
+            for c in reversed(data["checkpoints"])
+            if c["trial_id"] is None or c["trial_id"] not in excluding
+        ]
+        return kept[:limit]
+
+    # -- interruptions and claims ------------------------------------------------------------
+
+    def where_interrupted(self, study_uid: str) -> list[Interruption]:
+        """Return the study's interrupted trials in trial-number order."""
+        attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
+        found = [
+            Interruption(**value)
+            for key, value in attrs.items()
+            if key.startswith(_INTERRUPTED_PREFIX) and isinstance(value, dict)
+        ]
+        return sorted(found, key=lambda i: i.trial_number)
+
+    def add_interruptions(
+        self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
+    ) -> None:
+        """Record interrupted trials (one attribute each, so concurrent writers never clash)."""
+        self.open_study(study_id, study_uid)
+        for interruption in interruptions:
+            self._storage.set_study_system_attr(
+                study_id, f"{_INTERRUPTED_PREFIX}{interruption.trial_id}", asdict(interruption)
+            )
+
+    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
+        """Claim the trial for the stream in the trial's own attributes (checked)."""
+        with self._lock:
+            claimed = self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR)
+            if claimed is not None:
+                return bool(claimed == stream.stream_id)
+            self._storage.set_trial_system_attr(trial_id, _CLAIM_ATTR, stream.stream_id)
+            return bool(
+                self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR) == stream.stream_id
+            )
+
+    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
+        """Return the claiming stream of each claimed trial among ``trial_ids``."""
+        found = {}
+        for trial_id in trial_ids:
+            stream_id = self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR)
+            if stream_id is not None:
+                found[trial_id] = int(stream_id)
+        return found

@@ -1,0 +1,121 @@
+"""The kill-fuzz guarantee through storages without SQL beneath: Optuna's gRPC storage proxy.
+
+The child study reaches its database only through a :class:`optuna.storages.GrpcStorageProxy`,
+so checkpoints live in the study's system attributes (``stores/_attrs.py``). The proxy server
+runs in a process of its own, on a SQLite file, for the whole test; only the clients are killed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import optuna
+import pytest
+
+from tests.kill_fuzz.harness import RunLog
+from tests.kill_fuzz.harness import first_difference
+from tests.kill_fuzz.harness import run_with_crash_points
+from tests.kill_fuzz.harness import run_with_random_kills
+from tests.kill_fuzz.harness import trajectory
+from tests.kill_fuzz.test_kill_fuzz import CONTROL_DELAY_IN_OBJECTIVE
+from tests.kill_fuzz.test_kill_fuzz import CONTROL_MIN_KILL_DELAY
+from tests.kill_fuzz.test_kill_fuzz import MAX_KILL_DELAY
+from tests.kill_fuzz.test_kill_fuzz import N_COMPLETE
+from tests.kill_fuzz.test_kill_fuzz import _config
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+SERVER = """
+import sys
+import optuna
+storage = optuna.storages.get_storage(sys.argv[1])
+optuna.storages.run_grpc_proxy_server(storage, host="127.0.0.1", port=int(sys.argv[2]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def grpc_address(tmp_path: Path) -> Iterator[str]:
+    """The address of a gRPC proxy server on a fresh SQLite file."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, f"sqlite:///{tmp_path / 'server.db'}", str(port)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        proxy = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                proxy.wait_server_ready(timeout=1)
+                break
+            except Exception:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+        proxy.close()
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.communicate()
+
+
+def _assert_same(address: str, expected: Any, log: RunLog) -> None:
+    actual = trajectory(address, wrapped=True)
+    difference = first_difference(actual, expected)
+    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
+    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_resume_after_random_kills_through_grpc_matches_uninterrupted_run(
+    sampler: str, grpc_address: str, reference: Any
+) -> None:
+    log = run_with_random_kills(
+        _config(sampler, grpc_address),
+        kills=3,
+        signals=[signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+        rng=random.Random(f"grpc-{sampler}"),
+        max_delay=MAX_KILL_DELAY + 1.5,
+    )
+    assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
+    _assert_same(grpc_address, reference(sampler), log)
+
+
+def test_resume_after_crash_points_through_grpc_matches_uninterrupted_run(
+    grpc_address: str, reference: Any
+) -> None:
+    # Between the checkpoint and the trial's end (two calls here, not one transaction), and
+    # right after the capture.
+    plan = ["after_save:3", "before_trial:4", "after_save:2:INT"]
+    log = run_with_crash_points(_config("tpe", grpc_address), plan)
+    assert log.kills_landed == len(plan)
+    _assert_same(grpc_address, reference("tpe"), log)
+
+
+def test_control_unwrapped_sampler_through_grpc_diverges_under_kills(
+    grpc_address: str, reference: Any
+) -> None:
+    log = run_with_random_kills(
+        _config("tpe", grpc_address, wrap=False, delay=CONTROL_DELAY_IN_OBJECTIVE),
+        kills=2,
+        signals=[signal.SIGKILL],
+        rng=random.Random("grpc-control"),
+        max_delay=MAX_KILL_DELAY + 1.5,
+        min_delay=CONTROL_MIN_KILL_DELAY + 1.0,
+    )
+    assert log.kills_landed == 2
+    assert first_difference(trajectory(grpc_address, wrapped=False), reference("tpe")) is not None
