@@ -249,3 +249,48 @@ def test_unclaimed_trial_is_adopted_only_after_the_claim_window(tmp_path: pathli
     age = datetime.datetime.now() - young.datetime_start  # type: ignore[operator]
     assert age >= datetime.timedelta(seconds=1.0)
     assert time.monotonic() - started < 2.0
+
+
+# -- threads (n_jobs > 1) ------------------------------------------------------------------------
+
+
+def rng_key(sampler: CheckpointingSampler) -> str:
+    return str(sampler._adapter.state_dict())
+
+
+def test_reseeding_is_reproducible_and_not_from_os_entropy() -> None:
+    first, second = (CheckpointingSampler(TPESampler(seed=4)) for _ in range(2))
+    before = rng_key(first)
+    first.reseed_rng()
+    second.reseed_rng()
+    assert rng_key(first) == rng_key(second) != before
+    first.reseed_rng()
+    assert rng_key(first) != rng_key(second)  # each reseed moves on
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_threads_share_one_stream_and_every_trial_is_checkpointed(
+    tmp_path: pathlib.Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(
+        study_name="threads", storage=url, sampler=CheckpointingSampler(TPESampler(seed=4))
+    )
+    study.optimize(objective, n_trials=24, n_jobs=4)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    store = SQLCheckpointStore.for_storage(resolve_rdb_storage(study._storage))  # type: ignore[arg-type]
+    sampler = study.sampler
+    assert isinstance(sampler, CheckpointingSampler) and sampler._attachment is not None
+    stream = sampler._attachment.stream
+    assert [s.name for s in store.list_streams(stream.study_uid)] == ["main"]
+    ids = [t._trial_id for t in study.trials]
+    assert set(store.claims(stream.study_uid, ids).values()) == {stream.stream_id}
+    assert len(store.latest_checkpoints(stream.stream_id, excluding=(), limit=100)) == 24 + 1
+
+    # A fresh process resumes from the newest of them.
+    del study, sampler
+    resumed = optuna.load_study(
+        study_name="threads", storage=url, sampler=CheckpointingSampler(TPESampler(seed=4))
+    )
+    resumed.optimize(objective, n_trials=2)
+    assert len(resumed.trials) == 26

@@ -80,6 +80,8 @@ that died before its first sampler hook. The age is read from Optuna's ``datetim
 the hosts' clocks must agree to within a few seconds (as for Optuna's own heartbeat).
 """
 
+_THIS_PROCESS = -1  # stands for a claim by another thread of this process in the resume
+
 _live_samplers: weakref.WeakSet[CheckpointingSampler] = weakref.WeakSet()
 
 
@@ -208,6 +210,9 @@ class CheckpointingSampler(BaseSampler):
         # The trial each thread started last, settled when that thread starts its next one.
         self._thread_last_trial = threading.local()
         self._lock = threading.RLock()
+        self._sampling_lock = threading.RLock()
+        self._arrivals: set[int] = set()  # trials whose before_trial has begun, not yet claimed
+        self._reseeds = 0
         _live_samplers.add(self)
 
     @property
@@ -221,16 +226,33 @@ class CheckpointingSampler(BaseSampler):
     # -- BaseSampler hooks -------------------------------------------------------------------
 
     def reseed_rng(self) -> None:
-        """Reseed the wrapped sampler (Optuna does this per thread when ``n_jobs > 1``)."""
-        self._sampler.reseed_rng()
+        """Reseed the wrapped sampler reproducibly (Optuna does so per trial when ``n_jobs > 1``).
+
+        Instead of fresh OS entropy, each generator is derived with ``SeedSequence`` from its
+        own current state and the count of reseeds, so a seeded study stays a function of its
+        seed. A sampler whose generators cannot be found is reseeded its own way.
+        """
+        with self._sampling_lock:
+            self._reseeds += 1
+            spawned, generators = spawn_worker_state(
+                self._adapter.state_dict(), f"reseed/{self._reseeds}"
+            )
+            if generators:
+                self._adapter.load_state_dict(spawned)
+            else:
+                self._sampler.reseed_rng()
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         """Resume on the first trial of a process, then delegate with the logical view."""
         crash_point("before_trial")
+        # Announced before waiting for the lock: while one thread attaches, the trials other
+        # threads of this process just created are live, not left by a dead process.
+        self._arrivals.add(trial._trial_id)
         with self._lock:
             attachment, attached_now = self._attach(study, trial)
             if not attached_now:  # the first trial was claimed while attaching
                 self._claim(attachment, trial)
+            self._arrivals.discard(trial._trial_id)
             self._settle_previous_trial(attachment)
             self._refresh_hidden_trials(attachment)
             if attachment.trials_in_progress and not self._warned_concurrency:
@@ -249,13 +271,15 @@ class CheckpointingSampler(BaseSampler):
                 attachment.store.defer_save_to_trial_commit(
                     attachment.stream, trial._trial_id, None, attachment.owner.token
                 )
-        self._sampler.before_trial(*self._logical(attachment, study, trial))
+        with self._sampling_lock:
+            self._sampler.before_trial(*self._logical(attachment, study, trial))
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
         """Delegate with the logical view."""
-        return self._sampler.infer_relative_search_space(*self._logical_or_real(study, trial))
+        with self._sampling_lock:
+            return self._sampler.infer_relative_search_space(*self._logical_or_real(study, trial))
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -263,7 +287,8 @@ class CheckpointingSampler(BaseSampler):
         """Delegate with the logical view."""
         crash_point("sample_relative")
         view, logical = self._logical_or_real(study, trial)
-        return self._sampler.sample_relative(view, logical, search_space)
+        with self._sampling_lock:
+            return self._sampler.sample_relative(view, logical, search_space)
 
     def sample_independent(
         self,
@@ -275,7 +300,8 @@ class CheckpointingSampler(BaseSampler):
         """Delegate with the logical view."""
         crash_point("sample_independent")
         view, logical = self._logical_or_real(study, trial)
-        return self._sampler.sample_independent(view, logical, param_name, param_distribution)
+        with self._sampling_lock:
+            return self._sampler.sample_independent(view, logical, param_name, param_distribution)
 
     def after_trial(
         self,
@@ -296,19 +322,23 @@ class CheckpointingSampler(BaseSampler):
         crash_point("after_trial_start")
         attachment = self._attachment
         if attachment is None or self._superseded:
-            self._sampler.after_trial(study, trial, state, values)
+            with self._sampling_lock:
+                self._sampler.after_trial(study, trial, state, values)
             return
         trial_id = trial._trial_id
         view, logical = self._logical(attachment, study, trial)
-        self._sampler.after_trial(view, logical, state, values)
-        checkpoint = self._capture(
-            attachment.study_uid,
-            attachment.stream.name,
-            trial_id,
-            logical.number,
-            state,
-            None if values is None else list(values),
-        )
+        # One lock around the wrapped sampler's calls and the capture: with n_jobs > 1, no
+        # thread samples while another snapshots, so a checkpoint is a state that existed.
+        with self._sampling_lock:
+            self._sampler.after_trial(view, logical, state, values)
+            checkpoint = self._capture(
+                attachment.study_uid,
+                attachment.stream.name,
+                trial_id,
+                logical.number,
+                state,
+                None if values is None else list(values),
+            )
         crash_point("after_capture")
         attachment.trials_in_progress.discard(trial_id)
         if attachment.atomic:
@@ -697,8 +727,8 @@ class CheckpointingSampler(BaseSampler):
         mark_retry(storage, current, interrupted, attachment.stream.stream_id, restored_after)
         crash_point("after_resume")
 
-    @staticmethod
     def _unfinished_trials_of_stream(
+        self,
         attachment: _Attachment,
         trials: dict[int, FrozenTrial],
         current: FrozenTrial,
@@ -724,7 +754,14 @@ class CheckpointingSampler(BaseSampler):
                 t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and t.number > after)
             )
         ]
-        claims = store.claims(attachment.study_uid, [t._trial_id for t in candidates])
+
+        def claims_of(trial_ids: list[int]) -> dict[int, int]:
+            claims = store.claims(attachment.study_uid, trial_ids)
+            # Trials other threads of this process are starting count as claimed, not by us.
+            claims.update((t, _THIS_PROCESS) for t in trial_ids if t in self._arrivals)
+            return claims
+
+        claims = claims_of([t._trial_id for t in candidates])
         mine = {trial_id for trial_id, owner in claims.items() if owner == stream.stream_id}
         unclaimed = [
             t
@@ -733,9 +770,7 @@ class CheckpointingSampler(BaseSampler):
             and t.state == TrialState.RUNNING
             and t.number >= stream.first_trial_number
         ]
-        for trial in adoptable_trials(
-            unclaimed, lambda ids: store.claims(attachment.study_uid, ids), CLAIM_WINDOW
-        ):
+        for trial in adoptable_trials(unclaimed, claims_of, CLAIM_WINDOW):
             if store.claim_trial(stream, attachment.study_id, trial._trial_id):
                 mine.add(trial._trial_id)
         return mine
