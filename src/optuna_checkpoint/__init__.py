@@ -12,7 +12,7 @@ from optuna_checkpoint.exceptions import UnsafeCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CheckpointError",
