@@ -7,10 +7,12 @@ for how the servers are found and what happens when one is missing).
 from __future__ import annotations
 
 from collections.abc import Callable
+import json
 from pathlib import Path
 import subprocess
 import sys
 from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import optuna
 from optuna.samplers import TPESampler
@@ -165,3 +167,28 @@ def test_optuna_storage_upgrade_works_beside_our_tables(database_url: str) -> No
         engine.dispose()
     assert {t.name for t in metadata.sorted_tables} <= names
     assert len(optuna.load_study(study_name="s", storage=database_url).trials) == 2
+
+
+def _get(app: Any, path: str) -> tuple[str, Any]:
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = path
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    return status[0], json.loads(body)
+
+
+def test_optuna_dashboard_reads_a_database_with_our_tables(database_url: str) -> None:
+    from optuna_dashboard import wsgi
+
+    study = optuna.create_study(
+        study_name="s", storage=database_url, sampler=CheckpointingSampler(TPESampler(seed=5))
+    )
+    study.optimize(objective, n_trials=3)
+    app = wsgi(optuna.storages.get_storage(database_url))
+    status, listing = _get(app, "/api/studies")
+    assert status.startswith("200"), listing
+    assert [s["study_name"] for s in listing["study_summaries"]] == ["s"]
+    status, detail = _get(app, f"/api/studies/{study._study_id}")
+    assert status.startswith("200"), detail
+    assert len(detail["trials"]) == 3
