@@ -58,6 +58,8 @@ from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import Stream
+from optuna_checkpoint.stores._journal import JournalCheckpointStore
+from optuna_checkpoint.stores._journal import resolve_journal_storage
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 from optuna_checkpoint.stores._sql import resolve_rdb_storage
 
@@ -853,6 +855,9 @@ def _store_for(storage: BaseStorage) -> CheckpointStore:
     rdb = resolve_rdb_storage(storage)
     if rdb is not None:
         return SQLCheckpointStore.for_storage(rdb)
+    journal = resolve_journal_storage(storage)
+    if journal is not None:
+        return JournalCheckpointStore.for_storage(journal)
     if isinstance(storage, InMemoryStorage):
         _logger.warning(
             "The study is in memory: its checkpoints are kept in memory too, so it cannot be "

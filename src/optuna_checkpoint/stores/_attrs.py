@@ -9,14 +9,14 @@ For storages this package cannot reach beneath, above all :class:`optuna.storage
 * study attribute ``optuna_checkpoint:interrupted:<trial id>``: one interrupted trial;
 * trial attribute ``optuna_checkpoint:stream``: the stream that claimed the trial.
 
-Only the newest :data:`KEPT_CHECKPOINTS` checkpoints of a stream are kept, so the attributes stay
-small and a resume reads a bounded amount whatever the study's size. Optuna's storage API has no
-transactions and no compare-and-swap, so the conditional writes of the store contract are
-*checked*, not atomic: each is a read, a write and a read-back. Two processes racing within
-those few milliseconds for the same lease or trial could both believe they won; with one
-process per worker id, as the sampler enforces, that needs two workers started within the same
-instant on the same id. The checkpoint is written before Optuna stores the trial's end, and the
-sampler rolls a trial forward on resume if only the checkpoint made it (no commit hook here).
+Only the initial and the newest :data:`KEPT_CHECKPOINTS` checkpoints of a stream are kept, so the
+attributes stay small and a resume reads a bounded amount whatever the study's size. Optuna's
+storage API has no transactions and no compare-and-swap, so the conditional writes of the store
+contract are *checked*, not atomic: each is a read, a write and a read-back. Two processes
+racing within those few milliseconds for the same lease or trial could both believe they won;
+with one process per worker id, as the sampler enforces, that needs two workers started within
+the same instant on the same id. The checkpoint is written before Optuna stores the trial's end,
+and the sampler rolls a trial forward on resume if only the checkpoint made it (no commit hook).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from optuna_checkpoint.stores._base import Stream
 
 
 KEPT_CHECKPOINTS = 4
-"""Newest checkpoints kept per stream: a resume needs the newest two not hidden."""
+"""Newest trial checkpoints kept per stream besides the initial one; a resume needs two."""
 
 _STREAM_PREFIX = "optuna_checkpoint:stream:"
 _INTERRUPTED_PREFIX = "optuna_checkpoint:interrupted:"
@@ -52,6 +52,13 @@ _CLAIM_ATTR = "optuna_checkpoint:stream"
 def _stream_id(study_uid: str, name: str) -> int:
     # Stable across processes without a counter to coordinate; 48 bits fit every integer column.
     return int.from_bytes(hashlib.sha256(f"{study_uid}/{name}".encode()).digest()[:6], "big")
+
+
+def _of_study(value: Any, study_uid: str) -> dict[str, Any] | None:
+    """``value`` if it is a record of the study ``study_uid`` (not of a deleted namesake)."""
+    if isinstance(value, dict) and value.get("study_uid") == study_uid:
+        return value
+    return None
 
 
 def _checkpoint_to_json(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -82,6 +89,7 @@ class AttributeCheckpointStore(CheckpointStore):
     a lock, so threads of one process (``n_jobs > 1``) never interleave a read-modify-write.
     """
 
+    kept_checkpoints = KEPT_CHECKPOINTS
     _instances: weakref.WeakKeyDictionary[BaseStorage, AttributeCheckpointStore] = (
         weakref.WeakKeyDictionary()
     )
@@ -114,8 +122,7 @@ class AttributeCheckpointStore(CheckpointStore):
 
     def _read(self, study_uid: str, name: str) -> dict[str, Any] | None:
         attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
-        data = attrs.get(_STREAM_PREFIX + name)
-        return data if isinstance(data, dict) else None
+        return _of_study(attrs.get(_STREAM_PREFIX + name), study_uid)
 
     def _write(self, study_uid: str, data: dict[str, Any]) -> None:
         self._storage.set_study_system_attr(
@@ -159,7 +166,7 @@ class AttributeCheckpointStore(CheckpointStore):
         found = [
             self._stream(study_uid, value)
             for key, value in attrs.items()
-            if key.startswith(_STREAM_PREFIX) and isinstance(value, dict)
+            if key.startswith(_STREAM_PREFIX) and _of_study(value, study_uid) is not None
         ]
         return sorted(found, key=lambda s: (s.heartbeat_at, s.name))
 
@@ -179,7 +186,10 @@ class AttributeCheckpointStore(CheckpointStore):
         with self._lock:
             if self._read(study_uid, name) is not None:
                 return None
+            self._forget_deleted_namesakes(study_id, study_uid)
+            # An attribute of another uid is a deleted study's whose id was reused: replaced.
             data = {
+                "study_uid": study_uid,
                 "stream_id": _stream_id(study_uid, name),
                 "name": name,
                 "fingerprint": fingerprint,
@@ -193,6 +203,14 @@ class AttributeCheckpointStore(CheckpointStore):
         if written is None or written["owner"] != asdict(owner):
             return None
         return self._stream(study_uid, written)
+
+    def _forget_deleted_namesakes(self, study_id: int, study_uid: str) -> None:
+        # Optuna's API cannot delete an attribute; a deleted study's records, left under a
+        # reused id, are blanked instead (readers skip records of other uids anyway).
+        for key, value in self._storage.get_study_system_attrs(study_id).items():
+            stale = isinstance(value, dict) and value.get("study_uid") != study_uid
+            if stale and key.startswith((_STREAM_PREFIX, _INTERRUPTED_PREFIX)):
+                self._storage.set_study_system_attr(study_id, key, None)
 
     def _swap_owner(self, stream: Stream, changes: dict[str, Any]) -> dict[str, Any] | None:
         with self._lock:
@@ -259,9 +277,11 @@ class AttributeCheckpointStore(CheckpointStore):
                     "this process no longer owns the checkpoint stream; run one process per "
                     "worker id."
                 )
-            kept = [c for c in data["checkpoints"] if c["trial_id"] != checkpoint.trial_id]
-            kept.append(_checkpoint_to_json(checkpoint))
-            data.update(checkpoints=kept[-KEPT_CHECKPOINTS:], heartbeat_at=now)
+            saved = [c for c in data["checkpoints"] if c["trial_id"] != checkpoint.trial_id]
+            saved.append(_checkpoint_to_json(checkpoint))
+            initial = [c for c in saved if c["trial_id"] is None]
+            trials = [c for c in saved if c["trial_id"] is not None]
+            data.update(checkpoints=initial + trials[-KEPT_CHECKPOINTS:], heartbeat_at=now)
             self._write(stream.study_uid, data)
 
     def latest_checkpoints(
@@ -282,9 +302,9 @@ class AttributeCheckpointStore(CheckpointStore):
         """Return the study's interrupted trials in trial-number order."""
         attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
         found = [
-            Interruption(**value)
+            Interruption(**{k: v for k, v in value.items() if k != "study_uid"})
             for key, value in attrs.items()
-            if key.startswith(_INTERRUPTED_PREFIX) and isinstance(value, dict)
+            if key.startswith(_INTERRUPTED_PREFIX) and _of_study(value, study_uid) is not None
         ]
         return sorted(found, key=lambda i: i.trial_number)
 
@@ -293,9 +313,14 @@ class AttributeCheckpointStore(CheckpointStore):
     ) -> None:
         """Record interrupted trials (one attribute each, so concurrent writers never clash)."""
         self.open_study(study_id, study_uid)
+        known = {i.trial_id for i in self.where_interrupted(study_uid)}
         for interruption in interruptions:
+            if interruption.trial_id in known:
+                continue  # recorded before: the first record stands
             self._storage.set_study_system_attr(
-                study_id, f"{_INTERRUPTED_PREFIX}{interruption.trial_id}", asdict(interruption)
+                study_id,
+                f"{_INTERRUPTED_PREFIX}{interruption.trial_id}",
+                {**asdict(interruption), "study_uid": study_uid},
             )
 
     def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:

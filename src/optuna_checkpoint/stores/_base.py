@@ -178,7 +178,8 @@ class CheckpointStore(abc.ABC):
         """Return up to ``limit`` of the stream's newest checkpoints, newest first.
 
         Checkpoints of the trials in ``excluding`` (hidden trials) are skipped. The cost must
-        not grow with the number of checkpoints: a resume reads only the newest ones.
+        not grow with the number of checkpoints: a resume reads only the newest ones. A store
+        may keep only its newest few checkpoints per stream (:attr:`kept_checkpoints`).
         """
 
     @abc.abstractmethod
@@ -219,6 +220,10 @@ class CheckpointStore(abc.ABC):
         return None
 
     supports_commit_hook = False
+
+    kept_checkpoints: int | None = None
+    """How many of a stream's newest trial checkpoints the store keeps besides the initial one;
+    ``None``: all of them."""
 
     def defer_save_to_trial_commit(
         self, stream: Stream, trial_id: int, checkpoint: Checkpoint | None, token: str

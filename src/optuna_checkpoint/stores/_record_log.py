@@ -8,11 +8,12 @@ A *record* is a JSON header plus raw payload bytes, framed as::
     b"OCr1" | header length (u32) | payload length (u32) | header | payload
             | CRC-32 of everything before | frame length (u32) | b"1rCO"
 
-all little endian. The leading length and magic let a reader walk forwards; the trailing length
-and magic let it walk backwards from the end of the log, so the newest records are found without
-reading the older ones. The CRC detects a torn frame (a writer killed in the middle of an
-append) and garbled bytes; such a frame at the end of a log is ignored, and cut off by the next
-writer before it appends.
+all little endian; the ``1`` in the magic numbers is the format version. The leading length and
+magic let a reader walk forwards; the trailing length and magic let it walk backwards from the
+end of the log, so the newest records are found without reading the older ones. The CRC detects
+a torn frame (a writer killed in the middle of an append) and garbled bytes; such a frame at the
+end of a log is ignored, and cut off by the next writer before it appends. Damage followed by
+intact frames is not a torn append: it is reported as corruption and nothing is cut.
 
 Besides the log there are two tables of *slots*, values overwritten in place: ``claims`` (trial
 id -> stream id) and ``heartbeats`` (stream id -> owner tag and time). They are not in the log
@@ -123,7 +124,7 @@ RecordSink = Callable[[Sequence[Record], bool], None]
 
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     """Frame a header and payload as one record."""
-    header_bytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
     if len(header_bytes) > _MAX_HEADER or len(payload) > _MAX_PAYLOAD:
         raise ValueError("record too large")
     head = _HEAD.pack(_MAGIC, len(header_bytes), len(payload))

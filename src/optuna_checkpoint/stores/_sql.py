@@ -66,7 +66,8 @@ streams = sa.Table(
     sa.Column("owner_boot_id", sa.String(64)),
     sa.Column("owner_pid", sa.Integer),
     sa.Column("owner_pid_start", sa.String(32)),
-    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    # Double: MySQL's FLOAT is single precision, which rounds today's epoch to about a minute.
+    sa.Column("heartbeat_at", sa.Double, nullable=False),
     sa.Column("first_trial_number", sa.Integer, nullable=False),
     sa.UniqueConstraint("study_uid", "name"),
 )
