@@ -91,6 +91,9 @@ checkpoints = sa.Table(
     sa.Column("payload", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
     sa.Column("checksum", sa.String(64), nullable=False),
     sa.UniqueConstraint("stream_id", "trial_id"),
+    # A resume reads a stream's newest checkpoints: walked backwards along this index, the
+    # lookup stays flat; without it the database sorts every checkpoint of the stream.
+    sa.Index("ix_optuna_checkpoint_checkpoints_newest", "stream_id", "checkpoint_id"),
 )
 
 interrupted_trials = sa.Table(
