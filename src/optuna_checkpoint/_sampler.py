@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 import weakref
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
@@ -705,12 +706,14 @@ class CheckpointingSampler(BaseSampler):
         # them and closes them (closing is idempotent).
         store.add_interruptions(attachment.study_id, attachment.study_uid, fresh)
         interrupted = sorted([*known, *fresh], key=lambda i: i.trial_number)
-        reasons = {i.trial_id: i.reason for i in interrupted}
+        # This stream's own: another worker's recorded ones are closed by that worker's resume,
+        # which may be doing so right now.
+        stream_id = attachment.stream.stream_id
+        reasons = {i.trial_id: i.reason for i in interrupted if i.stream_id == stream_id}
         reasons.update((t._trial_id, RETRIES_EXHAUSTED) for t in exhausted)
         for trial_id, reason in reasons.items():
             if trials[trial_id].state == TrialState.RUNNING:
-                storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, reason)
-                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                _close_as_failed(storage, trial_id, reason)
         attachment.hidden = hidden_from(interrupted)
 
         restorable = [
@@ -865,6 +868,17 @@ def _store_for(storage: BaseStorage) -> CheckpointStore:
         )
     # GrpcStorageProxy, and any other storage: through Optuna's public storage API.
     return AttributeCheckpointStore.for_storage(storage)
+
+
+def _close_as_failed(storage: BaseStorage, trial_id: int, reason: str) -> None:
+    """Close an interrupted trial as FAIL, unless something closed it since it was read."""
+    try:
+        storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        # Closing is idempotent: e.g. a resume of this stream that was cut short, and Optuna's
+        # heartbeat failing the same stale trial meanwhile.
+        _logger.debug("Trial id %d was already closed.", trial_id)
 
 
 def _first_trial(storage: BaseStorage, study_id: int) -> FrozenTrial:
