@@ -101,12 +101,13 @@ def _assert_same(address: str, expected: Any, log: RunLog) -> None:
 def test_resume_after_random_kills_matches_uninterrupted_run(
     sampler: str, address: str, reference: Any
 ) -> None:
+    # Slower trials than on SQLite: a journal runs the whole study in well under a second.
     log = run_with_random_kills(
-        _config(sampler, address),
+        _config(sampler, address, delay=CONTROL_DELAY_IN_OBJECTIVE),
         kills=3,
         signals=[signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
         rng=random.Random(f"{address.partition(':')[0]}-{sampler}"),
-        max_delay=MAX_KILL_DELAY + 1.5,
+        max_delay=MAX_KILL_DELAY + 0.5,
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
     _assert_same(address, reference(sampler), log)
