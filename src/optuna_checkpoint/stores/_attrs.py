@@ -29,7 +29,7 @@ import hashlib
 import threading
 import time
 from typing import Any
-import weakref
+from typing import ClassVar
 
 from optuna.storages import BaseStorage
 
@@ -38,6 +38,7 @@ from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 
 
@@ -90,10 +91,7 @@ class AttributeCheckpointStore(CheckpointStore):
     """
 
     kept_checkpoints = KEPT_CHECKPOINTS
-    _instances: weakref.WeakKeyDictionary[BaseStorage, AttributeCheckpointStore] = (
-        weakref.WeakKeyDictionary()
-    )
-    _instances_lock = threading.Lock()
+    _registry: ClassVar[StoreRegistry[AttributeCheckpointStore]] = StoreRegistry()
 
     def __init__(self, storage: BaseStorage) -> None:
         self._storage = storage
@@ -103,11 +101,7 @@ class AttributeCheckpointStore(CheckpointStore):
     @classmethod
     def for_storage(cls, storage: BaseStorage) -> AttributeCheckpointStore:
         """Return the store of ``storage``."""
-        with cls._instances_lock:
-            store = cls._instances.get(storage)
-            if store is None:
-                store = cls._instances[storage] = cls(storage)
-            return store
+        return cls._registry.get(storage, lambda: cls(storage))
 
     def __repr__(self) -> str:
         return f"AttributeCheckpointStore({type(self._storage).__name__})"
@@ -143,11 +137,10 @@ class AttributeCheckpointStore(CheckpointStore):
         )
 
     def _by_id(self, stream_id: int) -> tuple[str, dict[str, Any]]:
-        for study_uid in self._study_ids:
-            for stream in self.list_streams(study_uid):
-                if stream.stream_id == stream_id:
-                    data = self._read(study_uid, stream.name)
-                    assert data is not None
+        for study_uid, study_id in self._study_ids.items():
+            for key, value in self._storage.get_study_system_attrs(study_id).items():
+                data = _of_study(value, study_uid) if key.startswith(_STREAM_PREFIX) else None
+                if data is not None and data["stream_id"] == stream_id:
                     return study_uid, data
         raise LookupError(f"no stream {stream_id}")
 

@@ -16,10 +16,15 @@ studies, and a recreated study must not see old checkpoints.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import dataclass
+import threading
 from typing import Any
+from typing import Generic
+from typing import TypeVar
+import weakref
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,29 @@ class Interruption:
     logical_number: int
     reason: str
     stream_id: int | None = None
+
+
+_StoreT = TypeVar("_StoreT", bound="CheckpointStore")
+
+
+class StoreRegistry(Generic[_StoreT]):
+    """One store per storage object, made on first request and forgotten with the storage.
+
+    A store may hold per-storage state (the SQL store's commit hook, the journal's replica), so
+    every sampler on one storage object must share it.
+    """
+
+    def __init__(self) -> None:
+        self._stores: weakref.WeakKeyDictionary[Any, _StoreT] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, storage: Any, make: Callable[[], _StoreT]) -> _StoreT:
+        """Return the store of ``storage``, calling ``make`` to create it the first time."""
+        with self._lock:
+            store = self._stores.get(storage)
+            if store is None:
+                store = self._stores[storage] = make()
+            return store
 
 
 class CheckpointStore(abc.ABC):

@@ -38,7 +38,7 @@ import os
 import threading
 import time
 from typing import Any
-import weakref
+from typing import ClassVar
 
 import optuna
 from optuna.storages import BaseStorage
@@ -54,6 +54,7 @@ from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._record_log import BASE_KEY
 from optuna_checkpoint.stores._record_log import CATALOG_KEY
@@ -345,10 +346,7 @@ class JournalCheckpointStore(CheckpointStore):
     """
 
     supports_commit_hook = False
-    _instances: weakref.WeakKeyDictionary[JournalStorage, JournalCheckpointStore] = (
-        weakref.WeakKeyDictionary()
-    )
-    _instances_lock = threading.Lock()
+    _registry: ClassVar[StoreRegistry[JournalCheckpointStore]] = StoreRegistry()
 
     def __init__(self, open_log: Callable[[RecordSink], RecordLog]) -> None:
         """Create a store on the log ``open_log`` opens, feeding a fresh replica."""
@@ -365,11 +363,7 @@ class JournalCheckpointStore(CheckpointStore):
             CheckpointError: The journal backend is not supported, or this Optuna version keeps
                 it where optuna-checkpoint cannot find it.
         """
-        with cls._instances_lock:
-            store = cls._instances.get(storage)
-            if store is None:
-                store = cls._instances[storage] = cls(_log_opener(storage))
-            return store
+        return cls._registry.get(storage, lambda: cls(_log_opener(storage)))
 
     def __repr__(self) -> str:
         return f"JournalCheckpointStore({self._log!r})"

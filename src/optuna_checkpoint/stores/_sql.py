@@ -20,7 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 from typing import Any
-import weakref
+from typing import ClassVar
 
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
@@ -36,6 +36,7 @@ from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 
 
@@ -388,10 +389,7 @@ class SQLCheckpointStore(CheckpointStore):
     """
 
     supports_commit_hook = True
-    _instances: weakref.WeakKeyDictionary[RDBStorage, SQLCheckpointStore] = (
-        weakref.WeakKeyDictionary()
-    )
-    _instances_lock = threading.Lock()
+    _registry: ClassVar[StoreRegistry[SQLCheckpointStore]] = StoreRegistry()
 
     def __init__(self, rdb: RDBStorage) -> None:
         self._engine = rdb.engine
@@ -402,11 +400,7 @@ class SQLCheckpointStore(CheckpointStore):
     @classmethod
     def for_storage(cls, rdb: RDBStorage) -> SQLCheckpointStore:
         """Return the store for ``rdb``, creating its tables on first use."""
-        with cls._instances_lock:
-            store = cls._instances.get(rdb)
-            if store is None:
-                store = cls._instances[rdb] = cls(rdb)
-            return store
+        return cls._registry.get(rdb, lambda: cls(rdb))
 
     def __repr__(self) -> str:
         return f"SQLCheckpointStore(RDBStorage({self._url!r}))"
