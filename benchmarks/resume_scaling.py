@@ -22,13 +22,14 @@ per trial plus the initial one, and no unfinished trial.
 *Resume.* Exactly ``overhead.py``'s resume measurement, on every study: ``--resume-repeats``
 fresh processes per arm, each on its own copy of the database (SQLite: a copy of the file;
 PostgreSQL: ``CREATE DATABASE ... TEMPLATE``), since ``ask()`` leaves a RUNNING trial behind that
-the next resume would have to close. (a) ``study.ask()`` timed with a freshly constructed
-``CheckpointingSampler(TPESampler(seed=--seed))``, minus the same with a plain ``TPESampler``,
-medians over the processes; (b) the wrapper's ``before_trial`` alone, the resume proper (lease,
-checkpoint lookup, checksum, decode, RNG restore), called directly after the storage calls
-``ask()`` makes before it, against the plain sampler's. (a) includes everything ``ask()`` does
-differently with the wrapper; at 10,000 trials it is also noisier, since plain TPE then spends
-much longer in ``ask()``.
+the next resume would have to close. (a) ``study.ask()`` up to the trial's first proposal, timed
+with a freshly constructed ``CheckpointingSampler(TPESampler(seed=--seed))``, minus the same with
+a plain ``TPESampler``, medians over the processes; (b) the sampler hooks up to the first
+proposal alone (the wrapper's ``before_trial`` is the resume proper: lease, checkpoint lookup,
+checksum, decode, RNG restore), called directly after the storage calls ``ask()`` makes before
+them, against the plain sampler's. Both stop at the first proposal because the resume reads the
+study through Optuna's per-trial cache, which plain TPE fills there. (a) includes everything
+``ask()`` does differently with the wrapper; at 10,000 trials it is also noisier.
 
 Run (from the repository root, in the project's virtualenv)::
 
@@ -46,12 +47,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-import shutil
-import tempfile
 import time
 from typing import Any
 
-from overhead import BUSY_WARNING
 from overhead import STUDY_NAME
 from overhead import TARGET_RESUME_S
 from overhead import Databases
@@ -65,10 +63,12 @@ from overhead import objective
 from overhead import open_databases
 from overhead import progress
 from overhead import quiet
+from overhead import reliability_warnings
 from overhead import run_worker
 from overhead import shown
 from overhead import source_digest
 from overhead import verdict
+from overhead import work_directory
 
 
 # -- worker side (runs in a fresh subprocess) --------------------------------------------------
@@ -154,8 +154,8 @@ def _format_report(report: dict[str, Any]) -> str:
         f"{config['resume_repeats']} fresh process(es) per arm; "
         f"{report['environment']['summary']}",
         "",
-        f"  {'storage':<18} {'trials':>7}  {'ask() resume':>16}  {'before_trial() resume':>21}"
-        f"  {'plain ask()':>11}  RNG restored",
+        f"  {'storage':<18} {'trials':>7}  {'ask()+suggest':>16}  {'hooks to 1st proposal':>21}"
+        f"  {'plain':>11}  RNG restored",
     ]
     for storage in report["storages"]:
         for row in storage["rows"]:
@@ -191,7 +191,7 @@ def _flatness_lines(storages: list[dict[str, Any]], target_ms: float) -> list[st
         }
         lines.append(
             f"  {storage['name']:<18} {first['trials']} -> {last['trials']} trials: "
-            f"ask() {growth['ask']:+.2f} ms, before_trial() {growth['before_trial']:+.2f} ms"
+            f"ask()+suggest {growth['ask']:+.2f} ms, hooks {growth['before_trial']:+.2f} ms"
         )
     return lines
 
@@ -205,22 +205,7 @@ def _warnings(report: dict[str, Any]) -> list[str]:
         for processes in arms.values()
         for process in processes
     ]
-    lines = []
-    busiest = max_share(runs)
-    if busiest is not None and busiest > BUSY_WARNING:
-        lines += [
-            "",
-            f"WARNING: other processes used up to {busiest:.0%} of the machine's CPUs during "
-            "measured runs; the timings are unreliable. Rerun on an idle machine.",
-        ]
-    sources = report["sources"]
-    if sources["start"] != sources["end"]:
-        lines += [
-            "",
-            "WARNING: the optuna_checkpoint sources changed during the run "
-            f"({sources['start']} -> {sources['end']}); runs may have measured different code.",
-        ]
-    return lines
+    return reliability_warnings(max_share(runs), report["sources"])
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -267,14 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     start = time.perf_counter()
     sources_before = source_digest()
-    owned = args.workdir is None  # only a directory made here is removed afterwards
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="optuna-checkpoint-resume-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_directory(args.workdir, keep=args.keep, prefix="resume") as workdir:
         storages = [_measure_storage(args, storage, workdir) for storage in args.storage]
-    finally:
-        if owned and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     report = {
         "config": {
             "trials": args.trials,

@@ -176,6 +176,7 @@ def test_tuples_lists_nested_dicts_and_scalars_keep_their_types() -> None:
         np.frombuffer(struct.pack("<Q", 0x7FF0000000000ABC), dtype=np.float64),  # NaN payload
         np.arange(24, dtype=np.float64).reshape(2, 3, 4)[:, ::2, 1:],  # non-contiguous view
         np.zeros((0, 3)),
+        np.array(2.5),  # 0-d
     ],
     ids=lambda a: f"{a.dtype}-{a.shape}",
 )

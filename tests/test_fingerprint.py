@@ -21,6 +21,7 @@ from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import ConfigMismatchError
 from optuna_checkpoint._fingerprint import describe
 from optuna_checkpoint._fingerprint import differences
+from optuna_checkpoint._fingerprint import digest
 
 
 STUDY = "fp"
@@ -243,3 +244,44 @@ def test_sampler_with_a_custom_function_resumes_in_a_fresh_process(tmp_path: pat
     assert "ConfigMismatchError" not in second.stderr, second.stderr[-600:]
     assert second.returncode == 0
     assert len(optuna.load_study(study_name=STUDY, storage=url).trials) == 4
+
+
+# Digests of the fingerprints that optuna-checkpoint 0.2 stored, on Python 3.11 and Optuna 5.0
+# (a function's fingerprint digests its bytecode, which differs between Python versions). A
+# change here makes every stream written by 0.2 refuse to resume after an upgrade.
+FINGERPRINTS_OF_0_2 = {
+    "random": ("b3ea28c6c01510879bb28060e3edae7a", lambda: RandomSampler(seed=1)),
+    "tpe": ("1d09cc365404a8d6b245cb289154f020", lambda: TPESampler(seed=1)),
+    "tpe-independent": (
+        "2dfab6108567c55dbfb566888dff38f9",
+        lambda: TPESampler(seed=1, multivariate=False),
+    ),
+    "tpe-group": (
+        "1129263eb6a958b14dcb02c2dd4feb97",
+        lambda: TPESampler(seed=1, multivariate=True, group=True),
+    ),
+    "tpe-unseeded": ("3b5254eb47173926eec261ff73d86ca8", lambda: TPESampler()),
+    "cmaes": ("99476498e4d12ff8beda35e4708acc5a", lambda: CmaEsSampler(seed=1)),
+    "cmaes-sep": (
+        "f21bc47a8de08d003ed732856ccbba5f",
+        lambda: CmaEsSampler(seed=1, use_separable_cma=True),
+    ),
+    "cmaes-margin": (
+        "02597256cdb951febe67f59765202253",
+        lambda: CmaEsSampler(seed=1, with_margin=True),
+    ),
+    "cmaes-lr-adapt": (
+        "16517b43a49093b9b3687aefc17b6107",
+        lambda: CmaEsSampler(seed=1, lr_adapt=True),
+    ),
+}
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11) or not optuna.__version__.startswith("5.0."),
+    reason="the recorded digests are of Python 3.11 and Optuna 5.0",
+)
+@pytest.mark.parametrize("name", list(FINGERPRINTS_OF_0_2))
+def test_streams_written_by_0_2_still_resume(name: str) -> None:
+    expected, make = FINGERPRINTS_OF_0_2[name]
+    assert digest(fingerprint(make())) == expected

@@ -478,6 +478,20 @@ def test_latest_checkpoints_newest_first_with_limit_and_excluding(
     assert latest(set(), 0) == []
 
 
+def test_resume_point_reads_interruptions_and_the_newest_other_checkpoints(
+    store: CheckpointStore, study: Study
+) -> None:
+    stream, me = stream_of(store, study)
+    for trial_id in (10, 11, 12):
+        store.save(stream, checkpoint(trial_id), me.token, time.time())
+    store.add_interruptions(
+        study.study_id, study.uid, [Interruption(12, 2, 2, "killed", stream.stream_id)]
+    )
+    known, latest = store.resume_point(study.uid, stream.stream_id, limit=2)
+    assert [i.trial_id for i in known] == [12]
+    assert [c.trial_id for c in latest] == [11, 10]
+
+
 def test_saving_a_trial_again_overwrites_it(store: CheckpointStore, study: Study) -> None:
     stream, me = stream_of(store, study)
     for trial_id in (1, 2, 3):

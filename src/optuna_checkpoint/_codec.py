@@ -72,7 +72,8 @@ def encode(state: dict[str, Any], *, allow_pickle: bool = False) -> bytes:
         if isinstance(value, (float, np.floating)):
             return {_FLOAT: float(value).hex()}
         if isinstance(value, np.ndarray):
-            array = np.ascontiguousarray(value)
+            # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
+            array = value if value.flags.c_contiguous else value.copy(order="C")
             if array.dtype.str not in _ALLOWED_DTYPES:
                 raise TypeError(f"arrays of dtype {array.dtype} cannot be checkpointed")
             blobs.append(array.tobytes())

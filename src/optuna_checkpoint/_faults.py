@@ -59,6 +59,12 @@ class _CrashPlan:
 _plan = _CrashPlan(os.environ.get(_ENV))
 
 
+def reload_plan() -> None:
+    """Read the crash plan from the environment again (a test process forked after import)."""
+    global _plan
+    _plan = _CrashPlan(os.environ.get(_ENV))
+
+
 def crash_point(point: str) -> None:
     """Mark a place where tests may kill the process (no-op unless configured)."""
     if _plan.point is not None:

@@ -4,22 +4,31 @@ The description walks the sampler's attributes and renders each as JSON-compatib
 functions and classes by qualified name, floats by ``float.hex``, objects by class and attributes.
 Attributes that hold state (RNGs) or pure caches are skipped by the state adapter that knows them;
 what remains is configuration, so any change to a constructor argument shows up as a difference.
+A large part (e.g. CMA-ES ``source_trials``) is stored as its length and a digest, so the stored
+fingerprint stays small.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 import enum
+import functools
 import hashlib
 import json
 import types
 from typing import Any
 
 import numpy as np
+from optuna.samplers import BaseSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
+
+from optuna_checkpoint._adapters import adapter_for
+from optuna_checkpoint.exceptions import UnsupportedSamplerError
 
 
 _MAX_DEPTH = 6
+# A part whose description is longer than this (in JSON characters) is summarised by a digest.
+_MAX_INLINE = 2048
 
 
 def _qualname(obj: Any) -> str:
@@ -63,29 +72,94 @@ def describe(value: Any, *, skip: Iterable[str] = (), _depth: int = 0) -> Any:
         return {"ndarray": value.dtype.str, "shape": list(value.shape), "sha256": digest}
     if isinstance(value, LazyRandomState):
         return describe_rng(value)
+    if isinstance(value, types.ModuleType):
+        return {"module": value.__name__}
     if _depth >= _MAX_DEPTH:
         return _qualname(type(value))
+    description = _describe_composite(value, skip, _depth)
+    if _depth == 0 or not isinstance(description, (dict, list)):
+        return description
+    text = json.dumps(description, sort_keys=True, separators=(",", ":"))
+    if len(text) <= _MAX_INLINE:
+        return description
+    return {
+        "summary": _qualname(type(value)),
+        "length": len(value) if isinstance(value, (list, tuple, dict)) else None,
+        "sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+    }
+
+
+def _describe_composite(value: Any, skip: Iterable[str], depth: int) -> Any:
     if isinstance(value, (list, tuple)):
-        return [describe(v, _depth=_depth + 1) for v in value]
+        return [describe(v, _depth=depth + 1) for v in value]
     if isinstance(value, dict):
-        return {str(k): describe(v, _depth=_depth + 1) for k, v in sorted(value.items(), key=str)}
+        return {str(k): describe(v, _depth=depth + 1) for k, v in sorted(value.items(), key=str)}
+    if isinstance(value, functools.partial):
+        return {
+            "partial": describe(value.func, _depth=depth + 1),
+            "args": describe(list(value.args), _depth=depth + 1),
+            "keywords": describe(value.keywords, _depth=depth + 1),
+        }
     if isinstance(value, type) or (callable(value) and not hasattr(value, "__dict__")):
         return _qualname(value)
     if callable(value) and hasattr(value, "__code__"):
-        # A function or lambda: its name plus a digest of its code, so an edited one differs.
-        return {"function": _qualname(value), "code": _code_digest(value.__code__)}
+        return _describe_function(value, depth)
     attrs = getattr(value, "__dict__", None)
     if attrs is None:
         return _qualname(type(value))
     skipped = set(skip)
+    if depth > 0 and isinstance(value, BaseSampler):
+        # A sampler inside the sampler (PartialFixed's base, QMC's independent sampler): its
+        # own adapter says which of its attributes are state or caches, as at the top level.
+        skipped.update(_cache_attrs(value))
     return {
         "class": _qualname(type(value)),
         "attrs": {
-            name: describe(attr, _depth=_depth + 1)
+            name: describe(attr, _depth=depth + 1)
             for name, attr in sorted(attrs.items())
             if name not in skipped
         },
     }
+
+
+def _cache_attrs(sampler: BaseSampler) -> tuple[str, ...]:
+    try:
+        return adapter_for(sampler).CACHE_ATTRS
+    except UnsupportedSamplerError:
+        return ()
+
+
+def _describe_function(function: Any, depth: int) -> Any:
+    """A function or lambda: its name, a digest of its code, and the values it closes over.
+
+    So an edited function differs, and so does a closure over another value
+    (``make_constraint(0.5)`` and ``make_constraint(0.7)`` share their code).
+    """
+    description: dict[str, Any] = {
+        "function": _qualname(function),
+        "code": _code_digest(function.__code__),
+    }
+    cells = getattr(function, "__closure__", None) or ()
+    names = function.__code__.co_freevars
+    if cells:
+        description["closure"] = {
+            name: describe(_cell_contents(cell), _depth=depth + 1)
+            for name, cell in zip(names, cells, strict=False)
+        }
+    defaults = getattr(function, "__defaults__", None)
+    kwdefaults = getattr(function, "__kwdefaults__", None)
+    if defaults:
+        description["defaults"] = describe(list(defaults), _depth=depth + 1)
+    if kwdefaults:
+        description["kwdefaults"] = describe(kwdefaults, _depth=depth + 1)
+    return description
+
+
+def _cell_contents(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not yet assigned
+        return None
 
 
 def _code_digest(code: types.CodeType) -> str:

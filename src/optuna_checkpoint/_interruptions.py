@@ -69,16 +69,21 @@ def first_trial_of_new_stream(storage: BaseStorage, study_id: int, current: Froz
     return number
 
 
-def roll_forward(storage: BaseStorage, trial: FrozenTrial, checkpoint: Checkpoint) -> None:
-    """Store a trial's end that only its checkpoint recorded (stores without a commit hook)."""
+def roll_forward(storage: BaseStorage, trial: FrozenTrial, checkpoint: Checkpoint) -> bool:
+    """Store a trial's end that only its checkpoint recorded (stores without a commit hook).
+
+    Returns:
+        Whether the trial's end was stored now.
+    """
     if trial.state != TrialState.RUNNING or checkpoint.trial_state is None:
-        return
+        return False
     _logger.info(
         "Trial %d: storing its final state, which was saved only in its checkpoint.", trial.number
     )
     storage.set_trial_state_values(
         trial._trial_id, TrialState[checkpoint.trial_state], checkpoint.trial_values
     )
+    return True
 
 
 def adoptable_trials(
@@ -162,11 +167,11 @@ def find_interrupted(
     # They are RUNNING, or FAIL if Optuna's heartbeat check failed them as stale meanwhile.
     last_checkpointed = -1 if newest_trial is None else newest_trial.number
     known_ids = {i.trial_id for i in known}
-    for trial in sorted(trials.values(), key=lambda t: t.number):
+    # Only this stream's own trials: another worker's, or one from before this stream, is
+    # left as it is.
+    for trial in sorted((trials[i] for i in mine if i in trials), key=lambda t: t.number):
         if trial._trial_id == current._trial_id or trial._trial_id in known_ids:
             continue
-        if trial._trial_id not in mine:
-            continue  # another worker's, or from before this stream: left as it is
         if trial.state == TrialState.RUNNING:
             interrupt(trial, "its process died while the trial ran")
         elif trial.state == TrialState.FAIL and trial.number > last_checkpointed:

@@ -4,6 +4,9 @@ A retried trial is a new trial with a new number, but samplers use trial numbers
 with ``trial.number``; constant-liar TPE reads RUNNING trials), so the wrapped sampler is shown
 this *logical* study instead: every interrupted trial removed and every later trial renumbered to
 the number it would have had. With nothing hidden, the real study and trials are passed through.
+
+Some samplers (``GridSampler``, ``BruteForceSampler``) list the trials through
+``study._storage`` rather than the study, so the view's storage lists logical trials too.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Container
 from collections.abc import Iterable
 import copy
 from typing import Any
+from typing import cast
 
+from optuna.storages import BaseStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -67,8 +72,8 @@ class _LogicalStudy(Study):
     """A study that lists only the trials of the uninterrupted run, with their logical numbers.
 
     It shares the real study's storage, thread-local cache and attributes; only the trial
-    listings differ. Trials are still addressed by id, so samplers that write system attributes
-    write them to the real trials.
+    listings differ, whether read from the study or from its storage. Trials are still addressed
+    by id, so samplers that write system attributes write them to the real trials.
     """
 
     def __init__(self, study: Study, hidden: HiddenTrials) -> None:
@@ -76,6 +81,7 @@ class _LogicalStudy(Study):
         self.__dict__.update(object.__getattribute__(study, "__dict__"))
         self._inner = study
         self._hidden = hidden
+        self._storage = cast(BaseStorage, _LogicalStorage(study._storage, study._study_id, hidden))
 
     def _get_trials(
         self,
@@ -97,3 +103,30 @@ class _LogicalStudy(Study):
 
     def __getstate__(self) -> dict[Any, Any]:
         return self._inner.__getstate__()
+
+
+class _LogicalStorage:
+    """The study's storage, listing the study's trials as :class:`_LogicalStudy` does.
+
+    Every other method, reads and writes alike, is the real storage's. Not a ``BaseStorage``
+    subclass: delegating by name keeps it complete whatever methods Optuna's storages gain.
+    """
+
+    def __init__(self, storage: BaseStorage, study_id: int, hidden: HiddenTrials) -> None:
+        self._real = storage
+        self._study_id = study_id
+        self._hidden = hidden
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        trials = self._real.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        if study_id != self._study_id:
+            return trials
+        return self._hidden.logical_trials(trials, copied=deepcopy)

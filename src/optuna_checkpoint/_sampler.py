@@ -8,10 +8,12 @@ decode -> adapter ``load_state_dict()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import replace
 import hashlib
+import inspect
 import logging
 import threading
 import time
@@ -44,6 +46,10 @@ from optuna_checkpoint._lease import LeaseVerdict
 from optuna_checkpoint._lease import current_owner
 from optuna_checkpoint._lease import judge_lease
 from optuna_checkpoint._logical import HiddenTrials
+from optuna_checkpoint._pruner import CheckpointingPruner
+from optuna_checkpoint._pruner import attach_pruner
+from optuna_checkpoint._pruner import restore_pruner
+from optuna_checkpoint._pruner import with_pruner_state
 from optuna_checkpoint._worker import MAIN_WORKER
 from optuna_checkpoint._worker import check_worker_id
 from optuna_checkpoint._worker import slot_names
@@ -84,6 +90,24 @@ the hosts' clocks must agree to within a few seconds (as for Optuna's own heartb
 """
 
 _THIS_PROCESS = -1  # stands for a claim by another thread of this process in the resume
+
+
+def _optuna_has_trial_cache() -> bool:
+    # Optuna's per-thread, per-trial cache of the study's trials (private). Without it, the
+    # resume reads the trials itself; ``test_optuna_internals`` fails when it goes away.
+    from optuna.study import study as study_module
+
+    thread_local = getattr(study_module, "_ThreadLocalStudyAttribute", None)
+    get_trials = getattr(study_module.Study, "_get_trials", None)
+    return (
+        thread_local is not None
+        and hasattr(thread_local, "cached_all_trials")
+        and get_trials is not None
+        and "use_cache" in inspect.signature(get_trials).parameters
+    )
+
+
+_TRIAL_CACHE_OF_OPTUNA = _optuna_has_trial_cache()
 
 _live_samplers: weakref.WeakSet[CheckpointingSampler] = weakref.WeakSet()
 
@@ -194,13 +218,9 @@ class CheckpointingSampler(BaseSampler):
         self._allow_pickle = allow_pickle
         self._start_new_stream = start_new_stream
         self._max_retries = max_retries
+        # As given; each is resolved against the storage's own heartbeat settings on attaching.
         self._grace_period = grace_period
         self._heartbeat_interval = heartbeat_interval
-        # Resolved against the storage's own heartbeat settings when attaching.
-        self._grace = DEFAULT_GRACE_PERIOD if grace_period is None else grace_period
-        self._heartbeat_every = (
-            DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else heartbeat_interval
-        )
         self._adapter = adapter_for(sampler, allow_pickle=allow_pickle)
         # Described now, while the sampler is fresh: seeded RNGs still show their seed.
         self._fingerprint = {
@@ -216,6 +236,8 @@ class CheckpointingSampler(BaseSampler):
         self._sampling_lock = threading.RLock()
         self._arrivals: set[int] = set()  # trials whose before_trial has begun, not yet claimed
         self._reseeds = 0
+        # The study's CheckpointingPruner, whose state goes into this sampler's checkpoints.
+        self._pruner: CheckpointingPruner | None = None
         _live_samplers.add(self)
 
     @property
@@ -254,7 +276,7 @@ class CheckpointingSampler(BaseSampler):
         with self._lock:
             attachment, attached_now = self._attach(study, trial)
             if not attached_now:  # the first trial was claimed while attaching
-                self._claim(attachment, trial)
+                self._claim(attachment.store, attachment.stream, attachment.study_id, trial)
             self._arrivals.discard(trial._trial_id)
             self._settle_previous_trial(attachment)
             self._refresh_hidden_trials(attachment)
@@ -360,13 +382,31 @@ class CheckpointingSampler(BaseSampler):
         self, attachment: _Attachment, study: Study, trial: FrozenTrial
     ) -> tuple[Study, FrozenTrial]:
         hidden = attachment.hidden
-        return hidden.view(study), hidden.logical_trial(trial)
+        view, logical = hidden.view(study), hidden.logical_trial(trial)
+        if self._pruner is not None:
+            # Optuna shows samplers a per-bracket study under a bare Hyperband only.
+            view = self._pruner._sampler_view(view, logical)
+        return view, logical
 
     def _logical_or_real(self, study: Study, trial: FrozenTrial) -> tuple[Study, FrozenTrial]:
         attachment = self._attachment
         if attachment is None:
             return study, trial
         return self._logical(attachment, study, trial)
+
+    def _prune_logically(
+        self, prune: Callable[[Study, FrozenTrial], bool], study: Study, trial: FrozenTrial
+    ) -> bool:
+        """Run a :class:`CheckpointingPruner`'s decision on the logical study.
+
+        Under the sampling lock: the pruner's state is captured with the sampler's.
+        """
+        with self._sampling_lock:
+            attachment = self._attachment
+            if attachment is not None:
+                hidden = attachment.hidden
+                study, trial = hidden.view(study), hidden.logical_trial(trial)
+            return prune(study, trial)
 
     # -- capture -----------------------------------------------------------------------------
 
@@ -380,7 +420,8 @@ class CheckpointingSampler(BaseSampler):
         values: list[float] | None = None,
     ) -> Checkpoint:
         """Encode the wrapped sampler's current state as the checkpoint of ``trial_id``."""
-        payload = _codec.encode(self._adapter.state_dict(), allow_pickle=self._allow_pickle)
+        captured = with_pruner_state(self._adapter.state_dict(), self._pruner)
+        payload = _codec.encode(captured, allow_pickle=self._allow_pickle)
         context = _checksum_context(uid, stream_name, trial_id, logical_number)
         return Checkpoint(
             trial_id=trial_id,
@@ -419,7 +460,7 @@ class CheckpointingSampler(BaseSampler):
             )
         try:
             state = _codec.decode(checkpoint.payload, allow_pickle=self._allow_pickle)
-            self._adapter.load_state_dict(state)
+            self._adapter.load_state_dict(restore_pruner(state, self._pruner))
         except CorruptCheckpointError as e:
             raise CorruptCheckpointError(f"{where} cannot be loaded: {e}." + remedy) from e
 
@@ -450,27 +491,34 @@ class CheckpointingSampler(BaseSampler):
     def _open_stream(self, study: Study, trial: FrozenTrial) -> _Attachment:
         storage = study._storage
         store = _store_for(storage)
-        self._grace, self._heartbeat_every = _lease_timing(
+        self._pruner = attach_pruner(study, self)
+        grace_period, heartbeat_interval = _lease_timing(
             storage, self._grace_period, self._heartbeat_interval
         )
+        # Not the sole stream yet (it is not chosen): study-held state is captured, not restored.
+        self._adapter.bind_study(storage, study._study_id, sole_stream=False)
         # Captured before anything runs: worker streams are derived from the state as given.
         pristine = self._adapter.state_dict()
         uid = study_uid(study._study_id, study.study_name, _first_trial(storage, study._study_id))
         store.open_study(study._study_id, uid)
         me = current_owner()
-        stream, created = self._choose_stream(store, study, trial, uid, me, pristine)
+        stream, created, sole_stream = self._choose_stream(
+            store, study, trial, uid, me, pristine, grace_period
+        )
         attachment = None
         try:
             # Claimed first, so a worker resuming meanwhile never takes it for a dead one's.
-            self._claim_first_trial(store, stream, study, trial)
+            self._claim(store, stream, study._study_id, trial)
             if self._start_new_stream and not created:
                 stream = self._restart_stream(store, stream, me, study, trial, uid, pristine)
             else:
                 self._check_fingerprint(stream, study)
-            attachment = self._new_attachment(storage, study, uid, store, stream, me)
-            # The trials are read once here and used by the whole resume.
-            trials = storage.get_all_trials(study._study_id, deepcopy=False)
-            self._resume(attachment, trials, trial)
+            attachment = self._new_attachment(
+                storage, study, uid, store, stream, me, heartbeat_interval
+            )
+            self._adapter.bind_study(storage, study._study_id, sole_stream=sole_stream)
+            if self._resume(attachment, _trials_of_this_trial(study), trial):
+                _forget_trials_of_this_trial(study)
             store.claim_trials_at_creation(stream, study._study_id)
         except BaseException:
             # Whatever stopped the resume (a mismatch, a corrupt checkpoint, Ctrl-C), the lease
@@ -490,11 +538,12 @@ class CheckpointingSampler(BaseSampler):
         uid: str,
         me: Owner,
         pristine: dict[str, Any],
-    ) -> tuple[Stream, bool]:
+        grace_period: float,
+    ) -> tuple[Stream, bool, bool]:
         """Take the lease of this worker's stream, creating it if new.
 
         Returns:
-            The stream, and whether it was created now.
+            The stream, whether it was created now, and whether it is the study's only stream.
         """
         explicit = self._worker_id is not None
         existing = {s.name: s for s in store.list_streams(uid)}
@@ -516,14 +565,14 @@ class CheckpointingSampler(BaseSampler):
                     ),
                 )
                 if stream is not None:
-                    return stream, True
+                    return stream, True, not existing
                 # Another process created it first: it is an existing stream like any other.
                 stream = store.find_stream(uid, name)
                 assert stream is not None
-            verdict = self._judge(stream, me)
+            verdict = self._judge(stream, me, grace_period)
             if verdict.may_take_over and store.take_over(stream, me, time.time()):
                 _logger.info("Took over checkpoint stream %r: %s.", name, verdict.reason)
-                return stream, False
+                return stream, False, existing.keys() <= {name}
             if not explicit:
                 continue  # a busy slot: try the next one
             if verdict.may_take_over:
@@ -541,8 +590,8 @@ class CheckpointingSampler(BaseSampler):
             )
         raise AssertionError("unreachable: slot names never run out")
 
-    def _judge(self, stream: Stream, me: Owner) -> LeaseVerdict:
-        verdict = judge_lease(stream.owner, stream.heartbeat_at, time.time(), me, self._grace)
+    def _judge(self, stream: Stream, me: Owner, grace_period: float) -> LeaseVerdict:
+        verdict = judge_lease(stream.owner, stream.heartbeat_at, time.time(), me, grace_period)
         if not verdict.may_take_over and stream.owner is not None:
             other = _local_sampler_holding(stream.owner.token)
             if other is not None and other is not self and other._idle():
@@ -572,24 +621,15 @@ class CheckpointingSampler(BaseSampler):
                 )
         return self._capture(uid, stream_name, None, -1)
 
-    def _claim_first_trial(
-        self, store: CheckpointStore, stream: Stream, study: Study, trial: FrozenTrial
-    ) -> None:
-        if not store.claim_trial(stream, study._study_id, trial._trial_id):
+    @staticmethod
+    def _claim(store: CheckpointStore, stream: Stream, study_id: int, trial: FrozenTrial) -> None:
+        """Claim a trial this process created for its stream (done at its creation, if it can)."""
+        if not store.claim_trial(stream, study_id, trial._trial_id):
             raise StreamOwnedError(
                 f"trial {trial.number}, which this process had just created, was taken for an "
                 "abandoned one by another worker's resume before this process could claim it "
                 f"(the claim window is {CLAIM_WINDOW:.0f} s; is the database overloaded, or "
                 "are the hosts' clocks apart?). Run this worker again."
-            )
-
-    def _claim(self, attachment: _Attachment, trial: FrozenTrial) -> None:
-        store, stream = attachment.store, attachment.stream
-        if not store.claim_trial(stream, attachment.study_id, trial._trial_id):
-            raise CheckpointError(
-                f"trial {trial.number} is claimed by another worker's checkpoint stream: it "
-                "was taken for an abandoned trial while this process started it. Run this "
-                "worker again."
             )
 
     def _restart_stream(
@@ -628,10 +668,11 @@ class CheckpointingSampler(BaseSampler):
         store: CheckpointStore,
         stream: Stream,
         me: Owner,
+        heartbeat_interval: float,
     ) -> _Attachment:
         heartbeat = None
         if not isinstance(storage, InMemoryStorage):  # no other process to keep out
-            heartbeat = Heartbeat(store, stream.stream_id, me.token, self._heartbeat_every)
+            heartbeat = Heartbeat(store, stream.stream_id, me.token, heartbeat_interval)
         return _Attachment(
             storage=storage,
             study_id=study._study_id,
@@ -678,27 +719,37 @@ class CheckpointingSampler(BaseSampler):
 
     def _resume(
         self, attachment: _Attachment, all_trials: list[FrozenTrial], current: FrozenTrial
-    ) -> None:
-        """Close interrupted trials and restore the state from before the next logical trial."""
+    ) -> bool:
+        """Close interrupted trials and restore the state from before the next logical trial.
+
+        Returns:
+            Whether a trial was changed, so that ``all_trials`` is no longer what is stored.
+        """
         store, storage = attachment.store, attachment.storage
-        known = store.where_interrupted(attachment.study_uid)
-        # Only the newest two are needed: the FAIL-marker rule below may hide the newest, and no
-        # rule hides a trial before it that has a checkpoint.
-        latest = store.latest_checkpoints(
-            attachment.stream.stream_id, excluding={i.trial_id for i in known}, limit=2
+        # Only the newest two checkpoints are needed: the FAIL-marker rule below may hide the
+        # newest, and no rule hides a trial before it that has a checkpoint.
+        known, latest = store.resume_point(
+            attachment.study_uid, attachment.stream.stream_id, limit=2
         )
         trials = {t._trial_id: t for t in all_trials}
         newest = latest[0] if latest else None
-        if newest is not None and newest.trial_id in trials:
-            roll_forward(storage, trials[newest.trial_id], newest)
+        changed = False
+        if (
+            newest is not None
+            and newest.trial_id in trials
+            and roll_forward(storage, trials[newest.trial_id], newest)
+        ):
             trials[newest.trial_id] = storage.get_trial(newest.trial_id)
+            changed = True
 
         fresh, exhausted = find_interrupted(
             trials,
             current,
             known,
             newest,
-            mine=self._unfinished_trials_of_stream(attachment, trials, current, known, newest),
+            mine=self._unfinished_trials_of_stream(
+                attachment, all_trials, trials, current, known, newest
+            ),
             stream_id=attachment.stream.stream_id,
             max_retries=self._max_retries,
         )
@@ -714,7 +765,12 @@ class CheckpointingSampler(BaseSampler):
         for trial_id, reason in reasons.items():
             if trials[trial_id].state == TrialState.RUNNING:
                 _close_as_failed(storage, trial_id, reason)
+                changed = True
         attachment.hidden = hidden_from(interrupted)
+        # The logical view hides the interrupted trials, not what they wrote to the study.
+        self._adapter.forget_interrupted(
+            storage, attachment.study_id, trials.values(), attachment.hidden.trial_ids
+        )
 
         restorable = [
             c
@@ -731,10 +787,12 @@ class CheckpointingSampler(BaseSampler):
         restored_after = -1 if checkpoint.trial_id is None else trials[checkpoint.trial_id].number
         mark_retry(storage, current, interrupted, attachment.stream.stream_id, restored_after)
         crash_point("after_resume")
+        return changed
 
     def _unfinished_trials_of_stream(
         self,
         attachment: _Attachment,
+        all_trials: list[FrozenTrial],
         trials: dict[int, FrozenTrial],
         current: FrozenTrial,
         known: list[Interruption],
@@ -752,12 +810,8 @@ class CheckpointingSampler(BaseSampler):
         after = newest_trial.number if newest_trial is not None else -1
         candidates = [
             t
-            for t in trials.values()
-            if t._trial_id != current._trial_id
-            and t._trial_id not in hidden
-            and (
-                t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and t.number > after)
-            )
+            for t in _unfinished_since(all_trials, after)
+            if t._trial_id != current._trial_id and t._trial_id not in hidden
         ]
 
         def claims_of(trial_ids: list[int]) -> dict[int, int]:
@@ -879,6 +933,41 @@ def _close_as_failed(storage: BaseStorage, trial_id: int, reason: str) -> None:
         # Closing is idempotent: e.g. a resume of this stream that was cut short, and Optuna's
         # heartbeat failing the same stale trial meanwhile.
         _logger.debug("Trial id %d was already closed.", trial_id)
+
+
+def _unfinished_since(trials: list[FrozenTrial], number: int) -> list[FrozenTrial]:
+    """The RUNNING trials, and the FAILs numbered after ``number``, of trials sorted by number.
+
+    Few trials qualify, and the FAILs are at the end: they are collected from there, so that a
+    large study costs one cheap state test per trial and nothing more.
+    """
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    failed = []
+    for trial in reversed(trials):
+        if trial.number <= number:
+            break
+        if trial.state == TrialState.FAIL:
+            failed.append(trial)
+    return running + failed[::-1]
+
+
+def _trials_of_this_trial(study: Study) -> list[FrozenTrial]:
+    """Every trial, read through the study's per-trial cache, sorted by number.
+
+    ``Study.ask`` empties that cache right before it creates the trial whose first hook this
+    is, and Optuna's samplers fill it on their first read of the trial. Read through it, the
+    resume's read of the study is the one the wrapped sampler then uses, not an extra one.
+    """
+    if _TRIAL_CACHE_OF_OPTUNA:
+        return study._get_trials(deepcopy=False, use_cache=True)
+    return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+
+def _forget_trials_of_this_trial(study: Study) -> None:
+    """Empty the per-trial cache after the resume changed a trial in storage."""
+    thread_local = getattr(study, "_thread_local", None)
+    if thread_local is not None:
+        thread_local.cached_all_trials = None
 
 
 def _first_trial(storage: BaseStorage, study_id: int) -> FrozenTrial:

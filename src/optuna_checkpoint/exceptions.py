@@ -30,6 +30,10 @@ class UnsupportedSamplerError(CheckpointError):
     """No state adapter knows the wrapped sampler and pickling was not allowed."""
 
 
+class UnsupportedPrunerError(CheckpointError):
+    """No adapter knows the pruner given to ``CheckpointingPruner``."""
+
+
 class CheckpointIncompleteError(CheckpointError):
     """A trial's final state was about to be committed without its checkpoint.
 

@@ -9,6 +9,7 @@ prunes, so all three end states take part in the comparison.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import json
 import math
 import signal
@@ -18,7 +19,9 @@ import warnings
 
 import optuna
 from optuna.trial import TrialState
-from storages import open_storage  # this folder, which is on the path of a script run from it
+from scenarios import Scenario  # this folder, which is on the path of a script run from it
+from scenarios import scenario
+from storages import open_storage
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint._faults import crash_point
@@ -75,18 +78,27 @@ def main() -> int:
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-    sampler = make_sampler(config["sampler"], config.get("seed"))
+    chosen: Scenario | None = scenario(config["scenario"]) if config.get("scenario") else None
+    if chosen is not None:
+        sampler = chosen.sampler(config.get("seed"))
+    else:
+        sampler = make_sampler(config["sampler"], config.get("seed"))
     if config.get("initial_state_from"):
         _load_initial_state(sampler, config["initial_state_from"])
     if config.get("wrap", True):
         sampler = CheckpointingSampler(
-            sampler, max_retries=config.get("max_retries"), worker_id=config.get("worker_id")
+            sampler,
+            allow_pickle=config.get("allow_pickle", False),
+            max_retries=config.get("max_retries"),
+            worker_id=config.get("worker_id"),
         )
     study = optuna.create_study(
         study_name="fuzz",
         storage=open_storage(config["storage"]),
         load_if_exists=True,
         sampler=sampler,
+        directions=list(chosen.directions) if chosen is not None else None,
+        pruner=chosen.pruner() if chosen is not None and chosen.pruner is not None else None,
     )
     n_complete = config["n_complete"]
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= n_complete:
@@ -96,9 +108,23 @@ def main() -> int:
     if config.get("loop") == "ask_tell":
         _ask_tell_loop(study, n_complete, delay, conditional)
         return 0
+    if chosen is not None and chosen.objective is not None:
+        custom = chosen.objective
+
+        def run(trial: optuna.Trial) -> float | Sequence[float]:
+            crash_point("objective")
+            return custom(trial, delay)
+
+        catch: tuple[type[Exception], ...] = (GenuineFailure, *chosen.catch)
+    else:
+
+        def run(trial: optuna.Trial) -> float | Sequence[float]:
+            return objective(trial, delay, conditional)
+
+        catch = (GenuineFailure,)
     study.optimize(
-        lambda trial: objective(trial, delay, conditional),
-        catch=(GenuineFailure,),
+        run,
+        catch=catch,
         callbacks=[
             optuna.study.MaxTrialsCallback(n_complete, states=(TrialState.COMPLETE,)),
             lambda study, trial: crash_point("between_trials"),

@@ -7,27 +7,34 @@ bit-for-bit equality.
 
 from __future__ import annotations
 
+import atexit
 from dataclasses import dataclass
 from dataclasses import field
 import json
 import os
 from pathlib import Path
 import random
+import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
+from typing import TextIO
 
 import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+import pytest
 
 from optuna_checkpoint import uninterrupted_trials
 from tests.kill_fuzz.storages import open_storage
 
 
 CHILD = Path(__file__).with_name("child.py")
+ZYGOTE = Path(__file__).with_name("zygote.py")
 CHILD_TIMEOUT = 120.0
 MAX_RUNS = 40
 
@@ -83,6 +90,121 @@ def _child_env(crash_at: str | None) -> dict[str, str]:
     return env
 
 
+class _Zygote:
+    """The harness's side of ``zygote.py``: forks pre-imported children, one at a time."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, str(ZYGOTE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ZYGOTE.parent,
+        )
+        self._unread = b""  # answers are read unbuffered, so select() sees what is pending
+        self._dir = Path(tempfile.mkdtemp(prefix="kill-fuzz-zygote-"))
+        atexit.register(self.close)
+
+    def start(self, argv: list[str], env: dict[str, str]) -> _ForkedChild:
+        fifo, stderr = self._dir / "stdout", self._dir / "stderr"
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+        assert self._process.stdin is not None
+        request = {"argv": argv, "env": env, "stdout": str(fifo), "stderr": str(stderr)}
+        self._process.stdin.write(json.dumps(request).encode() + b"\n")
+        self._process.stdin.flush()
+        answer = self._answer(None)
+        assert answer is not None
+        # Opening blocks until the child has opened the FIFO's other end, its first act.
+        return _ForkedChild(self, answer["pid"], open(fifo), stderr)
+
+    def wait_for(self, pid: int, timeout: float | None) -> int | None:
+        """The child's return code, or ``None`` if it is still running after ``timeout``."""
+        answer = self._answer(timeout)
+        if answer is None:
+            return None
+        assert answer["pid"] == pid, answer
+        return int(answer["returncode"])
+
+    def _answer(self, timeout: float | None) -> dict[str, Any] | None:
+        assert self._process.stdout is not None
+        fd = self._process.stdout.fileno()
+        while b"\n" not in self._unread:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError("the kill-fuzz zygote died; set KILL_FUZZ_ZYGOTE=0 to debug")
+            self._unread += chunk
+        line, _, self._unread = self._unread.partition(b"\n")
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+            self._process.wait(timeout=30)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class _ForkedChild:
+    """The few parts of :class:`subprocess.Popen` that :func:`run_child` uses, for a fork."""
+
+    def __init__(self, zygote: _Zygote, pid: int, stdout: TextIO, stderr: Path) -> None:
+        self._zygote = zygote
+        self.pid = pid
+        self.stdout = stdout
+        self._stderr = stderr
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._zygote.wait_for(self.pid, 0)
+        return self.returncode
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = self._zygote.wait_for(self.pid, timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(str(CHILD), timeout or 0.0)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        stdout = self.stdout.read()
+        self.stdout.close()
+        return stdout, self._stderr.read_text()
+
+
+_zygote: _Zygote | None = None
+
+
+def _start_child(
+    config: dict[str, Any], env: dict[str, str]
+) -> subprocess.Popen[str] | _ForkedChild:
+    """Start ``child.py`` with ``config``: forked from the zygote, or as a fresh interpreter."""
+    argv = [str(CHILD), json.dumps(config)]
+    if os.environ.get("KILL_FUZZ_ZYGOTE", "1") == "0":
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    global _zygote
+    if _zygote is None:
+        _zygote = _Zygote()
+    return _zygote.start(argv, env)
+
+
 def run_child(
     config: dict[str, Any],
     *,
@@ -98,13 +220,7 @@ def run_child(
         kill_after: Seconds after the child reports ``ready`` at which to send ``kill_signal``.
         kill_signal: The signal for ``kill_after``.
     """
-    process = subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_child_env(crash_at),
-    )
+    process = _start_child(config, _child_env(crash_at))
     killed_by_us = False
     try:
         if kill_after is not None:
@@ -180,6 +296,44 @@ def run_with_crash_points(config: dict[str, Any], crash_plan: list[str]) -> RunL
             log.signals.append(crash_at)
     run_to_completion(config, log)
     return log
+
+
+def scenario_config(
+    scenario: str, storage: str, *, seed: int | None, n_complete: int, **extra: Any
+) -> dict[str, Any]:
+    """The child's configuration for a named scenario of ``scenarios_*.py``."""
+    return {
+        "scenario": scenario,
+        "seed": seed,
+        "storage": storage,
+        "n_complete": n_complete,
+        **extra,
+    }
+
+
+class ReferenceRuns:
+    """Uninterrupted runs of the child, each made once and shared by a module's tests.
+
+    A run is identified by its configuration without the storage, and runs on a SQLite file of
+    its own; whether its trajectory is read as wrapped follows the configuration's ``wrap``.
+    """
+
+    def __init__(self, directories: pytest.TempPathFactory) -> None:
+        self._directories = directories
+        self._urls: dict[str, str] = {}
+
+    def url(self, config: dict[str, Any]) -> str:
+        """The storage of the uninterrupted run of ``config``."""
+        key = json.dumps({k: v for k, v in config.items() if k != "storage"}, sort_keys=True)
+        if key not in self._urls:
+            url = sqlite_url(self._directories.mktemp("reference") / "study.db")
+            run_to_completion({**config, "storage": url}, RunLog())
+            self._urls[key] = url
+        return self._urls[key]
+
+    def trajectory(self, config: dict[str, Any]) -> Trajectory:
+        """The trajectory of the uninterrupted run of ``config``."""
+        return trajectory(self.url(config), wrapped=config.get("wrap", True))
 
 
 def sqlite_url(path: Path) -> str:

@@ -8,12 +8,16 @@ and restore sit side by side in each adapter and share their key constants.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Iterable
 from typing import Any
 from typing import ClassVar
 from typing import Protocol
 from typing import runtime_checkable
 
 from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
 
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
@@ -24,8 +28,10 @@ class Stateful(Protocol):
     """A sampler that exports and imports its own complete state as a plain state dict.
 
     Samplers that implement these two methods are checkpointed without an adapter and without
-    pickling. Values must be ``None``, bools, ints, floats, strings, numpy arrays of plain dtypes,
-    and lists, tuples and string-keyed dicts of those.
+    pickling. Values must be ``None``, bools, ints, floats, strings, numpy arrays of plain dtypes
+    (bool, uint8, uint32, uint64, int32, int64, float64), and lists, tuples and string-keyed dicts
+    of those. The state of a sampler held inside is available through
+    :func:`sampler_state_dict`. ``docs/adapters.md`` explains the contract, with an example.
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -40,7 +46,8 @@ class StateAdapter:
 
     Subclasses set :attr:`name` (stored with every checkpoint) and :attr:`CACHE_ATTRS`, the
     attributes that are pure caches rebuilt from the study and so are neither state nor
-    configuration.
+    configuration. An adapter of a sampler that holds other samplers lists their adapters in
+    :attr:`held` (see :func:`adapter_of_held`), and the study hooks reach them too.
     """
 
     name: ClassVar[str]
@@ -48,6 +55,7 @@ class StateAdapter:
 
     def __init__(self, sampler: BaseSampler) -> None:
         self.sampler = sampler
+        self.held: tuple[StateAdapter, ...] = ()
 
     def state_dict(self) -> dict[str, Any]:
         """Capture the sampler's complete mutable state."""
@@ -56,6 +64,47 @@ class StateAdapter:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state captured by :meth:`state_dict` into the sampler."""
         raise NotImplementedError
+
+    def bind_study(self, storage: BaseStorage, study_id: int, *, sole_stream: bool) -> None:
+        """Tell the adapter which study its sampler runs on, before any capture or restore there.
+
+        For samplers that keep part of their state in the study itself (``QMCSampler``'s
+        position in its sequence): their adapter captures it from there and, on restore,
+        writes it back, but only if ``sole_stream``. Other workers' samplers share such state,
+        and writing it back would undo what they did since. The default passes the call on to
+        the :attr:`held` adapters.
+
+        Args:
+            storage: The study's storage.
+            study_id: The study's id.
+            sole_stream: Whether this process's checkpoint stream is the study's only one.
+        """
+        for adapter in self.held:
+            adapter.bind_study(storage, study_id, sole_stream=sole_stream)
+
+    def forget_interrupted(
+        self,
+        storage: BaseStorage,
+        study_id: int,
+        trials: Iterable[FrozenTrial],
+        hidden_trial_ids: Collection[int],
+    ) -> None:
+        """Withdraw what the sampler wrote to the study during trials that were interrupted.
+
+        Called on resume, after the interrupted trials are closed and before the state is
+        restored. What they wrote to their own trials needs nothing: those trials are hidden
+        from the sampler. Study attributes are not, so an adapter whose sampler caches results
+        there undoes those the uninterrupted run never wrote. Must be idempotent: a resume cut
+        short runs again. The default passes the call on to the :attr:`held` adapters.
+
+        Args:
+            storage: The study's storage.
+            study_id: The study's id.
+            trials: All the study's trials, the interrupted ones included.
+            hidden_trial_ids: The ids of the interrupted trials.
+        """
+        for adapter in self.held:
+            adapter.forget_interrupted(storage, study_id, trials, hidden_trial_ids)
 
     def require(self, state_dict: dict[str, Any], key: str) -> Any:
         """Return ``state_dict[key]``, or name the missing key and this adapter."""
@@ -111,3 +160,55 @@ def adapter_for(sampler: BaseSampler, *, allow_pickle: bool = False) -> StateAda
         f"{known}). Implement state_dict()/load_state_dict() on the sampler, or pass "
         "allow_pickle=True to CheckpointingSampler to store it with cloudpickle."
     )
+
+
+def adapter_of_held(sampler: BaseSampler, *, holder: str, role: str) -> StateAdapter:
+    """Return the adapter of a sampler that another sampler holds (its ``role``).
+
+    Raises:
+        UnsupportedSamplerError: Nothing can capture it without pickling; pickling the whole
+            holder is not offered, since its own adapter captures the holder.
+    """
+    try:
+        return adapter_for(sampler)
+    except UnsupportedSamplerError as e:
+        raise UnsupportedSamplerError(
+            f"{holder}'s {role} is a {type(sampler).__qualname__}, for which optuna-checkpoint "
+            "has no state adapter. Implement state_dict() and load_state_dict() on it "
+            "(optuna_checkpoint.Stateful; see docs/adapters.md); allow_pickle=True does not "
+            f"reach a sampler held inside {holder}."
+        ) from e
+
+
+def sampler_state_dict(sampler: BaseSampler) -> dict[str, Any]:
+    """Return the state of a sampler that optuna-checkpoint can capture, as a plain state dict.
+
+    For samplers that hold other samplers: a :class:`Stateful` sampler wrapping, say, a
+    ``TPESampler`` puts ``sampler_state_dict(self._inner)`` into its own ``state_dict()``, and
+    hands it back with :func:`load_sampler_state_dict`. Works for every sampler
+    ``CheckpointingSampler`` supports without pickling, :class:`Stateful` ones included.
+
+    Args:
+        sampler: A sampler held by the sampler being captured (not that sampler itself).
+
+    Returns:
+        A state dict of plain values and numpy arrays, as :class:`Stateful` requires.
+
+    Raises:
+        UnsupportedSamplerError: optuna-checkpoint cannot capture ``sampler`` without pickling.
+    """
+    return adapter_for(sampler).state_dict()
+
+
+def load_sampler_state_dict(sampler: BaseSampler, state_dict: dict[str, Any]) -> None:
+    """Restore a state returned by :func:`sampler_state_dict` into a freshly constructed sampler.
+
+    Args:
+        sampler: A sampler constructed exactly as the one whose state was captured.
+        state_dict: What :func:`sampler_state_dict` returned for it.
+
+    Raises:
+        UnsupportedSamplerError: optuna-checkpoint cannot restore ``sampler`` without pickling.
+        CorruptCheckpointError: ``state_dict`` is not a state of this kind of sampler.
+    """
+    adapter_for(sampler).load_state_dict(state_dict)

@@ -214,6 +214,18 @@ class CheckpointStore(abc.ABC):
     def where_interrupted(self, study_uid: str) -> list[Interruption]:
         """Return the study's interrupted trials in trial-number order."""
 
+    def resume_point(
+        self, study_uid: str, stream_id: int, *, limit: int
+    ) -> tuple[list[Interruption], list[Checkpoint]]:
+        """Return what a resume starts from, read together.
+
+        That is :meth:`where_interrupted` of the study, and :meth:`latest_checkpoints` of the
+        stream, excluding the interrupted trials. A store may read both in one go.
+        """
+        known = self.where_interrupted(study_uid)
+        excluding = {i.trial_id for i in known}
+        return known, self.latest_checkpoints(stream_id, excluding=excluding, limit=limit)
+
     @abc.abstractmethod
     def add_interruptions(
         self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]

@@ -1,0 +1,71 @@
+"""Kill GPSampler studies (single objective; two objectives with constraints); compare bit for bit.
+
+Each study runs in real child processes (``child.py`` with a ``gp-*`` scenario of
+``scenarios_user.py``), is killed at named crash points, resumed until ``N_COMPLETE`` trials are
+COMPLETE, and compared with an uninterrupted run of the bare sampler.
+
+GPSampler fits its Gaussian processes from the second trial after its ``GP_STARTUP_TRIALS`` on,
+starting each kernel fit from the previous trial's hyperparameters. The plan kills the 6th
+trial inside its objective, after the GP proposed it (so its retry must start the fit from the
+kernel cache of the 5th), then, in the resumed run, a trial between its capture and its commit.
+Every child imports torch (about 2 s of CPU), so the plans are short and the study small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kill_fuzz.harness import ReferenceRuns
+from tests.kill_fuzz.harness import Trajectory
+from tests.kill_fuzz.harness import first_difference
+from tests.kill_fuzz.harness import run_with_crash_points
+from tests.kill_fuzz.harness import scenario_config
+from tests.kill_fuzz.harness import sqlite_url
+from tests.kill_fuzz.harness import trajectory
+
+
+pytest.importorskip("torch", reason="GPSampler needs torch: pip install torch")
+pytest.importorskip("scipy", reason="GPSampler needs scipy: pip install scipy")
+
+N_COMPLETE = 8
+SEED = 7
+CRASH_PLAN = ["objective:6:KILL", "after_capture:2:KILL"]
+CONTROL_PLAN = ["objective:6:KILL"]
+SCENARIOS = ["gp-single", "gp-multi-constrained"]
+
+
+_config = functools.partial(scenario_config, seed=SEED, n_complete=N_COMPLETE)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Trajectory]:
+    """The uninterrupted trajectory of the bare sampler, computed once per scenario."""
+    runs = ReferenceRuns(tmp_path_factory)
+    return lambda scenario: runs.trajectory(_config(scenario, "", wrap=False))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_gp_resumes_at_crash_points_like_the_uninterrupted_bare_sampler(
+    scenario: str, tmp_path: Path, reference: Any
+) -> None:
+    url = sqlite_url(tmp_path / "study.db")
+    log = run_with_crash_points(_config(scenario, url), CRASH_PLAN)
+    assert log.kills_landed == len(CRASH_PLAN), f"a crash point was not reached: {log.signals}"
+    actual = trajectory(url, wrapped=True)
+    difference = first_difference(actual, reference(scenario))
+    assert difference is None, f"{difference}\n(after kills at {log.signals})"
+    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
+
+
+def test_control_bare_gp_diverges_after_the_same_kill(tmp_path: Path, reference: Any) -> None:
+    # Restarted bare, GPSampler starts from its seed again without its kernel cache, and sees
+    # the killed trial as a running one: the comparison above must catch that.
+    url = sqlite_url(tmp_path / "study.db")
+    log = run_with_crash_points(_config("gp-single", url, wrap=False), CONTROL_PLAN)
+    assert log.kills_landed == len(CONTROL_PLAN)
+    assert first_difference(trajectory(url, wrapped=False), reference("gp-single")) is not None
