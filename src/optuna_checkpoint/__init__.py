@@ -3,8 +3,12 @@
 from optuna_checkpoint._adapters import Stateful
 from optuna_checkpoint._adapters._protocol import load_sampler_state_dict
 from optuna_checkpoint._adapters._protocol import sampler_state_dict
+from optuna_checkpoint._audit import DeterminismReport
+from optuna_checkpoint._audit import audit_determinism
 from optuna_checkpoint._pruner import CheckpointingPruner
 from optuna_checkpoint._sampler import CheckpointingSampler
+from optuna_checkpoint._seeding import seed_everything
+from optuna_checkpoint._seeding import trial_seed
 from optuna_checkpoint._trajectory import uninterrupted_trials
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CheckpointIncompleteError
@@ -25,13 +29,17 @@ __all__ = [
     "CheckpointingSampler",
     "ConfigMismatchError",
     "CorruptCheckpointError",
+    "DeterminismReport",
     "Stateful",
     "StreamOwnedError",
     "UnsafeCheckpointError",
     "UnsupportedPrunerError",
     "UnsupportedSamplerError",
     "__version__",
+    "audit_determinism",
     "load_sampler_state_dict",
     "sampler_state_dict",
+    "seed_everything",
+    "trial_seed",
     "uninterrupted_trials",
 ]

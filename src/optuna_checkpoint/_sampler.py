@@ -810,8 +810,10 @@ class CheckpointingSampler(BaseSampler):
         after = newest_trial.number if newest_trial is not None else -1
         candidates = [
             t
-            for t in _unfinished_since(all_trials, after)
-            if t._trial_id != current._trial_id and t._trial_id not in hidden
+            for t in all_trials
+            if (t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and t.number > after))
+            and t._trial_id != current._trial_id
+            and t._trial_id not in hidden
         ]
 
         def claims_of(trial_ids: list[int]) -> dict[int, int]:
@@ -933,22 +935,6 @@ def _close_as_failed(storage: BaseStorage, trial_id: int, reason: str) -> None:
         # Closing is idempotent: e.g. a resume of this stream that was cut short, and Optuna's
         # heartbeat failing the same stale trial meanwhile.
         _logger.debug("Trial id %d was already closed.", trial_id)
-
-
-def _unfinished_since(trials: list[FrozenTrial], number: int) -> list[FrozenTrial]:
-    """The RUNNING trials, and the FAILs numbered after ``number``, of trials sorted by number.
-
-    Few trials qualify, and the FAILs are at the end: they are collected from there, so that a
-    large study costs one cheap state test per trial and nothing more.
-    """
-    running = [t for t in trials if t.state == TrialState.RUNNING]
-    failed = []
-    for trial in reversed(trials):
-        if trial.number <= number:
-            break
-        if trial.state == TrialState.FAIL:
-            failed.append(trial)
-    return running + failed[::-1]
 
 
 def _trials_of_this_trial(study: Study) -> list[FrozenTrial]:

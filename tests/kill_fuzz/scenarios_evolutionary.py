@@ -169,4 +169,10 @@ SCENARIOS: dict[str, Scenario] = {
         sampler=lambda seed: CmaEsSampler(seed=seed, source_trials=source_trials()),
         objective=one_objective,
     ),
+    "evo-cmaes-x0-sigma0": Scenario(
+        sampler=lambda seed: CmaEsSampler(
+            seed=seed, x0={"x": 0.5, "y": 1.0, "n": 3}, sigma0=0.7, n_startup_trials=2
+        ),
+        objective=one_objective,
+    ),
 }

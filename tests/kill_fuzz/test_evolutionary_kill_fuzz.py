@@ -46,6 +46,7 @@ SCENARIOS = [
     "evo-tpe-multiobjective",
     "evo-tpe-constraints-lambda",
     "evo-cmaes-source-trials",
+    "evo-cmaes-x0-sigma0",
 ]
 NSGA_SCENARIOS = [s for s in SCENARIOS if "nsga" in s]
 

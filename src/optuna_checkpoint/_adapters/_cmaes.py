@@ -14,7 +14,7 @@ from typing import Any
 from optuna.samplers import CmaEsSampler
 
 from optuna_checkpoint._adapters._protocol import StateAdapter
-from optuna_checkpoint._adapters._protocol import adapter_for
+from optuna_checkpoint._adapters._protocol import adapter_of_held
 from optuna_checkpoint._adapters._protocol import register
 from optuna_checkpoint._adapters._rng import load_rng_state_dict
 from optuna_checkpoint._adapters._rng import rng_state_dict
@@ -34,20 +34,25 @@ class CmaEsSamplerAdapter(StateAdapter):
     CACHE_ATTRS = ("_search_space",)
     sampler: CmaEsSampler
 
+    def __init__(self, sampler: CmaEsSampler) -> None:
+        super().__init__(sampler)
+        self._independent = adapter_of_held(
+            sampler._independent_sampler, holder="CmaEsSampler", role="independent_sampler"
+        )
+        self.held = (self._independent,)
+
     def state_dict(self) -> dict[str, Any]:
         """Capture the CMA reseeding RNG and the independent sampler."""
         return {
             CMA_RNG: rng_state_dict(self.sampler._cma_rng),
-            INDEPENDENT_SAMPLER: adapter_for(self.sampler._independent_sampler).state_dict(),
+            INDEPENDENT_SAMPLER: self._independent.state_dict(),
             WARN_INDEPENDENT_SAMPLING: bool(self.sampler._warn_independent_sampling),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the CMA reseeding RNG and the independent sampler."""
         load_rng_state_dict(self.sampler._cma_rng, self.require(state_dict, CMA_RNG))
-        adapter_for(self.sampler._independent_sampler).load_state_dict(
-            self.require(state_dict, INDEPENDENT_SAMPLER)
-        )
+        self._independent.load_state_dict(self.require(state_dict, INDEPENDENT_SAMPLER))
         self.sampler._warn_independent_sampling = bool(
             self.require(state_dict, WARN_INDEPENDENT_SAMPLING)
         )
