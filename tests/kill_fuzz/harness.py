@@ -80,6 +80,8 @@ class RunLog:
     runs: int = 0
     kills_landed: int = 0
     signals: list[str] = field(default_factory=list)
+    # Of each run that said ``ready``: seconds from then until it exited.
+    seconds_after_ready: list[float] = field(default_factory=list)
 
 
 def _child_env(crash_at: str | None) -> dict[str, str]:
@@ -211,6 +213,7 @@ def run_child(
     crash_at: str | None = None,
     kill_after: float | None = None,
     kill_signal: signal.Signals = signal.SIGKILL,
+    log: RunLog | None = None,
 ) -> tuple[int, bool]:
     """Run the child once; return its exit code and whether it was killed by us or itself.
 
@@ -219,19 +222,22 @@ def run_child(
         crash_at: ``point:n[:SIG]`` for the library's deterministic crash points.
         kill_after: Seconds after the child reports ``ready`` at which to send ``kill_signal``.
         kill_signal: The signal for ``kill_after``.
+        log: Where to note how long the run lasted after ``ready``.
     """
     process = _start_child(config, _child_env(crash_at))
     killed_by_us = False
     try:
-        if kill_after is not None:
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            if line.strip() == "ready":
-                time.sleep(kill_after)
-                if process.poll() is None:
-                    process.send_signal(kill_signal)
-                    killed_by_us = True
+        assert process.stdout is not None
+        ready = process.stdout.readline().strip() == "ready"
+        ready_at = time.perf_counter()
+        if ready and kill_after is not None:
+            time.sleep(kill_after)
+            if process.poll() is None:
+                process.send_signal(kill_signal)
+                killed_by_us = True
         _, stderr = process.communicate(timeout=CHILD_TIMEOUT)
+        if ready and log is not None:
+            log.seconds_after_ready.append(time.perf_counter() - ready_at)
     except BaseException:
         process.kill()
         process.wait()
@@ -256,7 +262,7 @@ def run_child(
 
 def run_to_completion(config: dict[str, Any], log: RunLog) -> None:
     """Re-run the child without interference until its study is complete."""
-    code, _ = run_child(config)
+    code, _ = run_child(config, log=log)
     log.runs += 1
     assert code == 0
 

@@ -10,6 +10,7 @@ that the comparison would catch one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 import random
 import signal
@@ -32,6 +33,7 @@ N_COMPLETE = 20
 SEED = 7
 KILLS = 3
 MAX_KILL_DELAY = 0.8  # seconds after the child is ready; a run of the child lasts about 1 s
+KILL_SPAN = 0.8  # random kills fall within this share of an uninterrupted run: they land
 CONTROL_MIN_KILL_DELAY = 0.3  # the first trials of a run take well under this
 CONTROL_DELAY_IN_OBJECTIVE = 0.05  # about 20 trials then outlast MAX_KILL_DELAY
 DELAY_IN_OBJECTIVE = 0.005  # so that random kills land inside the objective too
@@ -69,6 +71,11 @@ def _config(
     }
 
 
+def _kill_window(run_seconds: float) -> float:
+    """The latest instant after ``ready`` to kill at: within the run, however fast it is."""
+    return min(MAX_KILL_DELAY, KILL_SPAN * run_seconds)
+
+
 def _assert_same(actual: Trajectory, expected: Trajectory, log: RunLog) -> None:
     difference = first_difference(actual, expected)
     assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
@@ -78,12 +85,20 @@ def _assert_same(actual: Trajectory, expected: Trajectory, log: RunLog) -> None:
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 @pytest.mark.parametrize("sampler", SEEDED)
 def test_resume_after_random_kills_matches_uninterrupted_run(
-    sampler: str, sig: signal.Signals, tmp_path: Path, reference: Any
+    sampler: str,
+    sig: signal.Signals,
+    tmp_path: Path,
+    reference: Any,
+    run_length: Callable[[str], float],
 ) -> None:
     url = sqlite_url(tmp_path / "study.db")
     rng = random.Random(f"{sampler}-{sig.name}")
     log = run_with_random_kills(
-        _config(sampler, url), kills=KILLS, signals=[sig], rng=rng, max_delay=MAX_KILL_DELAY
+        _config(sampler, url),
+        kills=KILLS,
+        signals=[sig],
+        rng=rng,
+        max_delay=_kill_window(run_length(sampler)),
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
     _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
@@ -92,7 +107,11 @@ def test_resume_after_random_kills_matches_uninterrupted_run(
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
 def test_ask_tell_loop_resumes_after_random_kills_like_uninterrupted_optimize(
-    sampler: str, sig: signal.Signals, tmp_path: Path, reference: Any
+    sampler: str,
+    sig: signal.Signals,
+    tmp_path: Path,
+    reference: Any,
+    run_length: Callable[[str], float],
 ) -> None:
     # study.tell goes through the same after_trial and commit as study.optimize, so the
     # ask/tell trajectory equals the optimize reference.
@@ -103,14 +122,16 @@ def test_ask_tell_loop_resumes_after_random_kills_like_uninterrupted_optimize(
         kills=KILLS,
         signals=[sig],
         rng=rng,
-        max_delay=MAX_KILL_DELAY,
+        max_delay=_kill_window(run_length(sampler)),
     )
     assert log.kills_landed >= 1
     _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
 
 
 @pytest.mark.parametrize("sampler", UNSEEDED)
-def test_unseeded_study_resumes_to_its_own_continuation(sampler: str, tmp_path: Path) -> None:
+def test_unseeded_study_resumes_to_its_own_continuation(
+    sampler: str, tmp_path: Path, run_length: Callable[[str], float]
+) -> None:
     # The uninterrupted run of an unseeded study is the one its first process would have made:
     # replay it from the initial RNG state the killed run recorded, without the wrapper.
     url = sqlite_url(tmp_path / "study.db")
@@ -120,7 +141,7 @@ def test_unseeded_study_resumes_to_its_own_continuation(sampler: str, tmp_path: 
         kills=KILLS,
         signals=SIGNALS,
         rng=rng,
-        max_delay=MAX_KILL_DELAY,
+        max_delay=_kill_window(run_length(sampler)),
     )
     assert log.kills_landed >= 1
     reference_url = sqlite_url(tmp_path / "reference.db")
