@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -46,8 +47,17 @@ class GenuineFailure(Exception):
     """Raised by the objective for some parameters; caught by ``study.optimize(catch=...)``."""
 
 
+# ``(file, trial number)``: that trial waits inside the objective while the file exists, so a
+# test can act while this process is in the middle of a trial (it prints ``paused`` first).
+_pause: tuple[str, int] | None = None
+
+
 def objective(trial: optuna.Trial, delay: float, conditional: bool = True) -> float:
     crash_point("objective")
+    if _pause is not None and trial.number == _pause[1] and os.path.exists(_pause[0]):
+        print("paused", flush=True)
+        while os.path.exists(_pause[0]):
+            time.sleep(0.01)
     x = trial.suggest_float("x", -5.0, 5.0)
     lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
     s = trial.suggest_float("s", 0.0, 1.0, step=0.1)
@@ -72,6 +82,8 @@ def objective(trial: optuna.Trial, delay: float, conditional: bool = True) -> fl
 
 def main() -> int:
     config = json.loads(sys.argv[1])
+    global _pause
+    _pause = (config["pause_file"], config["pause_at_trial"]) if config.get("pause_file") else None
     # A script started from a non-interactive shell may inherit SIGINT ignored; a user's
     # terminal delivers it as KeyboardInterrupt, which is what the tests mean to exercise.
     signal.signal(signal.SIGINT, signal.default_int_handler)

