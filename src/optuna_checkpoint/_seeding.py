@@ -37,8 +37,7 @@ from optuna_checkpoint._interruptions import hidden_from
 from optuna_checkpoint._logical import HiddenTrials
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint._sampler import _first_trial
-from optuna_checkpoint._sampler import _store_for
-from optuna_checkpoint._sampler import study_uid
+from optuna_checkpoint._trajectory import recorded_interruptions
 
 
 SEED_NUMBER_ATTR = "optuna_checkpoint:seed_number"
@@ -263,7 +262,4 @@ def _hidden_trials(study: Study) -> HiddenTrials:
         first = _first_trial(storage, study._study_id)
     except KeyError:  # no trial yet
         return HiddenTrials()
-    uid = study_uid(study._study_id, study.study_name, first)
-    store = _store_for(storage)
-    store.open_study(study._study_id, uid)
-    return hidden_from(store.where_interrupted(uid))
+    return hidden_from(recorded_interruptions(study, first))

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
+    from optuna_checkpoint.stores._base import Interruption
+
 
 def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
     """Return the study's trials without the interrupted attempts that were retried.
@@ -29,8 +31,13 @@ def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
     trials = study.get_trials(deepcopy=True)
     if not trials:
         return trials
-    uid = study_uid(study._study_id, study.study_name, trials[0])
+    hidden = {i.trial_id for i in recorded_interruptions(study, trials[0])}
+    return [t for t in trials if t._trial_id not in hidden]
+
+
+def recorded_interruptions(study: Study, first_trial: FrozenTrial) -> list[Interruption]:
+    """Return the interrupted attempts recorded for ``study``, whose trial 0 is ``first_trial``."""
+    uid = study_uid(study._study_id, study.study_name, first_trial)
     store = _store_for(study._storage)
     store.open_study(study._study_id, uid)
-    hidden = {i.trial_id for i in store.where_interrupted(uid)}
-    return [t for t in trials if t._trial_id not in hidden]
+    return store.where_interrupted(uid)

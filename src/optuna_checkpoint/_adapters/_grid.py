@@ -8,21 +8,14 @@ exhausted, to pick a point to re-evaluate, and by ``reseed_rng``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from optuna.samplers import GridSampler
 
-from optuna_checkpoint._adapters._protocol import StateAdapter
 from optuna_checkpoint._adapters._protocol import register
-from optuna_checkpoint._adapters._rng import load_rng_state_dict
-from optuna_checkpoint._adapters._rng import rng_state_dict
-
-
-RNG = "rng"  # GridSampler._rng
+from optuna_checkpoint._adapters._random import GeneratorAdapter
 
 
 @register(GridSampler)
-class GridSamplerAdapter(StateAdapter):
+class GridSamplerAdapter(GeneratorAdapter):
     """Captures ``GridSampler._rng``."""
 
     name = "GridSampler"
@@ -31,11 +24,3 @@ class GridSamplerAdapter(StateAdapter):
     # that a large grid does not make a large fingerprint.
     CACHE_ATTRS = ("_all_grids", "_param_names", "_n_min_trials")
     sampler: GridSampler
-
-    def state_dict(self) -> dict[str, Any]:
-        """Capture the generator."""
-        return {RNG: rng_state_dict(self.sampler._rng)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the generator."""
-        load_rng_state_dict(self.sampler._rng, self.require(state_dict, RNG))

@@ -35,16 +35,10 @@ from optuna.samplers.nsgaii._elite_population_selection_strategy import (
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from optuna_checkpoint._adapters._protocol import StateAdapter
 from optuna_checkpoint._adapters._protocol import register
-from optuna_checkpoint._adapters._random import RandomSamplerAdapter
-from optuna_checkpoint._adapters._rng import load_rng_state_dict
-from optuna_checkpoint._adapters._rng import rng_state_dict
+from optuna_checkpoint._adapters._random import GeneratorAndRandomSamplerAdapter
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
 
-
-RNG = "rng"  # the sampler's _rng, shared with its strategies
-RANDOM_SAMPLER = "random_sampler"  # the sampler's _random_sampler
 
 _STRATEGIES = (
     "_elite_population_selection_strategy",
@@ -65,7 +59,7 @@ NSGASampler = NSGAIISampler | NSGAIIISampler
 
 @register(NSGAIISampler)
 @register(NSGAIIISampler)
-class NSGASamplerAdapter(StateAdapter):
+class NSGASamplerAdapter(GeneratorAndRandomSamplerAdapter):
     """Captures the shared ``_rng`` and the ``_random_sampler`` of NSGA-II and NSGA-III.
 
     Raises:
@@ -82,20 +76,6 @@ class NSGASamplerAdapter(StateAdapter):
         super().__init__(sampler)
         for attr in _STRATEGIES:
             _check_strategy(sampler, attr)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Capture both generators."""
-        return {
-            RNG: rng_state_dict(self.sampler._rng),
-            RANDOM_SAMPLER: RandomSamplerAdapter(self.sampler._random_sampler).state_dict(),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore both generators in place: the strategies hold the same ``_rng`` object."""
-        load_rng_state_dict(self.sampler._rng, self.require(state_dict, RNG))
-        RandomSamplerAdapter(self.sampler._random_sampler).load_state_dict(
-            self.require(state_dict, RANDOM_SAMPLER)
-        )
 
     def forget_interrupted(
         self,
