@@ -115,6 +115,34 @@ def test_tables_are_created_once_when_workers_race_to_create_them(database_url: 
     assert count_rows(database_url, checkpoints) == 4 * 3 + n_streams
 
 
+def test_losing_the_race_for_one_table_still_creates_the_others(database_url: str) -> None:
+    # The race above, made certain: a rival process creates the first table between our
+    # check for it and our CREATE, leaving the other tables to us.
+    first = metadata.sorted_tables[0]
+    rival = sa.create_engine(database_url)
+    lost: list[str] = []
+
+    def rival_wins(target: sa.Table, connection: sa.Connection, **_: Any) -> None:
+        if not lost:
+            lost.append(target.name)
+            target.create(rival)
+
+    sa.event.listen(first, "before_create", rival_wins)
+    try:
+        optuna.create_study(
+            storage=database_url, sampler=CheckpointingSampler(TPESampler(seed=5))
+        ).optimize(objective, n_trials=2)
+    finally:
+        sa.event.remove(first, "before_create", rival_wins)
+        rival.dispose()
+    assert lost == [first.name]
+    engine = sa.create_engine(database_url)
+    try:
+        assert all(sa.inspect(engine).has_table(table.name) for table in metadata.sorted_tables)
+    finally:
+        engine.dispose()
+
+
 def test_delete_study_leaves_nothing_a_new_study_could_pick_up(database_url: str) -> None:
     sampler: Callable[[], Any] = lambda: CheckpointingSampler(TPESampler(seed=5))  # noqa: E731
     study = optuna.create_study(study_name="gone", storage=database_url, sampler=sampler())

@@ -422,12 +422,15 @@ class SQLCheckpointStore(CheckpointStore):
         return f"SQLCheckpointStore(RDBStorage({self._url!r}))"
 
     def _create_tables(self) -> None:
-        try:
-            metadata.create_all(self._engine, checkfirst=True)
-        except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
-            # Another process created them between our check and our CREATE; fine if they exist.
-            if not all(sa.inspect(self._engine).has_table(t.name) for t in metadata.sorted_tables):
-                raise
+        # Table by table: workers starting together race, and one that loses the race for the
+        # first table must still create the others rather than assume the winner has already.
+        for table in metadata.sorted_tables:
+            try:
+                table.create(self._engine, checkfirst=True)
+            except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
+                # Another process created it between our check and our CREATE; fine if it exists.
+                if not sa.inspect(self._engine).has_table(table.name):
+                    raise
 
     def find_stream(self, study_uid: str, name: str) -> Stream | None:
         """Return the stream, or ``None``."""
