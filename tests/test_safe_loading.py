@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import pathlib
 import pickle
 import struct
@@ -19,13 +20,15 @@ import sqlalchemy as sa
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import CorruptCheckpointError
 from optuna_checkpoint import _codec
-from optuna_checkpoint._sampler import _checksum_context
+from optuna_checkpoint._seal import SIGNING_KEY_ENV
 from optuna_checkpoint.stores._sql import checkpoints
 from optuna_checkpoint.stores._sql import streams
+from tests.checkpoint_rows import seal_of_row
 
 
 STUDY = "safe"
 N_TRIALS = 4
+KEY = "a-key-kept-outside-the-database"
 
 CHILD = """
 import sys
@@ -62,8 +65,8 @@ def objective(trial: optuna.Trial) -> float:
     return trial.suggest_float("x", -1.0, 1.0) ** 2
 
 
-def run_study(url: str) -> None:
-    sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0))
+def run_study(url: str, signing_key: str | None = None) -> None:
+    sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0), signing_key=signing_key)
     study = optuna.create_study(study_name=STUDY, storage=url, sampler=sampler)
     study.optimize(objective, n_trials=N_TRIALS)
     del study, sampler
@@ -105,15 +108,25 @@ def overwrite(engine: sa.Engine, checkpoint_id: int, **values: Any) -> None:
 
 
 def resume_in_child(
-    url: str, *, allow_pickle: bool, cwd: pathlib.Path
+    url: str, *, allow_pickle: bool, cwd: pathlib.Path, key: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != SIGNING_KEY_ENV}
+    if key is not None:
+        env[SIGNING_KEY_ENV] = key  # as users pass it: outside the database and the code
     return subprocess.run(
         [sys.executable, "-c", CHILD, url, "1" if allow_pickle else "0"],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=cwd,
+        env=env,
     )
+
+
+def reseal(engine: sa.Engine, row: Any, stream: Any, key: str | None, **values: Any) -> None:
+    """Overwrite a checkpoint row and give it a valid seal, as a writer holding ``key`` could."""
+    seal = seal_of_row(row, stream, key=None if key is None else key.encode(), **values)
+    overwrite(engine, row.checkpoint_id, checksum=seal, **values)
 
 
 @pytest.fixture
@@ -142,16 +155,8 @@ def test_malicious_pickle_with_valid_checksum_is_refused_in_a_fresh_process(
     try:
         row, stream = latest_checkpoint(engine)
         assert row.trial_id != -1  # the checkpoint of the last trial, the one resumed from
-        context = _checksum_context(
-            stream.study_uid, stream.name, row.trial_id, row.logical_number
-        )
-        # The checksum matches the tampered payload: only the pickle rule stands in the way.
-        overwrite(
-            engine,
-            row.checkpoint_id,
-            payload=payload,
-            checksum=_codec.checksum(payload, context=context),
-        )
+        # The seal matches the tampered payload: only the pickle rule stands in the way.
+        reseal(engine, row, stream, None, payload=payload)
     finally:
         engine.dispose()
 
@@ -241,3 +246,70 @@ def test_start_new_stream_after_a_corrupt_checkpoint_in_the_same_process_continu
     study.optimize(objective, n_trials=1)
 
     assert study.trials[-1].state == TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_with_a_key_a_malicious_pickle_written_by_hand_never_runs(
+    url: str, tmp_path: pathlib.Path, allow_pickle: bool
+) -> None:
+    run_study(url, signing_key=KEY)
+    before = snapshot(url)
+    marker = tmp_path / "MARKER"
+    engine = sa.create_engine(url)
+    try:
+        row, stream = latest_checkpoint(engine)
+        # Whoever can write the database can recompute a plain seal, but not sign.
+        reseal(engine, row, stream, None, payload=malicious_payload(marker))
+    finally:
+        engine.dispose()
+
+    result = resume_in_child(url, allow_pickle=allow_pickle, cwd=tmp_path, key=KEY)
+
+    assert result.returncode != 0, result.stdout
+    assert "SignatureError" in result.stderr and "not signed" in result.stderr, result.stderr
+    assert not marker.exists()
+    assert snapshot(url)[: len(before)] == before
+
+    # Control: the same payload signed with the key (a writer who has it) reaches the pickle.
+    engine = sa.create_engine(url)
+    try:
+        reseal(engine, row, stream, KEY, payload=malicious_payload(marker))
+    finally:
+        engine.dispose()
+    resume_in_child(url, allow_pickle=allow_pickle, cwd=tmp_path, key=KEY)
+    assert marker.exists() == allow_pickle
+
+
+def test_a_signed_study_resumes_only_with_its_key(url: str, tmp_path: pathlib.Path) -> None:
+    run_study(url, signing_key=KEY)
+    other = resume_in_child(url, allow_pickle=False, cwd=tmp_path, key=KEY + "!")
+    missing = resume_in_child(url, allow_pickle=False, cwd=tmp_path)
+    right = resume_in_child(url, allow_pickle=False, cwd=tmp_path, key=KEY)
+
+    assert other.returncode != 0 and "signed with another key" in other.stderr, other.stderr
+    assert missing.returncode != 0 and SIGNING_KEY_ENV in missing.stderr, missing.stderr
+    assert right.returncode == 0 and "RESUMED" in right.stdout, right.stderr
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            seals = connection.execute(sa.select(checkpoints.c.checksum)).scalars().all()
+    finally:
+        engine.dispose()
+    assert seals and all(seal.startswith("hmac-sha256:") for seal in seals)
+
+
+def test_a_forged_trial_end_is_refused_before_it_is_stored(url: str) -> None:
+    # The recorded end of a trial is trusted when a resume rolls the trial forward, so it is
+    # sealed too: changing the values in the row breaks the seal.
+    run_study(url)
+    engine = sa.create_engine(url)
+    try:
+        row, _ = latest_checkpoint(engine)
+        overwrite(engine, row.checkpoint_id, trial_values=json.dumps([(-1e9).hex()]))
+    finally:
+        engine.dispose()
+    sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0))
+    study = optuna.load_study(study_name=STUDY, storage=url, sampler=sampler)
+    with pytest.raises(CorruptCheckpointError, match="checksum"):
+        study.optimize(objective, n_trials=1)
+    assert all(t.values != [-1e9] for t in study.get_trials())

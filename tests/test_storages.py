@@ -25,6 +25,7 @@ from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint.stores._sql import checkpoints
 from optuna_checkpoint.stores._sql import metadata
 from optuna_checkpoint.stores._sql import streams
+from tests.checkpoint_rows import count_rows
 
 
 def objective(trial: optuna.Trial) -> float:
@@ -35,15 +36,6 @@ def objective(trial: optuna.Trial) -> float:
 
 def params_hex(study: optuna.Study) -> list[tuple[str, int]]:
     return [(t.params["x"].hex(), t.params["k"]) for t in study.trials]
-
-
-def count_rows(url: str, table: sa.Table) -> int:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar())
-    finally:
-        engine.dispose()
 
 
 def without_returning(url: str) -> RDBStorage:

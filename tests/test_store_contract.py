@@ -33,6 +33,7 @@ from optuna.study import StudyDirection
 import pytest
 
 from optuna_checkpoint._lease import current_owner
+from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.stores._attrs import AttributeCheckpointStore
 from optuna_checkpoint.stores._base import Checkpoint
@@ -40,6 +41,7 @@ from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import Stream
+from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._journal import JournalCheckpointStore
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 
@@ -534,6 +536,49 @@ def test_streams_keep_their_own_checkpoints(store: CheckpointStore, study: Study
         store.save(stream, checkpoint(trial_id), who.token, time.time())
     assert trial_ids(store, first.stream_id) == [5, 3, 1, None]
     assert trial_ids(store, second.stream_id) == [4, 2, 0, None]
+
+
+def test_stream_summary_counts_without_payloads(store: CheckpointStore, study: Study) -> None:
+    stream, me = stream_of(store, study)
+    other, _ = stream_of(store, study, "w1")
+    initial = len(checkpoint(None).payload)
+    assert store.stream_summary(stream.stream_id) == StreamSummary(1, initial, None, -1)
+    for trial_id, size in ((10, 100), (11, 2000), (12, 0)):
+        store.save(stream, checkpoint(trial_id, payload=b"x" * size), me.token, time.time())
+    assert store.stream_summary(stream.stream_id) == StreamSummary(4, initial + 2100, 12, 12)
+    # A trial saved again counts once, with its new payload, and is now the newest.
+    store.save(stream, checkpoint(11, payload=b"y" * 7, logical_number=5), me.token, time.time())
+    assert store.stream_summary(stream.stream_id) == StreamSummary(4, initial + 107, 11, 5)
+    assert store.stream_summary(other.stream_id) == StreamSummary(1, initial, None, -1)
+
+
+def test_delete_checkpoints(store: CheckpointStore, study: Study) -> None:
+    first, me = stream_of(store, study, "w0")
+    second, you = stream_of(store, study, "w1")
+    for trial_id in (10, 11, 12, 13):
+        store.save(first, checkpoint(trial_id), me.token, time.time())
+    for trial_id in (11, 12):  # the same ids in another stream are that stream's own
+        store.save(second, checkpoint(trial_id), you.token, time.time())
+    if store.deletion_unsupported is not None:
+        with pytest.raises(CheckpointError, match="not supported for JournalStorage"):
+            store.delete_checkpoints(first.stream_id, [11])
+        assert trial_ids(store, first.stream_id) == [13, 12, 11, 10, None]
+        return
+    assert store.delete_checkpoints(first.stream_id, [11, 12, 99]) == 2
+    assert trial_ids(store, first.stream_id) == [13, 10, None]
+    assert trial_ids(store, second.stream_id) == [12, 11, None]
+    assert store.delete_checkpoints(first.stream_id, [11]) == 0  # already gone
+    assert store.delete_checkpoints(first.stream_id, []) == 0
+    # The initial checkpoint is never deleted, not even by the SQL store's own sentinel id.
+    assert store.delete_checkpoints(first.stream_id, [-1]) == 0
+    assert trial_ids(store, first.stream_id) == [13, 10, None]
+    # The stream goes on: saves, summaries and resumes see what is left.
+    store.save(first, checkpoint(14), me.token, time.time())
+    assert trial_ids(store, first.stream_id) == [14, 13, 10, None]
+    summary = store.stream_summary(first.stream_id)
+    assert (summary.checkpoints, summary.newest_trial_id) == (4, 14)
+    _, latest = store.resume_point(study.uid, first.stream_id, limit=2)
+    assert [c.trial_id for c in latest] == [14, 13]
 
 
 # -- interruptions ---------------------------------------------------------------------------

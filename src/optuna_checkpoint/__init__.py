@@ -5,22 +5,33 @@ from optuna_checkpoint._adapters._protocol import load_sampler_state_dict
 from optuna_checkpoint._adapters._protocol import sampler_state_dict
 from optuna_checkpoint._audit import DeterminismReport
 from optuna_checkpoint._audit import audit_determinism
+from optuna_checkpoint._fork import ForkReport
+from optuna_checkpoint._fork import fork_study
 from optuna_checkpoint._pruner import CheckpointingPruner
+from optuna_checkpoint._retention import Retention
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint._seeding import seed_everything
 from optuna_checkpoint._seeding import trial_seed
 from optuna_checkpoint._trajectory import uninterrupted_trials
+from optuna_checkpoint._transfer import ImportReport
+from optuna_checkpoint._transfer import export_checkpoints
+from optuna_checkpoint._transfer import import_checkpoints
+from optuna_checkpoint._verify import VerificationReport
+from optuna_checkpoint._verify import verify
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CheckpointIncompleteError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.exceptions import SignatureError
 from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.exceptions import UnsafeCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedPrunerError
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
+from optuna_checkpoint.exceptions import VersionMismatchError
 
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "CheckpointError",
@@ -30,16 +41,27 @@ __all__ = [
     "ConfigMismatchError",
     "CorruptCheckpointError",
     "DeterminismReport",
+    "ForkReport",
+    "ImportReport",
+    "Retention",
+    "SignatureError",
     "Stateful",
     "StreamOwnedError",
+    "StudyNotFoundError",
     "UnsafeCheckpointError",
     "UnsupportedPrunerError",
     "UnsupportedSamplerError",
+    "VerificationReport",
+    "VersionMismatchError",
     "__version__",
     "audit_determinism",
+    "export_checkpoints",
+    "fork_study",
+    "import_checkpoints",
     "load_sampler_state_dict",
     "sampler_state_dict",
     "seed_everything",
     "trial_seed",
     "uninterrupted_trials",
+    "verify",
 ]

@@ -6,13 +6,20 @@ opted in) cloudpickled objects are stored as raw blobs that the header points to
 an allow-list of array dtypes and refuses pickles unless told otherwise, so a tampered row cannot
 run code. Floats are stored as ``float.hex`` strings so they round-trip bit for bit.
 
-Integrity is checked by :func:`checksum`, a SHA-256 over the payload *and* the place the payload
-belongs to (study, stream, trial), so a row copied to another trial or study is detected too.
+Format versions: 1 (releases 0.1 to 0.3) has ``state`` and ``blobs`` in the header; 2 adds
+``versions``, the library versions of the writer (see :mod:`optuna_checkpoint._versions`). Every
+release reads all earlier versions and writes the newest; a payload of a newer version than a
+release knows is refused with an error that says to upgrade.
+
+Integrity is checked by the checkpoint's seal (see :mod:`optuna_checkpoint._seal`), which covers
+the payload and the place it belongs to.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
 import json
 import struct
 from typing import Any
@@ -23,7 +30,8 @@ from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsafeCheckpointError
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = frozenset({1, 2})
 MAGIC = b"OCKP"
 _PREFIX = struct.Struct("<4sBI")
 
@@ -48,12 +56,33 @@ class PickledValue:
         self.value = value
 
 
-def encode(state: dict[str, Any], *, allow_pickle: bool = False) -> bytes:
+@dataclass(frozen=True)
+class PayloadInfo:
+    """What a payload says about itself, besides the state.
+
+    Attributes:
+        format_version: The payload format version.
+        versions: The writer's library versions (empty before format 2).
+        pickled: Whether the payload holds pickled objects.
+    """
+
+    format_version: int
+    versions: Mapping[str, str] = field(default_factory=dict)
+    pickled: bool = False
+
+
+def encode(
+    state: dict[str, Any],
+    *,
+    allow_pickle: bool = False,
+    versions: Mapping[str, str] | None = None,
+) -> bytes:
     """Encode a state dict of plain values, tuples, numpy arrays and :class:`PickledValue`.
 
     Args:
         state: The state dict returned by a state adapter.
         allow_pickle: Whether :class:`PickledValue` leaves may be cloudpickled.
+        versions: The library versions to record with the state.
 
     Returns:
         The payload bytes.
@@ -105,7 +134,9 @@ def encode(state: dict[str, Any], *, allow_pickle: bool = False) -> bytes:
     for blob in blobs:
         offsets.append([position, len(blob)])
         position += len(blob)
-    header = json.dumps({"state": tree, "blobs": offsets}, separators=(",", ":")).encode()
+    header = json.dumps(
+        {"state": tree, "blobs": offsets, "versions": dict(versions or {})}, separators=(",", ":")
+    ).encode()
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(blobs)
 
 
@@ -113,7 +144,7 @@ def decode(payload: bytes, *, allow_pickle: bool = False) -> dict[str, Any]:
     """Decode a payload made by :func:`encode`; the inverse of it, bit for bit.
 
     Args:
-        payload: The bytes to decode. Verify them with :func:`checksum` first.
+        payload: The bytes to decode. Check the checkpoint's seal first.
         allow_pickle: Whether pickled leaves may be unpickled (this executes code from the
             payload, so only do it for a database whose writers you trust).
 
@@ -124,16 +155,31 @@ def decode(payload: bytes, *, allow_pickle: bool = False) -> dict[str, Any]:
         CorruptCheckpointError: The payload is not a well-formed checkpoint of a known version.
         UnsafeCheckpointError: The payload holds a pickle and ``allow_pickle`` is false.
     """
+    return _decode(payload, allow_pickle=allow_pickle, state_wanted=True)[0]
+
+
+def inspect_payload(payload: bytes) -> PayloadInfo:
+    """Read what a payload says about itself, without decoding (or unpickling) its state.
+
+    Raises:
+        CorruptCheckpointError: The payload is not a well-formed checkpoint of a known version.
+    """
+    return _decode(payload, allow_pickle=False, state_wanted=False)[1]
+
+
+def _decode(
+    payload: bytes, *, allow_pickle: bool, state_wanted: bool
+) -> tuple[dict[str, Any], PayloadInfo]:
     try:
         magic, version, header_length = _PREFIX.unpack_from(payload)
     except struct.error as e:
         raise CorruptCheckpointError("checkpoint payload is truncated") from e
     if magic != MAGIC:
         raise CorruptCheckpointError("checkpoint payload does not start with the expected magic")
-    if version != FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise CorruptCheckpointError(
             f"checkpoint format version {version} is not supported by this release "
-            f"(it reads version {FORMAT_VERSION}); upgrade optuna-checkpoint"
+            f"(it reads versions up to {FORMAT_VERSION}); upgrade optuna-checkpoint"
         )
     start = _PREFIX.size
     try:
@@ -144,6 +190,10 @@ def decode(payload: bytes, *, allow_pickle: bool = False) -> dict[str, Any]:
         raise CorruptCheckpointError("checkpoint header is not valid") from e
     if sum(len(b) for b in blobs) != len(blob_area):
         raise CorruptCheckpointError("checkpoint blob area has the wrong length")
+    versions = header.get("versions", {}) if isinstance(header, dict) else None
+    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+        raise CorruptCheckpointError("checkpoint header records library versions wrongly")
+    pickled = False
 
     def from_tree(node: Any) -> Any:
         if isinstance(node, list):
@@ -164,6 +214,10 @@ def decode(payload: bytes, *, allow_pickle: bool = False) -> dict[str, Any]:
             array = np.frombuffer(blobs[node[_ARRAY]], dtype=dtype)
             return array.reshape(node["shape"]).copy()
         if _PICKLE in node:
+            nonlocal pickled
+            pickled = True
+            if not state_wanted:
+                return None
             if not allow_pickle:
                 raise UnsafeCheckpointError(
                     "This checkpoint holds a pickled object and loading it would execute code "
@@ -181,12 +235,4 @@ def decode(payload: bytes, *, allow_pickle: bool = False) -> dict[str, Any]:
         raise CorruptCheckpointError("checkpoint state tree is not valid") from e
     if not isinstance(state, dict):
         raise CorruptCheckpointError("checkpoint state is not a dict")
-    return state
-
-
-def checksum(payload: bytes, *, context: str) -> str:
-    """Return the hex SHA-256 of ``payload`` bound to ``context`` (study, stream and trial)."""
-    digest = hashlib.sha256(context.encode())
-    digest.update(b"\0")
-    digest.update(payload)
-    return digest.hexdigest()
+    return state, PayloadInfo(version, versions, pickled)

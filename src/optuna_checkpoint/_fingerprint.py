@@ -22,6 +22,7 @@ import numpy as np
 from optuna.samplers import BaseSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 
+from optuna_checkpoint._adapters import StateAdapter
 from optuna_checkpoint._adapters import adapter_for
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
 
@@ -49,6 +50,14 @@ def describe_rng(lazy: LazyRandomState) -> str:
     digest = hashlib.sha256(np.asarray(key, dtype=np.uint32).tobytes())
     digest.update(f"{pos}/{has_gauss}/{float(cached).hex()}".encode())
     return "seeded:" + digest.hexdigest()[:16]
+
+
+def sampler_fingerprint(sampler: BaseSampler, adapter: StateAdapter) -> dict[str, Any]:
+    """Return what a stream records of the configuration of ``sampler``, freshly constructed.
+
+    Called while the sampler is fresh, so that seeded RNGs still show their seed.
+    """
+    return {"adapter": adapter.name, "sampler": describe(sampler, skip=adapter.CACHE_ATTRS)}
 
 
 def describe(value: Any, *, skip: Iterable[str] = (), _depth: int = 0) -> Any:

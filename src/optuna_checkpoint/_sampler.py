@@ -29,8 +29,8 @@ from optuna.trial import TrialState
 from optuna_checkpoint import _codec
 from optuna_checkpoint._adapters import adapter_for
 from optuna_checkpoint._faults import crash_point
-from optuna_checkpoint._fingerprint import describe
 from optuna_checkpoint._fingerprint import differences
+from optuna_checkpoint._fingerprint import sampler_fingerprint
 from optuna_checkpoint._interruptions import INTERRUPTED_ATTR
 from optuna_checkpoint._interruptions import RETRIES_EXHAUSTED
 from optuna_checkpoint._interruptions import adoptable_trials
@@ -50,6 +50,13 @@ from optuna_checkpoint._pruner import CheckpointingPruner
 from optuna_checkpoint._pruner import attach_pruner
 from optuna_checkpoint._pruner import restore_pruner
 from optuna_checkpoint._pruner import with_pruner_state
+from optuna_checkpoint._retention import RESUME_LOOKBACK
+from optuna_checkpoint._retention import AmortizedPruning
+from optuna_checkpoint._retention import Retention
+from optuna_checkpoint._seal import Sealer
+from optuna_checkpoint._seal import place
+from optuna_checkpoint._versions import check_versions
+from optuna_checkpoint._versions import library_versions
 from optuna_checkpoint._worker import MAIN_WORKER
 from optuna_checkpoint._worker import check_worker_id
 from optuna_checkpoint._worker import slot_names
@@ -193,6 +200,16 @@ class CheckpointingSampler(BaseSampler):
             heartbeat is enabled on it, else to 120.
         heartbeat_interval: Seconds between lease refreshes while a trial runs. Defaults to the
             storage's heartbeat interval when Optuna's heartbeat is enabled on it, else to 30.
+        signing_key: A secret key (at least 16 bytes) to sign every checkpoint with HMAC-SHA256,
+            so that no one who can write the database but lacks the key can forge one. Without
+            it, the environment variable ``OPTUNA_CHECKPOINT_SIGNING_KEY`` is used if set. With
+            a key, unsigned and wrongly signed checkpoints are refused; without one, signed
+            checkpoints are refused, since they cannot be checked. Keep the key out of the
+            database and out of the code: see the security page of the user guide.
+        retention: Delete the stream's older checkpoints as the study runs, keeping those
+            :class:`~optuna_checkpoint.Retention` says (always the newest two, which a resume
+            needs, and the initial one). Pruned every few trials, not after each one. Without
+            it every checkpoint is kept. Not supported on ``JournalStorage`` (a warning says so).
     """
 
     def __init__(
@@ -205,6 +222,8 @@ class CheckpointingSampler(BaseSampler):
         max_retries: int | None = None,
         grace_period: float | None = None,
         heartbeat_interval: float | None = None,
+        signing_key: str | bytes | None = None,
+        retention: Retention | None = None,
     ) -> None:
         if isinstance(sampler, CheckpointingSampler):
             raise ValueError("the sampler is already a CheckpointingSampler; wrap it only once")
@@ -216,6 +235,7 @@ class CheckpointingSampler(BaseSampler):
             check_worker_id(worker_id) if worker_id is not None else worker_id_from_environment()
         )
         self._allow_pickle = allow_pickle
+        self._sealer = Sealer.from_option(signing_key)
         self._start_new_stream = start_new_stream
         self._max_retries = max_retries
         # As given; each is resolved against the storage's own heartbeat settings on attaching.
@@ -223,10 +243,7 @@ class CheckpointingSampler(BaseSampler):
         self._heartbeat_interval = heartbeat_interval
         self._adapter = adapter_for(sampler, allow_pickle=allow_pickle)
         # Described now, while the sampler is fresh: seeded RNGs still show their seed.
-        self._fingerprint = {
-            "adapter": self._adapter.name,
-            "sampler": describe(sampler, skip=self._adapter.CACHE_ATTRS),
-        }
+        self._fingerprint = sampler_fingerprint(sampler, self._adapter)
         self._attachment: _Attachment | None = None
         self._superseded = False
         self._warned_concurrency = False
@@ -238,6 +255,7 @@ class CheckpointingSampler(BaseSampler):
         self._reseeds = 0
         # The study's CheckpointingPruner, whose state goes into this sampler's checkpoints.
         self._pruner: CheckpointingPruner | None = None
+        self._pruning = None if retention is None else AmortizedPruning(retention)
         _live_samplers.add(self)
 
     @property
@@ -279,6 +297,10 @@ class CheckpointingSampler(BaseSampler):
                 self._claim(attachment.store, attachment.stream, attachment.study_id, trial)
             self._arrivals.discard(trial._trial_id)
             self._settle_previous_trial(attachment)
+            if self._pruning is not None:
+                self._pruning.checkpoint_committed(
+                    attachment.store, attachment.stream, attachment.hidden.trial_ids
+                )
             self._refresh_hidden_trials(attachment)
             if attachment.trials_in_progress and not self._warned_concurrency:
                 self._warned_concurrency = True
@@ -421,48 +443,51 @@ class CheckpointingSampler(BaseSampler):
     ) -> Checkpoint:
         """Encode the wrapped sampler's current state as the checkpoint of ``trial_id``."""
         captured = with_pruner_state(self._adapter.state_dict(), self._pruner)
-        payload = _codec.encode(captured, allow_pickle=self._allow_pickle)
-        context = _checksum_context(uid, stream_name, trial_id, logical_number)
-        return Checkpoint(
+        payload = _codec.encode(
+            captured, allow_pickle=self._allow_pickle, versions=library_versions()
+        )
+        unsealed = Checkpoint(
             trial_id=trial_id,
             logical_number=logical_number,
             trial_state=None if state is None else state.name,
             trial_values=values,
             adapter=self._adapter.name,
             payload=payload,
-            checksum=_codec.checksum(payload, context=context),
+            checksum="",
         )
+        where = place(uid, stream_name, trial_id, logical_number)
+        return replace(unsealed, checksum=self._sealer.seal(unsealed, where))
 
-    def _restore(self, attachment: _Attachment, checkpoint: Checkpoint) -> None:
+    def _check_seal(self, attachment: _Attachment, checkpoint: Checkpoint) -> None:
+        """Refuse a checkpoint whose seal does not hold, before anything of it is used."""
         stream_name = attachment.stream.name
-        context = _checksum_context(
+        where = place(
             attachment.study_uid, stream_name, checkpoint.trial_id, checkpoint.logical_number
         )
-        where = (
-            "the initial checkpoint"
-            if checkpoint.trial_id is None
-            else f"the checkpoint of trial id {checkpoint.trial_id}"
-        )
-        remedy = (
-            " Restore the database from a backup to resume exactly, or pass "
-            "start_new_stream=True to CheckpointingSampler to continue from the sampler as "
-            "constructed (the trajectory will then differ from the uninterrupted run)."
-        )
-        if _codec.checksum(checkpoint.payload, context=context) != checkpoint.checksum:
-            raise CorruptCheckpointError(
-                f"{where} in stream {stream_name!r} fails its checksum: it was corrupted "
-                "or altered, or copied from another study, stream or trial." + remedy
-            )
+        try:
+            self._sealer.check(checkpoint, where)
+        except CheckpointError as e:
+            raise type(e)(
+                f"{_describe(checkpoint)} in stream {stream_name!r} cannot be trusted: {e}."
+                + _RESTORE_REMEDY
+            ) from e
+
+    def _restore(self, attachment: _Attachment, checkpoint: Checkpoint) -> None:
+        self._check_seal(attachment, checkpoint)
+        where = f"{_describe(checkpoint)} in stream {attachment.stream.name!r}"
         if checkpoint.adapter != self._adapter.name:
             raise CorruptCheckpointError(
                 f"{where} was written by the {checkpoint.adapter} adapter, but this sampler uses "
-                f"{self._adapter.name}." + remedy
+                f"{self._adapter.name}." + _RESTORE_REMEDY
             )
         try:
+            info = _codec.inspect_payload(checkpoint.payload)
+            check_versions(info.versions, where=where, pickled=info.pickled)
             state = _codec.decode(checkpoint.payload, allow_pickle=self._allow_pickle)
             self._adapter.load_state_dict(restore_pruner(state, self._pruner))
         except CorruptCheckpointError as e:
-            raise CorruptCheckpointError(f"{where} cannot be loaded: {e}." + remedy) from e
+            message = f"{where} cannot be loaded: {e}."
+            raise CorruptCheckpointError(message + _RESTORE_REMEDY) from e
 
     # -- attach and resume -------------------------------------------------------------------
 
@@ -729,10 +754,12 @@ class CheckpointingSampler(BaseSampler):
         # Only the newest two checkpoints are needed: the FAIL-marker rule below may hide the
         # newest, and no rule hides a trial before it that has a checkpoint.
         known, latest = store.resume_point(
-            attachment.study_uid, attachment.stream.stream_id, limit=2
+            attachment.study_uid, attachment.stream.stream_id, limit=RESUME_LOOKBACK
         )
         trials = {t._trial_id: t for t in all_trials}
         newest = latest[0] if latest else None
+        if newest is not None and newest.trial_state is not None:
+            self._check_seal(attachment, newest)  # before its recorded end is trusted
         changed = False
         if (
             newest is not None
@@ -887,8 +914,17 @@ class CheckpointingSampler(BaseSampler):
             attachment.release()
 
 
-def _checksum_context(uid: str, stream: str, trial_id: int | None, logical_number: int) -> str:
-    return f"{uid}/{stream}/{'initial' if trial_id is None else trial_id}/{logical_number}"
+_RESTORE_REMEDY = (
+    " Restore the database from a backup to resume exactly, or pass start_new_stream=True to "
+    "CheckpointingSampler to continue from the sampler as constructed (the trajectory will then "
+    "differ from the uninterrupted run)."
+)
+
+
+def _describe(checkpoint: Checkpoint) -> str:
+    if checkpoint.trial_id is None:
+        return "the initial checkpoint"
+    return f"the checkpoint of trial id {checkpoint.trial_id}"
 
 
 def _release_lease(attachment: _Attachment) -> None:

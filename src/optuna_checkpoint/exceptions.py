@@ -22,6 +22,22 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds a pickled object and loading pickles was not allowed."""
 
 
+class SignatureError(CheckpointError):
+    """A checkpoint's signature cannot be checked: it is unsigned, or no key was given.
+
+    With a signing key configured, unsigned checkpoints are refused; a signed checkpoint is
+    refused when no key is configured to check it.
+    """
+
+
+class VersionMismatchError(CheckpointError):
+    """A checkpoint was written under library versions whose state cannot be trusted here."""
+
+
+class StudyNotFoundError(CheckpointError, LookupError):
+    """The storage has no study of that name."""
+
+
 class StreamOwnedError(CheckpointError):
     """Another live process owns the study's checkpoint stream."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from collections.abc import Iterable
+from collections.abc import Mapping
 import random
 from typing import Any
 
@@ -113,6 +114,23 @@ class NSGASamplerAdapter(GeneratorAndRandomSamplerAdapter):
         for generation in sorted(interrupted - kept):
             key = f"{prefix}{generation}"
             if cached.get(key) is not None:
+                storage.set_study_system_attr(study_id, key, None)
+
+    @classmethod
+    def carry_over(cls, storage: BaseStorage, study_id: int, trial_ids: Mapping[int, int]) -> None:
+        """Point the copied parent populations at the copied trials, or withdraw them.
+
+        A parent population is cached as a list of trial ids, which are the old study's in a
+        copy. One that names a trial the copy lacks (a fork: a later generation's parents) is
+        withdrawn, so the sampler selects it again when it gets there.
+        """
+        prefixes = tuple(s._get_parent_cache_key_prefix() for s in (NSGAIISampler, NSGAIIISampler))
+        for key, cached in storage.get_study_system_attrs(study_id).items():
+            if not key.startswith(prefixes) or not isinstance(cached, list):
+                continue
+            if all(trial_id in trial_ids for trial_id in cached):
+                storage.set_study_system_attr(study_id, key, [trial_ids[t] for t in cached])
+            else:
                 storage.set_study_system_attr(study_id, key, None)
 
 

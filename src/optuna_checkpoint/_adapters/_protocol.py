@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 from typing import ClassVar
 from typing import Protocol
@@ -106,6 +107,21 @@ class StateAdapter:
         for adapter in self.held:
             adapter.forget_interrupted(storage, study_id, trials, hidden_trial_ids)
 
+    @classmethod
+    def carry_over(cls, storage: BaseStorage, study_id: int, trial_ids: Mapping[int, int]) -> None:
+        """Rewrite what samplers of this kind keep in a study's attributes that names trials.
+
+        Called when a study's trials and attributes were copied into study ``study_id`` (a
+        fork, or ``optuna.copy_study`` followed by an import of the checkpoints), for every
+        adapter kind, since the copy does not know which sampler ran the study. Attributes
+        naming a trial the copy lacks are withdrawn. The default does nothing.
+
+        Args:
+            storage: The new study's storage.
+            study_id: The new study's id.
+            trial_ids: The ids of the copied trials, from the old study's to the new one's.
+        """
+
     def require(self, state_dict: dict[str, Any], key: str) -> Any:
         """Return ``state_dict[key]``, or name the missing key and this adapter."""
         try:
@@ -132,6 +148,12 @@ def register(
         return adapter_type
 
     return decorator
+
+
+def carry_over_study(storage: BaseStorage, study_id: int, trial_ids: Mapping[int, int]) -> None:
+    """Let every kind of adapter rewrite a copied study's attributes (see ``carry_over``)."""
+    for adapter_type in dict.fromkeys(_REGISTRY.values()):
+        adapter_type.carry_over(storage, study_id, trial_ids)
 
 
 def adapter_for(sampler: BaseSampler, *, allow_pickle: bool = False) -> StateAdapter:

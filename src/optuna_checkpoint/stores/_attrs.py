@@ -40,6 +40,7 @@ from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
+from optuna_checkpoint.stores._base import StreamSummary
 
 
 KEPT_CHECKPOINTS = 4
@@ -288,6 +289,41 @@ class AttributeCheckpointStore(CheckpointStore):
             if c["trial_id"] is None or c["trial_id"] not in excluding
         ]
         return kept[:limit]
+
+    def stream_summary(self, stream_id: int) -> StreamSummary:
+        """Count the stream's kept checkpoints (one attribute read)."""
+        _, data = self._by_id(stream_id)
+        saved = data["checkpoints"]
+        newest = saved[-1] if saved else None
+        return StreamSummary(
+            checkpoints=len(saved),
+            payload_bytes=sum(len(base64.b64decode(c["payload"])) for c in saved),
+            newest_trial_id=None if newest is None else newest["trial_id"],
+            newest_logical_number=None if newest is None else newest["logical_number"],
+        )
+
+    def delete_checkpoints(self, stream_id: int, trial_ids: Collection[int]) -> int:
+        """Drop the trials' checkpoints from the stream's attribute.
+
+        A read-modify-write like :meth:`save`, serialised with this process's saves by the
+        store's lock. Optuna's API has no compare-and-swap, so a deletion from another process
+        racing the owner's save could undo that save: prune from the owning process (the
+        sampler's ``retention``), which is also where it is worth anything, since this store
+        keeps only a few checkpoints per stream anyway.
+        """
+        doomed = set(trial_ids)
+        with self._lock:
+            study_uid, data = self._by_id(stream_id)
+            kept = [
+                c
+                for c in data["checkpoints"]
+                if c["trial_id"] is None or c["trial_id"] not in doomed
+            ]
+            deleted = len(data["checkpoints"]) - len(kept)
+            if deleted:
+                data.update(checkpoints=kept)
+                self._write(study_uid, data)
+        return deleted
 
     # -- interruptions and claims ------------------------------------------------------------
 

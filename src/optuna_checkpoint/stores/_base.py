@@ -75,7 +75,8 @@ class Checkpoint:
         trial_values: The values the trial was told, if any.
         adapter: The name of the state adapter that wrote the payload.
         payload: The encoded state (see :mod:`optuna_checkpoint._codec`).
-        checksum: SHA-256 of the payload bound to study, stream and trial.
+        checksum: The seal of the checkpoint, a digest or signature bound to its study,
+            stream and trial (see :mod:`optuna_checkpoint._seal`).
     """
 
     trial_id: int | None
@@ -100,6 +101,25 @@ class Interruption:
     logical_number: int
     reason: str
     stream_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """How many checkpoints a stream holds and how large they are, read without their payloads.
+
+    Attributes:
+        checkpoints: The number of checkpoints, the initial one included.
+        payload_bytes: Their payloads' total size in bytes.
+        newest_trial_id: The trial of the newest checkpoint; ``None`` when that is the initial
+            one, or when the stream has no checkpoint at all.
+        newest_logical_number: The newest checkpoint's logical number (``-1`` for the initial
+            one); ``None`` when the stream has no checkpoint at all.
+    """
+
+    checkpoints: int
+    payload_bytes: int
+    newest_trial_id: int | None
+    newest_logical_number: int | None
 
 
 _StoreT = TypeVar("_StoreT", bound="CheckpointStore")
@@ -208,6 +228,35 @@ class CheckpointStore(abc.ABC):
         Checkpoints of the trials in ``excluding`` (hidden trials) are skipped. The cost must
         not grow with the number of checkpoints: a resume reads only the newest ones. A store
         may keep only its newest few checkpoints per stream (:attr:`kept_checkpoints`).
+        """
+
+    @abc.abstractmethod
+    def stream_summary(self, stream_id: int) -> StreamSummary:
+        """Count the stream's checkpoints and their bytes, and name the newest one.
+
+        The checkpoints counted are those :meth:`latest_checkpoints` lists (a trial saved twice
+        counts once); hidden trials' checkpoints are counted too. Meant for tools, not for the
+        per-trial path: a store may read every checkpoint's header, but should not return
+        payloads.
+        """
+
+    deletion_unsupported: str | None = None
+    """Why :meth:`delete_checkpoints` cannot work on this store, or ``None`` when it can."""
+
+    @abc.abstractmethod
+    def delete_checkpoints(self, stream_id: int, trial_ids: Collection[int]) -> int:
+        """Delete the checkpoints of the trials ``trial_ids`` from the stream, in one transaction.
+
+        The initial checkpoint is never deleted, whatever ``trial_ids`` holds; trials without a
+        checkpoint in the stream are skipped. Deleting needs no lease: it is meant for older
+        checkpoints, which a live owner no longer reads (a resume reads only the newest two).
+
+        Returns:
+            How many checkpoints were deleted.
+
+        Raises:
+            CheckpointError: The store cannot delete checkpoints
+                (:attr:`deletion_unsupported` says why).
         """
 
     @abc.abstractmethod

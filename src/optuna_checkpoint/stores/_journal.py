@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Collection
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
+from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._record_log import BASE_KEY
 from optuna_checkpoint.stores._record_log import CATALOG_KEY
 from optuna_checkpoint.stores._record_log import FileRecordLog
@@ -411,29 +413,71 @@ class JournalCheckpointStore(CheckpointStore):
         Reads the newest ``limit`` checkpoints plus those of hidden or re-saved trials among
         them: the number of checkpoints the stream has does not matter.
         """
-        with self._lock:
-            entry = self._read().entries.get(stream_id)
-            pos = None if entry is None else entry.head
-            found: list[Checkpoint] = []
-            seen: set[int | None] = set()  # a re-saved trial's older records are superseded
-            while pos is not None and len(found) < limit:
-                record = self._log.read(pos)
-                try:
-                    data = record.header[_CHECKPOINT_KEY]
-                    if int(data["stream_id"]) != stream_id:
-                        raise ValueError(f"it belongs to stream {data['stream_id']}")
-                    checkpoint = _checkpoint_from_json(data, record.payload)
-                    prev = data["prev"]
-                    if prev is not None and not 0 <= int(prev) < pos:
-                        raise ValueError(f"it points forward, to {prev}")
-                except (KeyError, TypeError, ValueError) as e:
-                    raise _damaged(f"the checkpoint record at position {pos}", e) from e
-                if checkpoint.trial_id not in seen:
-                    seen.add(checkpoint.trial_id)
-                    if checkpoint.trial_id is None or checkpoint.trial_id not in excluding:
-                        found.append(checkpoint)
-                pos = None if prev is None else int(prev)
+        found: list[Checkpoint] = []
+        if limit <= 0:
             return found
+        with self._lock:
+            for checkpoint in self._chain(stream_id):
+                if checkpoint.trial_id is None or checkpoint.trial_id not in excluding:
+                    found.append(checkpoint)
+                    if len(found) >= limit:
+                        break
+        return found
+
+    def _chain(self, stream_id: int) -> Iterator[Checkpoint]:
+        """The stream's checkpoints, newest first, each trial once; the caller holds the lock."""
+        entry = self._read().entries.get(stream_id)
+        pos = None if entry is None else entry.head
+        seen: set[int | None] = set()  # a re-saved trial's older records are superseded
+        while pos is not None:
+            record = self._log.read(pos)
+            try:
+                data = record.header[_CHECKPOINT_KEY]
+                if int(data["stream_id"]) != stream_id:
+                    raise ValueError(f"it belongs to stream {data['stream_id']}")
+                checkpoint = _checkpoint_from_json(data, record.payload)
+                prev = data["prev"]
+                if prev is not None and not 0 <= int(prev) < pos:
+                    raise ValueError(f"it points forward, to {prev}")
+            except (KeyError, TypeError, ValueError) as e:
+                raise _damaged(f"the checkpoint record at position {pos}", e) from e
+            if checkpoint.trial_id not in seen:
+                seen.add(checkpoint.trial_id)
+                yield checkpoint
+            pos = None if prev is None else int(prev)
+
+    def stream_summary(self, stream_id: int) -> StreamSummary:
+        """Walk the stream's whole chain, keeping only counts.
+
+        The log has no index to count from, so this reads every record of the stream; that is
+        for tools, never for a trial.
+        """
+        count = size = 0
+        newest: Checkpoint | None = None
+        with self._lock:
+            for checkpoint in self._chain(stream_id):
+                newest = newest or checkpoint
+                count += 1
+                size += len(checkpoint.payload)
+        return StreamSummary(
+            checkpoints=count,
+            payload_bytes=size,
+            newest_trial_id=None if newest is None else newest.trial_id,
+            newest_logical_number=None if newest is None else newest.logical_number,
+        )
+
+    deletion_unsupported = (
+        "pruning checkpoints is not supported for JournalStorage: its checkpoints live in an "
+        "append-only side record beside the journal, where each checkpoint points to the "
+        "stream's previous one, so a checkpoint cannot be taken out without rewriting the "
+        "record under every worker's feet, and the file would not shrink anyway. Keep such "
+        "studies' checkpoints, or run studies whose checkpoints you want to prune on an RDB "
+        "storage (SQLite, PostgreSQL, MySQL)."
+    )
+
+    def delete_checkpoints(self, stream_id: int, trial_ids: Collection[int]) -> int:
+        """Refuse: the side record is append-only (see :attr:`deletion_unsupported`)."""
+        raise CheckpointError(self.deletion_unsupported)
 
     def where_interrupted(self, study_uid: str) -> list[Interruption]:
         """Return the study's interrupted trials in trial-number order."""

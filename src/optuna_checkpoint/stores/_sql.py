@@ -1,11 +1,12 @@
 """The SQL side-table store: checkpoints live in the study's own database, beside Optuna's tables.
 
 The tables have their own ``MetaData`` and are created on first use, so Optuna's schema, its
-alembic revision and ``optuna storage upgrade`` never see them. Reads and separate writes use
-Optuna's engine. The per-trial checkpoint is not a separate write: it is added, through
-SQLAlchemy's documented ``before_commit`` session event, to the transaction in which Optuna stores
-the trial's final state, so the two are committed together or not at all and the checkpoint costs
-one extra statement instead of one extra transaction.
+alembic revision and ``optuna storage upgrade`` never see them. Their layout has a format version
+of its own (:data:`TABLES_FORMAT`), recorded in a table beside them and upgraded in place. Reads
+and separate writes use Optuna's engine. The per-trial checkpoint is not a separate write: it is
+added, through SQLAlchemy's documented ``before_commit`` session event, to the transaction in
+which Optuna stores the trial's final state, so the two are committed together or not at all and
+the checkpoint costs one extra statement instead of one extra transaction.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
 from optuna_checkpoint._faults import crash_point
+from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CheckpointIncompleteError
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.stores._base import Checkpoint
@@ -38,6 +40,7 @@ from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
+from optuna_checkpoint.stores._base import StreamSummary
 
 
 if TYPE_CHECKING:
@@ -49,10 +52,30 @@ _TRANSIENT_RETRIES = 5
 _INITIAL_TRIAL_ID = -1  # the row holding the state from before the stream's first trial
 _RELEASE_BUSY_TIMEOUT_MS = 200
 _SQLITE_BUSY_TIMEOUT_MS = 5000  # pysqlite's default, which Optuna's engine uses
+# Trial ids per DELETE statement: SQLite allows 32766 bound parameters per statement.
+_DELETE_CHUNK = 10000
 # Optuna's trial model, recognised by table name so that no private class is imported.
 _OPTUNA_TRIALS_TABLE = "trials"
 
 metadata = sa.MetaData()
+
+TABLES_FORMAT = 2
+"""The layout of the side tables. 1: releases 0.1 to 0.3, which had no format table. 2: the
+format table is added; nothing else changes (seals of the new form fit the old column)."""
+
+# Upgrades of the tables, by the format they start from; each is one transaction's work and
+# only ever adds (tables, columns, rows), so workers of the previous release keep working.
+_UPGRADES: dict[int, Callable[[sa.Connection], None]] = {
+    1: lambda connection: None,  # the format table itself is created with the others
+}
+
+formats = sa.Table(
+    "optuna_checkpoint_format",
+    metadata,
+    sa.Column("component", sa.String(32), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+_TABLES = "tables"
 
 streams = sa.Table(
     "optuna_checkpoint_streams",
@@ -411,6 +434,7 @@ class SQLCheckpointStore(CheckpointStore):
         self._engine = rdb.engine
         self._url = rdb.url
         self._create_tables()
+        self._upgrade_tables()
         self._hook = _TrialCommitHook(rdb)
 
     @classmethod
@@ -431,6 +455,43 @@ class SQLCheckpointStore(CheckpointStore):
                 # Another process created it between our check and our CREATE; fine if it exists.
                 if not sa.inspect(self._engine).has_table(table.name):
                     raise
+
+    def _upgrade_tables(self) -> None:
+        """Bring the tables to :data:`TABLES_FORMAT`; refuse tables of a newer format."""
+        version = self._tables_format()
+        if version is None:
+            # Format 1 had no format table; a fresh database counts as format 1 with no rows.
+            try:
+                with self._engine.begin() as connection:
+                    connection.execute(formats.insert().values(component=_TABLES, version=1))
+            except sa_exc.IntegrityError:
+                pass  # another worker recorded it first
+            version = self._tables_format()
+        assert version is not None
+        if version > TABLES_FORMAT:
+            raise CheckpointError(
+                f"the optuna-checkpoint tables in this database have format {version}, written "
+                f"by a newer optuna-checkpoint; this release reads up to format {TABLES_FORMAT}. "
+                "Upgrade optuna-checkpoint on every worker of the study."
+            )
+        while version < TABLES_FORMAT:
+            with self._engine.begin() as connection:
+                # Conditional on the version read: of workers upgrading at once, one does it.
+                claimed = connection.execute(
+                    formats.update()
+                    .where(formats.c.component == _TABLES, formats.c.version == version)
+                    .values(version=version + 1)
+                ).rowcount
+                if claimed:
+                    _UPGRADES[version](connection)
+            version = self._tables_format() or version
+
+    def _tables_format(self) -> int | None:
+        with self._engine.connect() as connection:
+            found = connection.execute(
+                sa.select(formats.c.version).where(formats.c.component == _TABLES)
+            ).scalar()
+        return None if found is None else int(found)
 
     def find_stream(self, study_uid: str, name: str) -> Stream | None:
         """Return the stream, or ``None``."""
@@ -694,6 +755,57 @@ class SQLCheckpointStore(CheckpointStore):
             )
             for r in rows
         ]
+
+    def stream_summary(self, stream_id: int) -> StreamSummary:
+        """Count and size the stream's checkpoints in one query; no payload leaves the server."""
+        mine = checkpoints.c.stream_id == stream_id
+        totals = sa.select(
+            sa.func.count().label("n"),
+            sa.func.coalesce(sa.func.sum(sa.func.length(checkpoints.c.payload)), 0).label("size"),
+        ).where(mine)
+        # Walked backwards along the (stream_id, checkpoint_id) index: one row is read.
+        newest = (
+            sa.select(checkpoints.c.trial_id, checkpoints.c.logical_number)
+            .where(mine)
+            .order_by(checkpoints.c.checkpoint_id.desc())
+            .limit(1)
+        )
+        totals_sq, newest_sq = totals.subquery(), newest.subquery()
+        query = sa.select(
+            totals_sq.c.n, totals_sq.c.size, newest_sq.c.trial_id, newest_sq.c.logical_number
+        ).select_from(totals_sq.outerjoin(newest_sq, sa.true()))
+        with self._engine.connect() as connection:
+            row = connection.execute(query).one()
+        trial_id = None if row.trial_id in (None, _INITIAL_TRIAL_ID) else int(row.trial_id)
+        return StreamSummary(
+            checkpoints=int(row.n),
+            # int(): MySQL sums integers into a DECIMAL.
+            payload_bytes=int(row.size),
+            newest_trial_id=trial_id,
+            newest_logical_number=None if row.logical_number is None else int(row.logical_number),
+        )
+
+    def delete_checkpoints(self, stream_id: int, trial_ids: Collection[int]) -> int:
+        """Delete the trials' checkpoints in one transaction (the initial row is never named)."""
+        ids = sorted({int(t) for t in trial_ids} - {_INITIAL_TRIAL_ID})
+        deleted = 0
+
+        def delete(connection: sa.Connection) -> None:
+            nonlocal deleted
+            deleted = 0  # a retried transaction counts again
+            # Usually one statement; a very long list is cut to stay under SQLite's limit.
+            for start in range(0, len(ids), _DELETE_CHUNK):
+                result = connection.execute(
+                    checkpoints.delete().where(
+                        checkpoints.c.stream_id == stream_id,
+                        checkpoints.c.trial_id.in_(ids[start : start + _DELETE_CHUNK]),
+                    )
+                )
+                deleted += result.rowcount
+
+        if ids:
+            self._transaction_with_retries(delete)
+        return deleted
 
     def add_interruptions(
         self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]

@@ -1,0 +1,132 @@
+"""Move checkpoint streams between studies, outside a running sampler (fork, export, import).
+
+A checkpoint's seal binds it to its place (study, stream, trial), so a checkpoint cannot simply
+be copied: it is checked where it is, and sealed again where it goes. Both ends use the same
+:class:`~optuna_checkpoint._seal.Sealer`, so with a signing key nothing unsigned or forged is
+ever re-signed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import replace
+import time
+from typing import TYPE_CHECKING
+from typing import Any
+
+from optuna_checkpoint._lease import current_owner
+from optuna_checkpoint._sampler import _first_trial
+from optuna_checkpoint._sampler import _store_for
+from optuna_checkpoint._sampler import study_uid
+from optuna_checkpoint._seal import Sealer
+from optuna_checkpoint._seal import place
+from optuna_checkpoint.exceptions import CheckpointError
+
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+    from optuna_checkpoint.stores._base import Checkpoint
+    from optuna_checkpoint.stores._base import CheckpointStore
+    from optuna_checkpoint.stores._base import Stream
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """A study in a storage, with the identity its checkpoints are bound to."""
+
+    storage: BaseStorage
+    study_id: int
+    study_name: str
+    uid: str
+
+    @classmethod
+    def of(cls, storage: BaseStorage, study_name: str) -> StudyRef:
+        """Find ``study_name`` in ``storage``; it must have a trial numbered 0.
+
+        Raises:
+            CheckpointError: The study has no trials, so no checkpoint can belong to it.
+        """
+        study_id = storage.get_study_id_from_name(study_name)
+        try:
+            first = _first_trial(storage, study_id)
+        except KeyError:
+            raise CheckpointError(
+                f"study {study_name!r} has no trials, so it has no checkpoints to carry"
+            ) from None
+        return cls(storage, study_id, study_name, study_uid(study_id, study_name, first))
+
+
+def checked(sealer: Sealer, study: StudyRef, stream: Stream, checkpoint: Checkpoint) -> None:
+    """Check a checkpoint's seal where it is stored; raise the seal's error, naming it."""
+    where = place(study.uid, stream.name, checkpoint.trial_id, checkpoint.logical_number)
+    try:
+        sealer.check(checkpoint, where)
+    except CheckpointError as e:
+        at = "initial" if checkpoint.trial_id is None else f"of trial id {checkpoint.trial_id}"
+        message = f"the checkpoint {at} in stream {stream.name!r} cannot be trusted: {e}"
+        raise type(e)(message) from e
+
+
+def plant_stream(
+    study: StudyRef,
+    *,
+    name: str,
+    fingerprint: Any,
+    first_trial_number: int,
+    checkpoints: Sequence[Checkpoint],
+    sealer: Sealer,
+) -> Stream:
+    """Create stream ``name`` in ``study`` holding ``checkpoints``, sealed for their new place.
+
+    Args:
+        study: The study that receives the stream.
+        name: The stream's name: the worker id whose process will resume it.
+        fingerprint: The configuration fingerprint of the sampler that wrote the checkpoints.
+        first_trial_number: The first trial of ``study`` that the stream runs.
+        checkpoints: The initial checkpoint (``trial_id=None``) first, then trial checkpoints
+            whose ``trial_id`` are ids of ``study``'s trials; their seals are replaced.
+        sealer: Seals the checkpoints for ``study``.
+
+    Raises:
+        CheckpointError: The study already has a stream of that name.
+    """
+    if not checkpoints or checkpoints[0].trial_id is not None:
+        raise ValueError("a stream starts with its initial checkpoint")
+    store = store_of(study)
+    if store.find_stream(study.uid, name) is not None:
+        raise CheckpointError(
+            f"study {study.study_name!r} already has a checkpoint stream {name!r}; choose a new "
+            "study name, or delete that study first"
+        )
+
+    def sealed(checkpoint: Checkpoint) -> Checkpoint:
+        where = place(study.uid, name, checkpoint.trial_id, checkpoint.logical_number)
+        return replace(checkpoint, checksum=sealer.seal(checkpoint, where))
+
+    owner = current_owner()
+    stream = store.create_stream(
+        study.study_id,
+        study.uid,
+        name,
+        fingerprint,
+        owner,
+        sealed(checkpoints[0]),
+        first_trial_number=first_trial_number,
+    )
+    if stream is None:
+        raise CheckpointError(f"another process created stream {name!r} at the same time")
+    try:
+        for checkpoint in checkpoints[1:]:
+            store.save(stream, sealed(checkpoint), owner.token, time.time())
+    finally:
+        store.release(stream.stream_id, owner.token)
+    return stream
+
+
+def store_of(study: StudyRef) -> CheckpointStore:
+    """The checkpoint store of ``study``'s storage, opened for the study."""
+    store = _store_for(study.storage)
+    store.open_study(study.study_id, study.uid)
+    return store

@@ -1,0 +1,100 @@
+"""The library versions recorded with each checkpoint, and what a change means on resume.
+
+A checkpoint restores the sampler's state exactly under any versions, but whether the restored
+sampler then proposes what the uninterrupted run proposed depends on the code that runs next:
+a new Optuna may sample differently from the same state, a new NumPy may round the last bit of
+a float differently. Such changes are therefore reported, precisely, when a stream resumes from
+a checkpoint written under other versions. Only a pickled state under another Python version is
+refused: cloudpickle serializes functions by bytecode, which is not portable across versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import functools
+from importlib import metadata
+import logging
+import platform
+
+from optuna_checkpoint.exceptions import VersionMismatchError
+
+
+_logger = logging.getLogger(__name__)
+
+_PYTHON = "python"
+_THIS_PACKAGE = "optuna-checkpoint"
+_DISTRIBUTIONS = (_THIS_PACKAGE, "optuna", "numpy", "cmaes")
+
+# What a change of each library can do to the trajectory after the resume.
+_CONSEQUENCES = {
+    "optuna": "a sampler may propose differently from the same state under another Optuna",
+    "numpy": "NumPy's generators keep their streams, but its numerics may differ in the last bit",
+    "cmaes": "CMA-ES updates may differ under another cmaes",
+    _PYTHON: "the standard library's numerics may differ",
+}
+
+
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """Return the versions of this package, optuna, numpy, cmaes and Python, as recorded."""
+    versions = {}
+    for name in _DISTRIBUTIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # e.g. run from a source tree, not installed
+            versions[name] = "unknown"
+    versions[_PYTHON] = platform.python_version()
+    return versions
+
+
+def check_versions(recorded: Mapping[str, str], *, where: str, pickled: bool) -> None:
+    """Warn about library versions that differ from those ``recorded`` with a checkpoint.
+
+    Args:
+        recorded: The versions stored with the checkpoint (empty for checkpoints written before
+            versions were recorded, which are not checked).
+        where: Names the checkpoint in messages, e.g. "the checkpoint of trial 41 in stream
+            'main'".
+        pickled: Whether the checkpoint holds pickled objects.
+
+    Raises:
+        VersionMismatchError: The checkpoint holds pickles written under another Python
+            minor version.
+    """
+    current = library_versions()
+    changed = {
+        name: (str(old), current[name])
+        for name, old in recorded.items()
+        if name in current and str(old) != current[name]
+    }
+    if not changed:
+        return
+    if pickled and _PYTHON in changed:
+        old, new = changed[_PYTHON]
+        if _minor(old) != _minor(new):
+            raise VersionMismatchError(
+                f"{where} holds pickled objects written under Python {old}, and this is Python "
+                f"{new}: pickled code does not carry across Python versions. Resume under Python "
+                f"{_minor(old)}, or pass start_new_stream=True to CheckpointingSampler to start "
+                "the stream again from the sampler as constructed."
+            )
+    ours = changed.pop(_THIS_PACKAGE, None)
+    if ours is not None:
+        _logger.info("%s was written by optuna-checkpoint %s; this is %s.", where, *ours)
+    if not changed:
+        return
+    lines = [
+        f"  {name} {old} -> {new}: {_CONSEQUENCES[name]}" for name, (old, new) in changed.items()
+    ]
+    _logger.warning(
+        "%s was written under other library versions:\n%s\nThe state is restored exactly, but "
+        "the trajectory from here on matches the uninterrupted run only if the sampler's code "
+        "behaves the same under these versions. Pin the versions to be sure, or check with "
+        "`optuna-checkpoint verify` after the study has run on.",
+        where[0].upper() + where[1:],
+        "\n".join(lines),
+    )
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])

@@ -1,0 +1,47 @@
+"""``optuna-checkpoint status``: the studies of a storage, or one study in detail."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+from rich.console import Console
+
+from optuna_checkpoint._inspect import list_studies
+from optuna_checkpoint._inspect import study_status
+from optuna_checkpoint.cli import _render
+from optuna_checkpoint.cli._common import Problem
+from optuna_checkpoint.cli._common import emit_json
+from optuna_checkpoint.cli._common import json_option
+from optuna_checkpoint.cli._common import open_or_fail
+from optuna_checkpoint.cli._common import storage_option
+from optuna_checkpoint.exceptions import StudyNotFoundError
+
+
+@click.command()
+@storage_option
+@click.option("--study-name", metavar="NAME", help="Show this study in detail.")
+@json_option
+def status(storage: str, study_name: str | None, as_json: bool) -> None:
+    """Show the checkpoints of every study in the storage, or of one study in detail.
+
+    In detail: each checkpoint stream (worker) with its lease, size and newest checkpoint, the
+    interrupted trials, and whether a resume would be bit-identical, with the reasons if not.
+    Exits with 1 if the study does not exist.
+    """
+    opened = open_or_fail(storage, as_json=as_json)
+    if study_name is None:
+        found = list_studies(opened)
+        if as_json:
+            emit_json({"studies": [asdict(s) for s in found]})
+        else:
+            _render.studies(Console(), found)
+        return
+    try:
+        report = study_status(opened, study_name)
+    except StudyNotFoundError as e:
+        raise Problem(str(e), as_json=as_json) from e
+    if as_json:
+        emit_json(asdict(report))
+    else:
+        _render.status(Console(), report)

@@ -1,0 +1,111 @@
+"""``optuna-checkpoint verify``: check every checkpoint, and replay the sampler when given."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+import click
+import optuna
+from optuna.samplers import BaseSampler
+from rich.console import Console
+from rich.progress import Progress
+
+from optuna_checkpoint._verify import verify as verify_study
+from optuna_checkpoint.cli import _render
+from optuna_checkpoint.cli._common import PROBLEM
+from optuna_checkpoint.cli._common import Problem
+from optuna_checkpoint.cli._common import emit_json
+from optuna_checkpoint.cli._common import json_option
+from optuna_checkpoint.cli._common import open_or_fail
+from optuna_checkpoint.cli._common import storage_option
+from optuna_checkpoint.exceptions import CheckpointError
+
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def load_sampler(spec: str) -> BaseSampler:
+    """Build the sampler a ``--sampler`` option names.
+
+    ``package.module:name`` imports ``name``, calling it without arguments if it is not a
+    sampler already (a factory). Anything else is evaluated as a Python expression in which
+    ``optuna`` and Optuna's samplers are defined, e.g. ``TPESampler(seed=42)``. Both run code
+    you chose on your own command line, as ``python -c`` would.
+
+    Raises:
+        click.BadParameter: The spec does not give a sampler.
+    """
+    try:
+        if _IMPORT_PATH.match(spec):
+            module_name, _, attribute = spec.partition(":")
+            found: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+            built = found if isinstance(found, BaseSampler) else found()
+        else:
+            names = {name: getattr(optuna.samplers, name) for name in optuna.samplers.__all__}
+            built = eval(spec, {"optuna": optuna, **names})  # the user's own command line
+    except Exception as e:
+        raise click.BadParameter(f"{type(e).__name__}: {e}", param_hint="--sampler") from e
+    if not isinstance(built, BaseSampler):
+        raise click.BadParameter(
+            f"gives a {type(built).__name__}, not an Optuna sampler", param_hint="--sampler"
+        )
+    return built
+
+
+@click.command()
+@storage_option
+@click.option("--study-name", required=True, metavar="NAME", help="The study to verify.")
+@click.option(
+    "--sampler",
+    "sampler_spec",
+    metavar="SPEC",
+    help="The sampler the study's CheckpointingSampler wraps, constructed as in the study's "
+    "script: an expression such as 'TPESampler(seed=42)', or module:factory. Without it, only "
+    "the checkpoints' integrity is checked.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Load checkpoints that hold pickles (runs code from the database: only if you trust "
+    "every writer of it).",
+)
+@json_option
+def verify(
+    storage: str, study_name: str, sampler_spec: str | None, allow_pickle: bool, as_json: bool
+) -> None:
+    """Check every checkpoint of a study and replay its sampler against the recorded trials.
+
+    Each checkpoint's seal is checked (its signature, when the environment variable
+    OPTUNA_CHECKPOINT_SIGNING_KEY holds the key), and its payload decoded. With --sampler, the
+    sampler is replayed from the stream's first checkpoint over the recorded trials, in the
+    order of the uninterrupted run: every parameter must come out bit for bit as recorded, and
+    the state after every trial must equal its checkpoint. The first divergence is reported
+    with its likely causes. Exits with 0 when everything checks out, 1 otherwise.
+    """
+    sampler = None if sampler_spec is None else load_sampler(sampler_spec)
+    opened = open_or_fail(storage, as_json=as_json)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=opened)
+    except KeyError as e:
+        raise Problem(f"the storage has no study named {study_name!r}", as_json=as_json) from e
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("replaying trials", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            report = verify_study(study, sampler, allow_pickle=allow_pickle, progress=progress)
+        except CheckpointError as e:
+            raise Problem(str(e), as_json=as_json) from e
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _render.verification(Console(), report)
+    if not report.ok:
+        raise SystemExit(PROBLEM)

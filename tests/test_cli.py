@@ -1,0 +1,252 @@
+"""The ``optuna-checkpoint`` command, run as a real process against real SQLite studies."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+from click.testing import CliRunner
+import optuna
+from optuna.samplers import TPESampler
+import pytest
+import sqlalchemy as sa
+
+from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint.cli import main
+from optuna_checkpoint.stores._sql import checkpoints
+from tests.checkpoint_rows import count_rows
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+TRIALS = 10
+
+
+def objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -5.0, 5.0)
+    k = trial.suggest_int("k", 0, 4)
+    return x * x + k
+
+
+def params_hex(study: optuna.Study) -> list[tuple[str, int]]:
+    return [(t.params["x"].hex(), t.params["k"]) for t in study.trials]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "optuna_checkpoint.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "120"},  # wide enough that no cell is cut
+    )
+
+
+def rows(table: str) -> list[list[str]]:
+    """The body rows of the rich tables in ``table``, as lists of cells."""
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in table.splitlines()
+        if line.startswith("│")
+    ]
+
+
+def open_study(url: str) -> optuna.Study:
+    return optuna.create_study(
+        study_name="s",
+        storage=url,
+        load_if_exists=True,
+        sampler=CheckpointingSampler(TPESampler(seed=5)),
+    )
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    """A database with a checkpointed study ``s`` of TRIALS trials and a plain study."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    study = open_study(url)
+    study.optimize(objective, n_trials=TRIALS)
+    del study  # a new process would start from here: a fresh sampler and study object
+    optuna.create_study(study_name="plain", storage=url).optimize(objective, n_trials=2)
+    return url
+
+
+def test_status_tables(url: str) -> None:
+    listing = cli("status", "--storage", url)
+    assert listing.returncode == 0, listing.stderr
+    listed = rows(listing.stdout)
+    assert [row[:4] for row in listed] == [["s", "10", "1", "11"], ["plain", "2", "0", "0"]]
+    assert listed[0][4].endswith(" KB") and listed[1][4] == "0 B"
+
+    detail = cli("status", "--storage", url, "--study-name", "s")
+    assert detail.returncode == 0, detail.stderr
+    assert "Study 's': 10 trials" in detail.stdout
+    ((stream, owner, _, first, count, _, newest),) = rows(detail.stdout)
+    assert (stream, owner, first, count, newest) == ("main", "released", "0", "11", "9")
+    assert "Resume: exact (bit-identical)" in detail.stdout
+
+
+def test_status_json(url: str) -> None:
+    result = cli("status", "--storage", url, "--study-name", "s", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["study_name"], report["trials"], report["resume_exact"]) == ("s", 10, True)
+    (stream,) = report["streams"]
+    assert stream["checkpoints"] == TRIALS + 1  # one per trial, and the initial one
+    assert (stream["name"], stream["lease_alive"], stream["newest_trial_number"]) == (
+        "main",
+        False,
+        TRIALS - 1,
+    )
+    assert stream["payload_bytes"] > 0
+    assert (report["interrupted"], report["reasons"]) == ([], [])
+
+
+def test_status_of_a_missing_study_exits_with_1(url: str) -> None:
+    result = cli("status", "--storage", url, "--study-name", "nope", "--json")
+    assert result.returncode == 1
+    assert "no study named 'nope'; its studies are: 'plain', 's'" in result.stderr
+    assert "no study named 'nope'" in json.loads(result.stdout)["error"]
+
+
+def test_usage_errors_exit_with_2(url: str) -> None:
+    result = cli("prune", "--storage", url, "--study-name", "s", "--keep-last", "1")
+    assert result.returncode == 2
+    assert "keep_last must be at least 2" in result.stderr
+    assert count_rows(url) == TRIALS + 1
+
+
+def test_prune_needs_a_rule(url: str) -> None:
+    # In this process (click's runner): a usage error is caught before anything is opened.
+    result = CliRunner().invoke(main, ["prune", "--storage", url, "--study-name", "s"])
+    assert result.exit_code == 2
+    assert "give --keep-last, --keep-every, or both" in result.output
+
+
+def test_prune_every_stream(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'workers.sqlite3'}"
+    for worker in ("a", "b"):
+        study = optuna.create_study(
+            study_name="w",
+            storage=url,
+            load_if_exists=True,
+            sampler=CheckpointingSampler(TPESampler(seed=5), worker_id=worker),
+        )
+        study.optimize(objective, n_trials=5)
+        del study
+    args = ["prune", "--storage", url, "--study-name", "w", "--keep-last", "2", "--json"]
+    result = CliRunner().invoke(main, args)  # in this process: cheap, for a second case
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["streams"] == [
+        {"name": "a", "checkpoints": 6, "deleted": 3},
+        {"name": "b", "checkpoints": 6, "deleted": 3},
+    ]
+    assert count_rows(url) == 2 * 3
+
+
+def test_prune_dry_run_then_prune_then_resume(url: str) -> None:
+    dry = cli("prune", "--storage", url, "--study-name", "s", "--keep-last", "3", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "Would delete 7 checkpoints in all." in dry.stdout
+    assert count_rows(url) == TRIALS + 1  # a dry run deletes nothing
+
+    pruned = cli("prune", "--storage", url, "--study-name", "s", "--keep-last", "3", "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert (report["deleted"], report["dry_run"]) == (TRIALS - 3, False)
+    assert report["streams"] == [{"name": "main", "checkpoints": TRIALS + 1, "deleted": 7}]
+    assert count_rows(url) == 3 + 1
+
+    resumed = open_study(url)
+    resumed.optimize(objective, n_trials=5)
+    plain = optuna.create_study(sampler=TPESampler(seed=5))
+    plain.optimize(objective, n_trials=TRIALS + 5)
+    assert params_hex(resumed) == params_hex(plain)
+
+
+def test_verify_replays_the_study_and_exits_0(url: str) -> None:
+    result = cli(
+        "verify", "--storage", url, "--study-name", "s", "--sampler", "TPESampler(seed=5)"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verified" in result.stdout
+    assert f"{TRIALS} trial(s) reproduced bit for bit" in result.stdout
+
+    as_json = cli("verify", "--storage", url, "--study-name", "s", "--json")
+    report = json.loads(as_json.stdout)
+    assert as_json.returncode == 0 and report["ok"] and report["checkpoints_checked"] == TRIALS + 1
+
+
+def test_verify_reports_a_divergence_and_a_tampered_checkpoint_with_exit_1(url: str) -> None:
+    diverging = cli(
+        "verify",
+        "--storage",
+        url,
+        "--study-name",
+        "s",
+        "--sampler",
+        "TPESampler(seed=5, n_startup_trials=3)",
+    )
+    assert diverging.returncode == 1, diverging.stdout + diverging.stderr
+    assert "First divergence at trial 3" in diverging.stdout
+    assert "n_startup_trials" in diverging.stdout
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                checkpoints.update()
+                .where(checkpoints.c.logical_number == 4)
+                .values(checksum="sha256:" + "A" * 43)
+            )
+    finally:
+        engine.dispose()
+    tampered = cli("verify", "--storage", url, "--study-name", "s", "--json")
+    report = json.loads(tampered.stdout)
+    assert tampered.returncode == 1 and not report["ok"]
+    assert [(p["kind"], p["trial_number"]) for p in report["problems"]] == [("corrupt", 4)]
+
+
+def test_verify_with_a_sampler_that_is_not_one_is_a_usage_error(url: str) -> None:
+    result = cli("verify", "--storage", url, "--study-name", "s", "--sampler", "[1, 2]")
+    assert result.returncode == 2 and "not an Optuna sampler" in result.stderr
+
+
+def test_a_sampler_can_be_named_by_import_path_or_expression() -> None:
+    from optuna_checkpoint.cli._verify import load_sampler
+
+    assert type(load_sampler("optuna.samplers:RandomSampler")) is optuna.samplers.RandomSampler
+    assert type(load_sampler("optuna.samplers.TPESampler(seed=1)")) is TPESampler
+    assert type(load_sampler("GridSampler({'x': [0, 1]})")) is optuna.samplers.GridSampler
+
+
+def test_rewind_then_continue_repeats_the_original(url: str) -> None:
+    result = cli(
+        "rewind", "--storage", url, "--study-name", "s", "--to-trial", "4",
+        "--sampler", "TPESampler(seed=5)", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report == {
+        "source_study": "s",
+        "at_trial": 4,
+        "study_name": "s@4",
+        "trials_copied": 5,
+        "stream": "main",
+    }
+    rewound = optuna.load_study(
+        study_name="s@4", storage=url, sampler=CheckpointingSampler(TPESampler(seed=5))
+    )
+    rewound.optimize(objective, n_trials=TRIALS - 5)
+    original = optuna.load_study(study_name="s", storage=url)
+    assert params_hex(rewound) == params_hex(original)
+
+    again = cli(
+        "fork", "--storage", url, "--study-name", "s", "--at-trial", "4",
+        "--sampler", "TPESampler(seed=5)", "--to-study-name", "s@4",
+    )  # fmt: skip
+    assert again.returncode == 1 and "already exists" in again.stderr

@@ -1,0 +1,248 @@
+"""Format versions and library versions: databases of earlier releases, newer ones, other versions.
+
+Runs on SQLite files and on fresh PostgreSQL and MySQL/MariaDB databases where the table layout
+matters; the rest on SQLite.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import pathlib
+import struct
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.samplers import BaseSampler
+from optuna.samplers import TPESampler
+import pytest
+import sqlalchemy as sa
+
+from optuna_checkpoint import CheckpointError
+from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint import VersionMismatchError
+from optuna_checkpoint import _codec
+from optuna_checkpoint._versions import library_versions
+from optuna_checkpoint.stores._sql import TABLES_FORMAT
+from optuna_checkpoint.stores._sql import checkpoints
+from optuna_checkpoint.stores._sql import formats
+from optuna_checkpoint.stores._sql import streams
+from tests.checkpoint_rows import count_rows
+from tests.checkpoint_rows import seal_of_row
+from tests.checkpoint_rows import where_of
+
+
+def objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -5.0, 5.0)
+    return x * x + trial.suggest_int("k", 0, 4)
+
+
+def params_hex(study: optuna.Study) -> list[tuple[str, int]]:
+    return [(t.params["x"].hex(), t.params["k"]) for t in study.trials]
+
+
+def run(url: str, n_trials: int, sampler: BaseSampler | None = None) -> optuna.Study:
+    study = optuna.create_study(
+        study_name="formats",
+        storage=url,
+        load_if_exists=True,
+        sampler=CheckpointingSampler(TPESampler(seed=3) if sampler is None else sampler),
+    )
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+def release(study: optuna.Study) -> None:
+    """Drop the study and its sampler, releasing the lease as a process that exits would."""
+    del study
+    gc.collect()
+
+
+def tables_format(url: str) -> int | None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(sa.select(formats.c.version)).scalar()
+    finally:
+        engine.dispose()
+    return None if found is None else int(found)
+
+
+def rewrite_checkpoints(url: str, change: Any) -> None:
+    """Apply ``change(row, stream) -> dict of new column values`` to every checkpoint row."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            names = {s.stream_id: s for s in connection.execute(streams.select())}
+            for row in connection.execute(checkpoints.select()).all():
+                values = change(row, names[row.stream_id])
+                connection.execute(
+                    checkpoints.update()
+                    .where(checkpoints.c.checkpoint_id == row.checkpoint_id)
+                    .values(**values)
+                )
+    finally:
+        engine.dispose()
+
+
+def as_release_0_3_wrote_it(row: Any, stream: Any) -> dict[str, Any]:
+    """Payload format 1 (no versions) and the hex seal over place and payload only."""
+    payload = row.payload
+    (length,) = struct.unpack_from("<I", payload, 5)
+    header = json.loads(payload[9 : 9 + length])
+    del header["versions"]
+    old_header = json.dumps(header, separators=(",", ":")).encode()
+    old = b"OCKP\x01" + struct.pack("<I", len(old_header)) + old_header + payload[9 + length :]
+    seal = hashlib.sha256(where_of(row, stream).encode() + b"\0" + old).hexdigest()
+    return {"payload": old, "checksum": seal}
+
+
+def written_under(versions: dict[str, str]) -> Any:
+    """A change that records other library versions in every payload, sealed validly."""
+
+    def change(row: Any, stream: Any) -> dict[str, Any]:
+        state = _codec.decode(row.payload, allow_pickle=True)
+        info = _codec.inspect_payload(row.payload)
+        recorded = {**info.versions, **versions}
+        leaves = _pickled_leaves(state) if info.pickled else state
+        payload = _codec.encode(leaves, allow_pickle=True, versions=recorded)
+        return {"payload": payload, "checksum": seal_of_row(row, stream, payload=payload)}
+
+    return change
+
+
+def _pickled_leaves(state: dict[str, Any]) -> dict[str, Any]:
+    # The pickle adapter's state is one pickled object; re-encode it as such.
+    return {key: _codec.PickledValue(value) for key, value in state.items()}
+
+
+def test_a_fresh_database_records_the_current_tables_format(database_url: str) -> None:
+    run(database_url, 1)
+    assert tables_format(database_url) == TABLES_FORMAT
+
+
+def test_a_database_of_release_0_3_resumes_exactly_and_is_upgraded(database_url: str) -> None:
+    plain = optuna.create_study(sampler=TPESampler(seed=3))
+    plain.optimize(objective, n_trials=10)
+    release(run(database_url, 6))
+    # Back to what 0.3 left: no format table, format-1 payloads, hex seals.
+    rewrite_checkpoints(database_url, as_release_0_3_wrote_it)
+    engine = sa.create_engine(database_url)
+    try:
+        formats.drop(engine)
+    finally:
+        engine.dispose()
+    assert all(len(seal) == 64 and ":" not in seal for seal in seals(database_url))
+
+    resumed = run(database_url, 4)
+
+    assert params_hex(resumed) == params_hex(plain)
+    assert tables_format(database_url) == TABLES_FORMAT
+    assert sum(seal.startswith("sha256:") for seal in seals(database_url)) == 4
+
+
+def seals(url: str) -> list[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(sa.select(checkpoints.c.checksum)).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_tables_of_a_newer_format_are_refused_with_what_to_do(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    release(run(url, 2))
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(formats.update().values(version=TABLES_FORMAT + 1))
+    finally:
+        engine.dispose()
+
+    with pytest.raises(CheckpointError, match=f"format {TABLES_FORMAT + 1}.*Upgrade"):
+        run(url, 1)
+    assert count_rows(url) == 2 + 1
+
+
+def test_every_checkpoint_records_the_library_versions(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    release(run(url, 3))
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            payloads = connection.execute(sa.select(checkpoints.c.payload)).scalars().all()
+    finally:
+        engine.dispose()
+    recorded = [_codec.inspect_payload(p).versions for p in payloads]
+    assert len(recorded) == 4
+    assert all(v == library_versions() for v in recorded)
+    assert set(library_versions()) == {"optuna-checkpoint", "optuna", "numpy", "cmaes", "python"}
+    assert library_versions()["numpy"] == np.__version__
+
+
+def test_a_resume_under_other_versions_warns_naming_each_change(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    plain = optuna.create_study(sampler=TPESampler(seed=3))
+    plain.optimize(objective, n_trials=6)
+    release(run(url, 3))
+    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+        release(run(url, 1))  # control: same versions, no warning
+    assert "library versions" not in caplog.text
+
+    rewrite_checkpoints(url, written_under({"optuna": "4.9.0", "numpy": "1.26.4"}))
+    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+        resumed = run(url, 2)
+
+    assert f"optuna 4.9.0 -> {optuna.__version__}" in caplog.text
+    assert f"numpy 1.26.4 -> {np.__version__}" in caplog.text
+    assert "cmaes" not in caplog.text and "python" not in caplog.text
+    assert params_hex(resumed) == params_hex(plain)  # a warning, not a change of trajectory
+
+
+class Walk(BaseSampler):
+    """A sampler without a state adapter: checkpointed by pickling, when allowed."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.RandomState(seed)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        return distribution.to_external_repr(
+            self._rng.uniform(distribution.low, distribution.high)
+            if isinstance(distribution, optuna.distributions.FloatDistribution)
+            else self._rng.randint(distribution.low, distribution.high + 1)
+        )
+
+
+def run_walk(url: str, n_trials: int) -> optuna.Study:
+    study = optuna.create_study(
+        study_name="walk",
+        storage=url,
+        load_if_exists=True,
+        sampler=CheckpointingSampler(Walk(5), allow_pickle=True),
+    )
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+def test_pickled_state_from_another_python_is_refused(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    release(run_walk(url, 2))
+    this_python = library_versions()["python"]
+    rewrite_checkpoints(url, written_under({"python": this_python + "1"}))  # same minor
+    release(run_walk(url, 1))  # control: a patch release of Python is fine
+
+    rewrite_checkpoints(url, written_under({"python": "3.1.0"}))
+    with pytest.raises(VersionMismatchError, match=r"Python 3\.1\.0.*start_new_stream=True"):
+        run_walk(url, 1)

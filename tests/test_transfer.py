@@ -1,0 +1,423 @@
+"""Export and import of a study's checkpoints, beside ``optuna.copy_study``, on real storages."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from dataclasses import dataclass
+import gc
+import json
+import math
+import os
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from click.testing import CliRunner
+import optuna
+from optuna.samplers import RandomSampler
+from optuna.samplers import TPESampler
+from optuna.storages import BaseStorage
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+import pytest
+import sqlalchemy as sa
+
+from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint._inspect import StreamStatus
+from optuna_checkpoint._inspect import checkpoint_store
+from optuna_checkpoint._inspect import study_status
+from optuna_checkpoint._sampler import study_uid
+from optuna_checkpoint._seal import SIGNING_KEY_ENV
+from optuna_checkpoint._seal import Sealer
+from optuna_checkpoint._transfer import ImportReport
+from optuna_checkpoint._transfer import export_checkpoints
+from optuna_checkpoint._transfer import import_checkpoints
+from optuna_checkpoint._transfer import portable_place
+from optuna_checkpoint.cli import main
+from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.exceptions import SignatureError
+from optuna_checkpoint.exceptions import StudyNotFoundError
+from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._sql import checkpoints
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+NAME = "transfer"
+KEY = "a-signing-key-of-32-characters!!"
+
+
+def objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -5.0, 5.0)
+    k = trial.suggest_int("k", 0, 4)
+    return (x - 1.0) ** 2 + k
+
+
+def sampler(**kwargs: Any) -> CheckpointingSampler:
+    # Few startup trials, so the continuation is TPE proper, driven by the recorded values.
+    return CheckpointingSampler(TPESampler(seed=3, n_startup_trials=4), **kwargs)
+
+
+def sqlite(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def storage(url: str) -> BaseStorage:
+    return optuna.storages.get_storage(url)
+
+
+def journal(path: Path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def run_interrupted(url: str, **kwargs: Any) -> None:
+    """4 trials, a trial left RUNNING by a process that "died", then a resume and 3 more."""
+    study = optuna.create_study(study_name=NAME, storage=url, sampler=sampler(**kwargs))
+    study.optimize(objective, n_trials=4)
+    study.ask()
+    del study
+    gc.collect()  # the dead process's lease is released
+    study = optuna.load_study(study_name=NAME, storage=url, sampler=sampler(**kwargs))
+    study.optimize(objective, n_trials=3)
+    del study
+    gc.collect()
+
+
+def continue_study(where: str | BaseStorage, n: int = 5, **kwargs: Any) -> list[tuple[str, int]]:
+    """Resume the study with a fresh sampler for ``n`` trials; their params, bit for bit."""
+    study = optuna.load_study(study_name=NAME, storage=where, sampler=sampler(**kwargs))
+    before = len(study.trials)
+    study.optimize(objective, n_trials=n)
+    new = [(t.params["x"].hex(), t.params["k"]) for t in study.trials[before:]]
+    del study
+    gc.collect()
+    return new
+
+
+def copy_to(source: Path, target: str | BaseStorage) -> None:
+    optuna.copy_study(from_study_name=NAME, from_storage=sqlite(source), to_storage=target)
+
+
+def has_checkpoints(where: BaseStorage) -> bool:
+    store = checkpoint_store(where)  # None: not even the side tables exist
+    if store is None:
+        return False
+    study_id = where.get_study_id_from_name(NAME)
+    first = where.get_trial(where.get_trial_id_from_study_id_trial_number(study_id, 0))
+    uid = study_uid(study_id, NAME, first)
+    store.open_study(study_id, uid)
+    return bool(store.list_streams(uid))
+
+
+@dataclass(frozen=True)
+class Built:
+    path: Path
+    continuation: list[tuple[str, int]]
+
+
+@pytest.fixture(autouse=True)
+def _no_key_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The interrupted study, once per module, and how it continues (on a copy of its file)."""
+    directory = tmp_path_factory.mktemp("source")
+    path = directory / "a.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(SIGNING_KEY_ENV, raising=False)
+        run_interrupted(sqlite(path))
+        shutil.copy(path, directory / "probe.db")
+        continuation = continue_study(sqlite(directory / "probe.db"))
+    return Built(path, continuation)
+
+
+@pytest.fixture
+def source(built: Built, tmp_path: Path) -> Path:
+    """A fresh copy of the interrupted study's database file, for one test to change."""
+    path = tmp_path / "a.db"
+    shutil.copy(built.path, path)
+    return path
+
+
+def test_import_continues_the_exported_trajectory(
+    built: Built, source: Path, tmp_path: Path
+) -> None:
+    a, b, c = sqlite(source), sqlite(tmp_path / "b.db"), sqlite(tmp_path / "c.db")
+    copy_to(source, b)
+    copy_to(source, c)
+    # Through JSON text, as a file carries it.
+    document = json.loads(json.dumps(export_checkpoints(storage(a), NAME)))
+    assert document["format"] == "optuna-checkpoint-export"
+    assert [s["name"] for s in document["streams"]] == ["main"]
+    numbers = [x["trial_number"] for x in document["streams"][0]["checkpoints"]]
+    assert numbers == [None, 0, 1, 2, 3, 5, 6, 7]  # trial 4 was interrupted: no checkpoint
+    assert [(i["trial_number"], i["stream"]) for i in document["interruptions"]] == [(4, "main")]
+    assert [x["trial_number"] for x in document["claims"]] == list(range(8))
+
+    report = import_checkpoints(storage(b), NAME, document)
+    assert report == ImportReport(NAME, streams=1, checkpoints=8, interruptions=1, claims=8)
+    # The copy's checkpoints, interrupted trials and claims are the original's.
+    status_a, status_b = study_status(storage(a), NAME), study_status(storage(b), NAME)
+    assert status_b.interrupted == status_a.interrupted
+    assert [streamed(s) for s in status_b.streams] == [streamed(s) for s in status_a.streams]
+    assert status_a.resume_exact and status_b.resume_exact, status_b.reasons
+
+    continued_b = continue_study(b)
+    continued_a = continue_study(a)
+    assert continued_b == continued_a == built.continuation
+    # Control: the copy without the import starts a new stream from the seed, and differs.
+    assert continue_study(c) != continued_a
+
+
+def test_export_refuses_a_checkpoint_altered_in_the_database(source: Path) -> None:
+    url = sqlite(source)
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        row = connection.execute(
+            sa.select(checkpoints.c.checkpoint_id, checkpoints.c.payload)
+            .where(checkpoints.c.logical_number == 2)
+            .limit(1)
+        ).one()
+        payload = bytearray(row.payload)
+        payload[-1] ^= 1
+        connection.execute(
+            checkpoints.update()
+            .where(checkpoints.c.checkpoint_id == row.checkpoint_id)
+            .values(payload=bytes(payload))
+        )
+    engine.dispose()
+    # The same export of the unaltered study succeeds in every other test.
+    with pytest.raises(CorruptCheckpointError, match="in stream 'main' cannot be trusted"):
+        export_checkpoints(storage(url), NAME)
+
+
+def test_import_across_storages_into_a_journal_file(
+    built: Built, source: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "b.log"
+    copy_to(source, journal(path))
+    document = export_checkpoints(storage(sqlite(source)), NAME)
+    report = import_checkpoints(journal(path), NAME, document)
+    assert (report.checkpoints, report.interruptions, report.claims) == (8, 1, 8)
+    # A new storage object, as a new process opens it: it reads the side record from the file.
+    assert continue_study(journal(path)) == built.continuation
+
+
+def streamed(stream: StreamStatus) -> tuple[Any, ...]:
+    return (stream.name, stream.first_trial_number, stream.checkpoints, stream.newest_trial_number)
+
+
+def _flip(text: str) -> str:
+    # The middle of the base64 text: every bit there belongs to the payload.
+    i = len(text) // 2
+    return text[:i] + ("B" if text[i] == "A" else "A") + text[i + 1 :]
+
+
+@pytest.mark.parametrize("tamper", ["payload", "values"])
+def test_a_tampered_export_is_refused_and_nothing_is_written(
+    source: Path, tmp_path: Path, tamper: str
+) -> None:
+    b = storage(sqlite(tmp_path / "b.db"))
+    copy_to(source, b)
+    document = export_checkpoints(storage(sqlite(source)), NAME)
+    altered = copy.deepcopy(document)
+    checkpoint = altered["streams"][0]["checkpoints"][3]
+    assert checkpoint["trial_number"] == 2
+    if tamper == "payload":
+        checkpoint["payload"] = _flip(checkpoint["payload"])
+    else:
+        value = float.fromhex(checkpoint["trial_values"][0])
+        checkpoint["trial_values"] = [math.nextafter(value, math.inf).hex()]
+
+    with pytest.raises(CorruptCheckpointError, match="of trial 2 in stream 'main'"):
+        import_checkpoints(b, NAME, altered)
+    assert checkpoint_store(b) is None  # not even the side tables were created
+    # Control: the same document, unaltered, goes into the same study.
+    assert import_checkpoints(b, NAME, document).checkpoints == 8
+    assert has_checkpoints(b)
+
+
+def test_what_is_not_a_copy_of_the_study_is_refused(source: Path, tmp_path: Path) -> None:
+    document = export_checkpoints(storage(sqlite(source)), NAME)
+
+    def fresh(name: str, trials: int) -> BaseStorage:
+        # A study of the same name, not copied: its own trials, or too few of them.
+        target = storage(sqlite(tmp_path / f"{name}.db"))
+        study = optuna.create_study(study_name=NAME, storage=target, sampler=RandomSampler(0))
+        study.optimize(objective, n_trials=trials)
+        return target
+
+    short = fresh("short", 3)
+    with pytest.raises(CheckpointError, match=r"has no trial 3, .*optuna\.copy_study"):
+        import_checkpoints(short, NAME, document)
+    other = fresh("other", 8)
+    with pytest.raises(CheckpointError, match=r"other values .* not a copy"):
+        import_checkpoints(other, NAME, document)
+    with pytest.raises(StudyNotFoundError, match="no study named 'nope'"):
+        import_checkpoints(other, "nope", document)
+    assert not has_checkpoints(short)
+    assert not has_checkpoints(other)
+
+    newer = {**document, "version": 2}
+    with pytest.raises(CheckpointError, match="upgrade optuna-checkpoint"):
+        import_checkpoints(other, NAME, newer)
+    with pytest.raises(CheckpointError, match="not an optuna-checkpoint export"):
+        import_checkpoints(other, NAME, {**document, "format": "something-else"})
+    broken = copy.deepcopy(document)
+    del broken["streams"][0]["checkpoints"][2]["seal"]
+    with pytest.raises(CheckpointError, match=r"malformed.*has no 'seal'"):
+        import_checkpoints(other, NAME, broken)
+
+    # Control: a real copy takes it, once; a second import would merge streams.
+    b = storage(sqlite(tmp_path / "b.db"))
+    copy_to(source, b)
+    import_checkpoints(b, NAME, document)
+    with pytest.raises(CheckpointError, match="already has checkpoint streams"):
+        import_checkpoints(b, NAME, document)
+
+
+def test_signed_checkpoints_travel_signed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "a.db"
+    study = optuna.create_study(
+        study_name=NAME, storage=sqlite(source), sampler=sampler(signing_key=KEY)
+    )
+    study.optimize(objective, n_trials=4)
+    del study
+    gc.collect()
+    with pytest.raises(SignatureError, match="no signing key"):
+        export_checkpoints(storage(sqlite(source)), NAME)
+    monkeypatch.setenv(SIGNING_KEY_ENV, KEY)  # the key from the environment, as the CLI has it
+    document = export_checkpoints(storage(sqlite(source)), NAME)
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    seals = [c["seal"] for s in document["streams"] for c in s["checkpoints"]]
+    assert len(seals) == 5 and all(seal.startswith("hmac-sha256:") for seal in seals)
+
+    b = storage(sqlite(tmp_path / "b.db"))
+    copy_to(source, b)
+    with pytest.raises(SignatureError, match="no signing key"):
+        import_checkpoints(b, NAME, document)
+    with pytest.raises(CorruptCheckpointError, match="signed with another key"):
+        import_checkpoints(b, NAME, document, signing_key="another-key-of-32-characters!!!!")
+    # A forger without the key alters a payload and seals it with a plain digest.
+    forged = copy.deepcopy(document)
+    raw = forged["streams"][0]["checkpoints"][2]
+    raw["payload"] = _flip(raw["payload"])
+    forged_checkpoint = Checkpoint(
+        trial_id=None,
+        logical_number=raw["logical_number"],
+        trial_state=raw["trial_state"],
+        trial_values=[float.fromhex(h) for h in raw["trial_values"]],
+        adapter=raw["adapter"],
+        payload=base64.b64decode(raw["payload"]),
+        checksum="",
+    )
+    where = portable_place(NAME, "main", raw["trial_number"], raw["logical_number"])
+    raw["seal"] = Sealer(None).seal(forged_checkpoint, where)
+    with pytest.raises(SignatureError, match="not signed"):
+        import_checkpoints(b, NAME, forged, signing_key=KEY)
+    assert checkpoint_store(b) is None
+
+    # Control: with the key, the copy takes it and continues as the original does.
+    assert import_checkpoints(b, NAME, document, signing_key=KEY).checkpoints == 5
+    continued_b = continue_study(b, n=3, signing_key=KEY)
+    assert continued_b == continue_study(sqlite(source), n=3, signing_key=KEY)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != SIGNING_KEY_ENV}
+    return subprocess.run(
+        [sys.executable, "-m", "optuna_checkpoint.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_cli_round_trip(source: Path, tmp_path: Path) -> None:
+    b = sqlite(tmp_path / "b.db")
+    copy_to(source, b)
+    exported = tmp_path / "export.json"
+    done = cli(
+        "export", "--storage", sqlite(source), "--study-name", NAME, "--output", str(exported)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "Exported 8 checkpoint(s) in 1 stream(s)" in done.stderr
+
+    done = cli("import", "--storage", b, "--study-name", NAME, "--input", str(exported), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "study_name": NAME,
+        "streams": 1,
+        "checkpoints": 8,
+        "interruptions": 1,
+        "claims": 8,
+    }
+
+    done = cli("import", "--storage", b, "--study-name", NAME, "--input", str(exported))
+    assert done.returncode == 1
+    assert "already has checkpoint streams" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_problems_exit_with_1(source: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    url = sqlite(source)
+    result = runner.invoke(main, ["export", "--storage", url, "--study-name", "nope"])
+    assert result.exit_code == 1
+    assert "no study named 'nope'" in result.output
+
+    # To standard output: the same document a file gets.
+    result = runner.invoke(main, ["export", "--storage", url, "--study-name", NAME])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == export_checkpoints(storage(url), NAME)
+
+    not_json = tmp_path / "not.json"
+    not_json.write_text("{ nope")
+    args = ["import", "--storage", url, "--study-name", NAME, "--input", str(not_json), "--json"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1
+    assert "is not a JSON document" in json.loads(result.stdout)["error"]
+
+
+def nsga_study(url: str) -> optuna.Study:
+    return optuna.create_study(
+        study_name=NAME,
+        storage=url,
+        load_if_exists=True,
+        directions=["minimize", "minimize"],
+        sampler=CheckpointingSampler(optuna.samplers.NSGAIISampler(population_size=4, seed=2)),
+    )
+
+
+def two_objectives(trial: optuna.Trial) -> tuple[float, float]:
+    x, y = trial.suggest_float("x", -5.0, 5.0), trial.suggest_float("y", -5.0, 5.0)
+    return x * x + y, (x - 2) ** 2 - y
+
+
+def test_sampler_caches_that_name_trials_are_pointed_at_the_copies(tmp_path: Path) -> None:
+    # NSGA-II caches each generation's parents in a study attribute, as trial ids; copy_study
+    # copies it as it is, so the import points it at the copied trials.
+    source, target = sqlite(tmp_path / "a.db"), sqlite(tmp_path / "b.db")
+    nsga_study(source).optimize(two_objectives, n_trials=10)  # into generation 2
+    gc.collect()
+    # Another study first, so that the copy's trial ids differ from the source's.
+    optuna.create_study(study_name="other", storage=target).optimize(objective, n_trials=3)
+    optuna.copy_study(from_study_name=NAME, from_storage=source, to_storage=target)
+    import_checkpoints(storage(target), NAME, export_checkpoints(storage(source), NAME))
+
+    continued = []
+    for url in (source, target):
+        study = nsga_study(url)
+        study.optimize(two_objectives, n_trials=6)
+        continued.append([{k: v.hex() for k, v in t.params.items()} for t in study.trials[10:]])
+        del study
+        gc.collect()
+    assert continued[0] == continued[1]
