@@ -200,3 +200,52 @@ def test_a_study_of_several_workers_is_checked_but_not_replayed(url: str) -> Non
     report = verify(optuna.load_study(study_name=STUDY, storage=url), TPESampler(seed=1))
     assert report.ok and report.streams == ["a", "b"] and report.checkpoints_checked == 6
     assert any("2 streams" in note for note in report.notes)
+
+
+def with_a_reporting_attempt(url: str, objective: Any) -> optuna.Study:
+    """Two trials, then one whose process "dies" after reporting, then its retry and one more."""
+    study = open_study(url, TPESampler(seed=2))
+    study.optimize(objective, n_trials=2)
+    attempt = study.ask()
+    objective(attempt)
+    del study, attempt
+    gc.collect()
+    study = open_study(url, TPESampler(seed=2))
+    study.optimize(objective, n_trials=2)
+    return optuna.load_study(study_name=STUDY, storage=url)
+
+
+def test_a_retry_that_reports_other_values_than_its_attempt_shows_a_random_objective(
+    url: str,
+) -> None:
+    noise = iter([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+
+    def noisy(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -5.0, 5.0)
+        trial.report(x + next(noise), 0)  # not a function of x alone
+        return x
+
+    study = with_a_reporting_attempt(url, noisy)
+    report = verify(study, TPESampler(seed=2))
+
+    assert report.ok  # the sampler is not at fault
+    attempt, retry = (study.trials[n].intermediate_values[0] for n in (2, 3))
+    assert [n for n in report.notes if "not deterministic" in n] == [
+        "the objective is not deterministic: trial 3 repeated interrupted trial 2 with the same "
+        f"parameters but reported {retry!r} at step 0 where it had reported {attempt!r}; "
+        "resumes cannot be exact until it is (see audit_determinism)"
+    ]
+
+
+def test_a_deterministic_objective_gets_no_such_note(url: str) -> None:
+    def steady(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -5.0, 5.0)
+        trial.report(x * 2, 0)
+        return x
+
+    study = with_a_reporting_attempt(url, steady)
+    report = verify(study, TPESampler(seed=2))
+
+    assert study.trials[3].system_attrs["retry_history"] == [2]  # a retry was compared
+    assert 0 in study.trials[2].intermediate_values
+    assert report.ok and not [n for n in report.notes if "deterministic" in n]

@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import CheckpointStore
     from optuna_checkpoint.stores._base import Stream
 
-_ALL = 2**31 - 1  # "every checkpoint" as a LIMIT every database accepts
-
 
 @dataclass(frozen=True)
 class ForkReport:
@@ -192,7 +190,7 @@ def _checkpoint_of(
 ) -> tuple[Stream, Checkpoint]:
     kept: list[int] = []
     for stream in store.list_streams(source.uid):
-        for checkpoint in store.latest_checkpoints(stream.stream_id, excluding=(), limit=_ALL):
+        for checkpoint in store.all_checkpoints(stream.stream_id):
             if checkpoint.trial_id == trial._trial_id:
                 return stream, checkpoint
             if checkpoint.trial_id is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import logging
 
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.stores._base import ALL_CHECKPOINTS
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Stream
@@ -30,9 +31,6 @@ RESUME_LOOKBACK = 2
 ``CheckpointingSampler`` passes to :meth:`CheckpointStore.resume_point`. The newest checkpoint
 may belong to a trial that failed as its process stopped (Ctrl-C); the resume then hides that
 trial and restores the checkpoint before it."""
-
-ALL = 1 << 62
-"""A ``limit`` for :meth:`CheckpointStore.latest_checkpoints` that lists every checkpoint."""
 
 # The sampler prunes once every this many trials at least. A pruning is a listing plus a write
 # transaction of its own: about 1.7 ms on SQLite (measured with RandomSampler), some 10 % of a
@@ -142,7 +140,7 @@ def prune_stream(
     if not dry_run and store.deletion_unsupported is not None:
         raise CheckpointError(store.deletion_unsupported)
     hidden = {i.trial_id for i in store.where_interrupted(stream.study_uid)}
-    listed = store.latest_checkpoints(stream.stream_id, excluding=hidden, limit=ALL)
+    listed = store.latest_checkpoints(stream.stream_id, excluding=hidden, limit=ALL_CHECKPOINTS)
     doomed = checkpoints_to_delete(listed, retention)
     if dry_run or not doomed:
         return len(doomed)
@@ -181,7 +179,7 @@ class AmortizedPruning:
             _logger.warning("retention is ignored: %s", store.deletion_unsupported)
             return
         key = (id(store), stream.stream_id)
-        limit = ALL
+        limit = ALL_CHECKPOINTS
         if self._swept == key:
             limit = self.retention.newest_kept + 2 * self.retention.prune_interval
         try:

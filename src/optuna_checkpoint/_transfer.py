@@ -49,7 +49,6 @@ FORMAT = "optuna-checkpoint-export"
 VERSION = 1
 """The version of the export document this release writes (and the newest it reads)."""
 
-_ALL = 2**31 - 1  # "every checkpoint" as a LIMIT every database accepts
 _CLAIMS_CHUNK = 5000  # trial ids per claims lookup: an IN list stays well within SQL limits
 
 
@@ -145,8 +144,7 @@ def export_checkpoints(
 
     exported_streams = []
     for stream in streams:
-        listed = store.latest_checkpoints(stream.stream_id, excluding=(), limit=_ALL)
-        oldest_first = list(reversed(listed))
+        oldest_first = store.all_checkpoints(stream.stream_id)
         initial = [c for c in oldest_first if c.trial_id is None]
         if not initial:
             raise CheckpointError(

@@ -55,9 +55,9 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Checkpoint
     from optuna_checkpoint.stores._base import Stream
 
-_ALL = 2**31 - 1  # "every checkpoint" as a LIMIT every database accepts
 _FIXED_PARAMS_ATTR = "fixed_params"  # where Optuna keeps an enqueued trial's parameters
 _RETRY_ATTR = "failed_trial"
+_RETRY_HISTORY_ATTR = "retry_history"  # every attempt a retry repeats, by trial number
 
 
 @dataclass(frozen=True)
@@ -223,12 +223,13 @@ def verify(
         )
         return report
     numbers = {t._trial_id: t.number for t in trials}
+    report.notes.extend(_objective_differences(trials))
     sealer = Sealer.from_option(signing_key)
     readable: dict[str, list[tuple[Checkpoint, dict[str, Any]]]] = {}
     for stream in streams:
         readable[stream.name] = _check_stream(
             report,
-            store.latest_checkpoints(stream.stream_id, excluding=(), limit=_ALL),
+            store.all_checkpoints(stream.stream_id),
             stream,
             uid,
             numbers,
@@ -262,9 +263,9 @@ def _check_stream(
     sealer: Sealer,
     allow_pickle: bool,
 ) -> list[tuple[Checkpoint, dict[str, Any]]]:
-    """Check each checkpoint of a stream; return those that decoded, oldest first."""
+    """Check each checkpoint of a stream (oldest first); return those that decoded."""
     readable = []
-    for checkpoint in reversed(checkpoints):
+    for checkpoint in checkpoints:
         number = None if checkpoint.trial_id is None else numbers.get(checkpoint.trial_id)
 
         def problem(kind: str, message: str, number: int | None = number) -> None:
@@ -365,6 +366,32 @@ def _replay_trial(
     if stored != now:
         return None, f"checkpoint of {len(stored)} bytes", f"state of {len(now)} bytes"
     return None
+
+
+def _objective_differences(trials: list[FrozenTrial]) -> list[str]:
+    """Where a retry reported another value than its interrupted attempt at the same step.
+
+    Attempt and retry evaluate the same parameters, so such a difference shows an objective
+    that is not deterministic: the one cause of an inexact resume no sampler state can fix.
+    """
+    by_number = {t.number: t for t in trials}
+    found = []
+    for retry in trials:
+        for number in retry.system_attrs.get(_RETRY_HISTORY_ATTR) or ():
+            attempt = by_number.get(number)
+            if attempt is None:
+                continue
+            for step, value in sorted(attempt.intermediate_values.items()):
+                again = retry.intermediate_values.get(step)
+                if again is not None and _exact(again) != _exact(value):
+                    found.append(
+                        f"the objective is not deterministic: trial {retry.number} repeated "
+                        f"interrupted trial {number} with the same parameters but reported "
+                        f"{again!r} at step {step} where it had reported {value!r}; resumes "
+                        "cannot be exact until it is (see audit_determinism)"
+                    )
+                    break
+    return found
 
 
 def _suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:

@@ -17,8 +17,11 @@ import signal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from optuna_checkpoint._faults import POINTS
+from optuna_checkpoint._seal import SIGNING_KEY_ENV
+from optuna_checkpoint.stores._sql import checkpoints
 from tests.kill_fuzz.harness import RunLog
 from tests.kill_fuzz.harness import Trajectory
 from tests.kill_fuzz.harness import first_difference
@@ -102,6 +105,33 @@ def test_resume_after_random_kills_matches_uninterrupted_run(
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
     _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
+
+
+def test_signed_checkpoints_resume_after_random_kills(
+    tmp_path: Path,
+    reference: Any,
+    run_length: Callable[[str], float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every process of the run, killed or not, signs with the key from its environment.
+    monkeypatch.setenv(SIGNING_KEY_ENV, "a-key-for-the-kill-fuzz-test")
+    url = sqlite_url(tmp_path / "study.db")
+    log = run_with_random_kills(
+        _config("tpe", url),
+        kills=KILLS,
+        signals=[signal.SIGKILL],
+        rng=random.Random("signed"),
+        max_delay=_kill_window(run_length("tpe")),
+    )
+    assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
+    _assert_same(trajectory(url, wrapped=True), reference("tpe"), log)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            seals = connection.execute(sa.select(checkpoints.c.checksum)).scalars().all()
+    finally:
+        engine.dispose()
+    assert seals and all(seal.startswith("hmac-sha256:") for seal in seals)
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)

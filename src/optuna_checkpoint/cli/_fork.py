@@ -59,7 +59,7 @@ def _fork(
             to_storage=target,
             allow_pickle=allow_pickle,
         )
-    except CheckpointError as e:
+    except (CheckpointError, ValueError) as e:  # ValueError: a key too short
         raise Problem(str(e), as_json=as_json) from e
     if as_json:
         emit_json(asdict(report))

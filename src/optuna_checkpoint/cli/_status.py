@@ -15,7 +15,7 @@ from optuna_checkpoint.cli._common import emit_json
 from optuna_checkpoint.cli._common import json_option
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
-from optuna_checkpoint.exceptions import StudyNotFoundError
+from optuna_checkpoint.exceptions import CheckpointError
 
 
 @click.command()
@@ -30,16 +30,16 @@ def status(storage: str, study_name: str | None, as_json: bool) -> None:
     Exits with 1 if the study does not exist.
     """
     opened = open_or_fail(storage, as_json=as_json)
-    if study_name is None:
-        found = list_studies(opened)
-        if as_json:
-            emit_json({"studies": [asdict(s) for s in found]})
-        else:
-            _render.studies(Console(), found)
-        return
     try:
+        if study_name is None:
+            found = list_studies(opened)
+            if as_json:
+                emit_json({"studies": [asdict(s) for s in found]})
+            else:
+                _render.studies(Console(), found)
+            return
         report = study_status(opened, study_name)
-    except StudyNotFoundError as e:
+    except CheckpointError as e:  # no such study; tables of a newer format
         raise Problem(str(e), as_json=as_json) from e
     if as_json:
         emit_json(asdict(report))

@@ -101,7 +101,7 @@ def verify(
 
         try:
             report = verify_study(study, sampler, allow_pickle=allow_pickle, progress=progress)
-        except CheckpointError as e:
+        except (CheckpointError, ValueError) as e:  # ValueError: a key too short
             raise Problem(str(e), as_json=as_json) from e
     if as_json:
         emit_json(report.to_dict())

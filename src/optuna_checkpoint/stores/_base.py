@@ -27,6 +27,11 @@ from typing import TypeVar
 import weakref
 
 
+ALL_CHECKPOINTS = 1 << 62
+"""A ``limit`` of :meth:`CheckpointStore.latest_checkpoints` that lists every checkpoint (every
+database accepts it in a ``LIMIT``)."""
+
+
 @dataclass(frozen=True)
 class Owner:
     """The process that holds a stream's lease.
@@ -258,6 +263,10 @@ class CheckpointStore(abc.ABC):
             CheckpointError: The store cannot delete checkpoints
                 (:attr:`deletion_unsupported` says why).
         """
+
+    def all_checkpoints(self, stream_id: int) -> list[Checkpoint]:
+        """Return every checkpoint of the stream, oldest first (for tools, not for resumes)."""
+        return self.latest_checkpoints(stream_id, excluding=(), limit=ALL_CHECKPOINTS)[::-1]
 
     @abc.abstractmethod
     def where_interrupted(self, study_uid: str) -> list[Interruption]:
