@@ -44,3 +44,13 @@ def count_rows(url: str, table: sa.Table = checkpoints) -> int:
             return int(connection.execute(count).scalar_one())
     finally:
         engine.dispose()
+
+
+def seals(url: str) -> list[str]:
+    """The seal of every checkpoint in the database at ``url``."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(sa.select(checkpoints.c.checksum)).scalars())
+    finally:
+        engine.dispose()

@@ -32,6 +32,7 @@ from optuna_checkpoint.stores._sql import formats
 from optuna_checkpoint.stores._sql import streams
 from tests.checkpoint_rows import count_rows
 from tests.checkpoint_rows import seal_of_row
+from tests.checkpoint_rows import seals
 from tests.checkpoint_rows import where_of
 
 
@@ -142,15 +143,6 @@ def test_a_database_of_release_0_3_resumes_exactly_and_is_upgraded(database_url:
     assert params_hex(resumed) == params_hex(plain)
     assert tables_format(database_url) == TABLES_FORMAT
     assert sum(seal.startswith("sha256:") for seal in seals(database_url)) == 4
-
-
-def seals(url: str) -> list[str]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return list(connection.execute(sa.select(checkpoints.c.checksum)).scalars())
-    finally:
-        engine.dispose()
 
 
 def test_tables_of_a_newer_format_are_refused_with_what_to_do(tmp_path: pathlib.Path) -> None:
