@@ -12,6 +12,7 @@ import json
 import logging
 import pathlib
 import struct
+import sys
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from optuna.samplers import TPESampler
 import pytest
 import sqlalchemy as sa
 
+import optuna_checkpoint
 from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import VersionMismatchError
@@ -172,8 +174,30 @@ def test_every_checkpoint_records_the_library_versions(tmp_path: pathlib.Path) -
     recorded = [_codec.inspect_payload(p).versions for p in payloads]
     assert len(recorded) == 4
     assert all(v == library_versions() for v in recorded)
-    assert set(library_versions()) == {"optuna-checkpoint", "optuna", "numpy", "cmaes", "python"}
-    assert library_versions()["numpy"] == np.__version__
+    versions = library_versions()
+    assert set(versions) - {"cmaes"} == {"optuna-checkpoint", "optuna", "numpy", "python"}
+    assert versions["numpy"] == np.__version__
+    assert versions["optuna-checkpoint"] == optuna_checkpoint.__version__
+    assert ("cmaes" in versions) == ("cmaes" in sys.modules)  # recorded once CMA-ES loads it
+
+
+def test_cmaes_is_recorded_once_a_cma_es_sampler_has_loaded_it(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cma.db'}"
+    release(run(url, 2, optuna.samplers.CmaEsSampler(seed=1)))
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            payloads = (
+                connection.execute(
+                    sa.select(checkpoints.c.payload).order_by(checkpoints.c.checkpoint_id)
+                )
+                .scalars()
+                .all()
+            )
+    finally:
+        engine.dispose()
+    recorded = _codec.inspect_payload(payloads[-1]).versions
+    assert recorded["cmaes"] == sys.modules["cmaes"].__version__
 
 
 def test_a_resume_under_other_versions_warns_naming_each_change(

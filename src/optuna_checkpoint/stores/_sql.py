@@ -446,9 +446,13 @@ class SQLCheckpointStore(CheckpointStore):
         return f"SQLCheckpointStore(RDBStorage({self._url!r}))"
 
     def _create_tables(self) -> None:
+        # One query finds the tables that exist, which is all of them after a study's start.
+        existing = set(sa.inspect(self._engine).get_table_names())
         # Table by table: workers starting together race, and one that loses the race for the
         # first table must still create the others rather than assume the winner has already.
         for table in metadata.sorted_tables:
+            if table.name in existing:
+                continue
             try:
                 table.create(self._engine, checkfirst=True)
             except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
