@@ -31,6 +31,7 @@ def seal_of_row(row: Any, stream: Any, *, key: bytes | None = None, **changes: A
         adapter=row.adapter,
         payload=row.payload,
         checksum="",
+        versions=None if row.versions is None else json.loads(row.versions),
     )
     return Sealer(key).seal(replace(stored, **changes), where_of(row, stream))
 

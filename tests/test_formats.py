@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import pathlib
-import struct
 import sys
 from typing import Any
 
@@ -26,7 +25,6 @@ import optuna_checkpoint
 from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import VersionMismatchError
-from optuna_checkpoint import _codec
 from optuna_checkpoint._versions import library_versions
 from optuna_checkpoint.stores._sql import TABLES_FORMAT
 from optuna_checkpoint.stores._sql import checkpoints
@@ -92,34 +90,20 @@ def rewrite_checkpoints(url: str, change: Any) -> None:
 
 
 def as_release_0_3_wrote_it(row: Any, stream: Any) -> dict[str, Any]:
-    """Payload format 1 (no versions) and the hex seal over place and payload only."""
-    payload = row.payload
-    (length,) = struct.unpack_from("<I", payload, 5)
-    header = json.loads(payload[9 : 9 + length])
-    del header["versions"]
-    old_header = json.dumps(header, separators=(",", ":")).encode()
-    old = b"OCKP\x01" + struct.pack("<I", len(old_header)) + old_header + payload[9 + length :]
-    seal = hashlib.sha256(where_of(row, stream).encode() + b"\0" + old).hexdigest()
-    return {"payload": old, "checksum": seal}
+    """No library versions, and the hex seal over place and payload only."""
+    seal = hashlib.sha256(where_of(row, stream).encode() + b"\0" + row.payload).hexdigest()
+    return {"checksum": seal, "versions": None}
 
 
 def written_under(versions: dict[str, str]) -> Any:
-    """A change that records other library versions in every payload, sealed validly."""
+    """A change that records other library versions with every checkpoint, sealed validly."""
 
     def change(row: Any, stream: Any) -> dict[str, Any]:
-        state = _codec.decode(row.payload, allow_pickle=True)
-        info = _codec.inspect_payload(row.payload)
-        recorded = {**info.versions, **versions}
-        leaves = _pickled_leaves(state) if info.pickled else state
-        payload = _codec.encode(leaves, allow_pickle=True, versions=recorded)
-        return {"payload": payload, "checksum": seal_of_row(row, stream, payload=payload)}
+        recorded = {**json.loads(row.versions), **versions}
+        seal = seal_of_row(row, stream, versions=recorded)
+        return {"versions": json.dumps(recorded), "checksum": seal}
 
     return change
-
-
-def _pickled_leaves(state: dict[str, Any]) -> dict[str, Any]:
-    # The pickle adapter's state is one pickled object; re-encode it as such.
-    return {key: _codec.PickledValue(value) for key, value in state.items()}
 
 
 def test_a_fresh_database_records_the_current_tables_format(database_url: str) -> None:
@@ -131,11 +115,13 @@ def test_a_database_of_release_0_3_resumes_exactly_and_is_upgraded(database_url:
     plain = optuna.create_study(sampler=TPESampler(seed=3))
     plain.optimize(objective, n_trials=10)
     release(run(database_url, 6))
-    # Back to what 0.3 left: no format table, format-1 payloads, hex seals.
+    # Back to what 0.3 left: no format table, no versions column, hex seals.
     rewrite_checkpoints(database_url, as_release_0_3_wrote_it)
     engine = sa.create_engine(database_url)
     try:
         formats.drop(engine)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"ALTER TABLE {checkpoints.name} DROP COLUMN versions")
     finally:
         engine.dispose()
     assert all(len(seal) == 64 and ":" not in seal for seal in seals(database_url))
@@ -162,16 +148,21 @@ def test_tables_of_a_newer_format_are_refused_with_what_to_do(tmp_path: pathlib.
     assert count_rows(url) == 2 + 1
 
 
-def test_every_checkpoint_records_the_library_versions(tmp_path: pathlib.Path) -> None:
-    url = f"sqlite:///{tmp_path / 'v.db'}"
-    release(run(url, 3))
+def recorded_versions(url: str) -> list[dict[str, str]]:
+    """The library versions recorded with each checkpoint, oldest first."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
-            payloads = connection.execute(sa.select(checkpoints.c.payload)).scalars().all()
+            query = sa.select(checkpoints.c.versions).order_by(checkpoints.c.checkpoint_id)
+            return [json.loads(v) for v in connection.execute(query).scalars()]
     finally:
         engine.dispose()
-    recorded = [_codec.inspect_payload(p).versions for p in payloads]
+
+
+def test_every_checkpoint_records_the_library_versions(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    release(run(url, 3))
+    recorded = recorded_versions(url)
     assert len(recorded) == 4
     assert all(v == library_versions() for v in recorded)
     versions = library_versions()
@@ -184,20 +175,7 @@ def test_every_checkpoint_records_the_library_versions(tmp_path: pathlib.Path) -
 def test_cmaes_is_recorded_once_a_cma_es_sampler_has_loaded_it(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{tmp_path / 'cma.db'}"
     release(run(url, 2, optuna.samplers.CmaEsSampler(seed=1)))
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            payloads = (
-                connection.execute(
-                    sa.select(checkpoints.c.payload).order_by(checkpoints.c.checkpoint_id)
-                )
-                .scalars()
-                .all()
-            )
-    finally:
-        engine.dispose()
-    recorded = _codec.inspect_payload(payloads[-1]).versions
-    assert recorded["cmaes"] == sys.modules["cmaes"].__version__
+    assert recorded_versions(url)[-1]["cmaes"] == sys.modules["cmaes"].__version__
 
 
 def test_a_resume_under_other_versions_warns_naming_each_change(

@@ -28,6 +28,7 @@ def checkpoint(payload: bytes = b"OCKP\x02payload bytes") -> Checkpoint:
         adapter="TPESampler",
         payload=payload,
         checksum="",
+        versions={"optuna": "5.0.0", "python": "3.11.7"},
     )
 
 
@@ -47,6 +48,8 @@ def test_a_seal_checks_out_where_it_was_made_and_nowhere_else(key: bytes | None)
         replace(good, trial_state="FAIL"),
         replace(good, trial_values=[0.1, -2.4999999999999996]),  # one ulp away
         replace(good, trial_values=None),
+        replace(good, versions={"optuna": "4.9.0", "python": "3.11.7"}),
+        replace(good, versions=None),
     ]
     for each in altered:
         with pytest.raises(CorruptCheckpointError):

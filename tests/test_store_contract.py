@@ -511,7 +511,7 @@ def test_checkpoints_round_trip_exactly(store: CheckpointStore, study: Study) ->
     values = [0.1 + 0.2, -0.0, 5e-324, 1.7976931348623157e308, math.inf, -math.inf, 1 / 3]
     saved = [
         checkpoint(1, payload=bytes(range(256)) * 40, trial_values=values),
-        checkpoint(2, payload=b"", trial_state="PRUNED", trial_values=None),
+        checkpoint(2, payload=b"", trial_state="PRUNED", trial_values=None, versions={"a": "1"}),
         checkpoint(3, trial_state="FAIL", trial_values=[math.nan], adapter="tpe"),
     ]
     for c in saved:

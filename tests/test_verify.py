@@ -125,9 +125,8 @@ def rewrite_checkpoint(url: str, trial_number: int, change_state: Any) -> None:
             stream = connection.execute(
                 streams.select().where(streams.c.stream_id == row.stream_id)
             ).one()
-            info = _codec.inspect_payload(row.payload)
             state = change_state(_codec.decode(row.payload))
-            payload = _codec.encode(state, versions=info.versions)
+            payload = _codec.encode(state)
             connection.execute(
                 checkpoints.update()
                 .where(checkpoints.c.checkpoint_id == row.checkpoint_id)

@@ -6,10 +6,9 @@ opted in) cloudpickled objects are stored as raw blobs that the header points to
 an allow-list of array dtypes and refuses pickles unless told otherwise, so a tampered row cannot
 run code. Floats are stored as ``float.hex`` strings so they round-trip bit for bit.
 
-Format versions: 1 (releases 0.1 to 0.3) has ``state`` and ``blobs`` in the header; 2 adds
-``versions``, the library versions of the writer (see :mod:`optuna_checkpoint._versions`). Every
-release reads all earlier versions and writes the newest; a payload of a newer version than a
-release knows is refused with an error that says to upgrade.
+The format version is 1, unchanged since release 0.1. A release that changes the format will
+read every earlier version and write the newest; a payload of a newer version than a release
+knows is refused with an error that says to upgrade.
 
 Integrity is checked by the checkpoint's seal (see :mod:`optuna_checkpoint._seal`), which covers
 the payload and the place it belongs to.
@@ -17,9 +16,7 @@ the payload and the place it belongs to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from dataclasses import field
 import json
 import struct
 from typing import Any
@@ -30,8 +27,8 @@ from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsafeCheckpointError
 
 
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = frozenset({1, 2})
+FORMAT_VERSION = 1
+_READABLE_VERSIONS = frozenset({1})
 MAGIC = b"OCKP"
 _PREFIX = struct.Struct("<4sBI")
 
@@ -62,27 +59,19 @@ class PayloadInfo:
 
     Attributes:
         format_version: The payload format version.
-        versions: The writer's library versions (empty before format 2).
         pickled: Whether the payload holds pickled objects.
     """
 
     format_version: int
-    versions: Mapping[str, str] = field(default_factory=dict)
     pickled: bool = False
 
 
-def encode(
-    state: dict[str, Any],
-    *,
-    allow_pickle: bool = False,
-    versions: Mapping[str, str] | None = None,
-) -> bytes:
+def encode(state: dict[str, Any], *, allow_pickle: bool = False) -> bytes:
     """Encode a state dict of plain values, tuples, numpy arrays and :class:`PickledValue`.
 
     Args:
         state: The state dict returned by a state adapter.
         allow_pickle: Whether :class:`PickledValue` leaves may be cloudpickled.
-        versions: The library versions to record with the state.
 
     Returns:
         The payload bytes.
@@ -134,9 +123,7 @@ def encode(
     for blob in blobs:
         offsets.append([position, len(blob)])
         position += len(blob)
-    header = json.dumps(
-        {"state": tree, "blobs": offsets, "versions": dict(versions or {})}, separators=(",", ":")
-    ).encode()
+    header = json.dumps({"state": tree, "blobs": offsets}, separators=(",", ":")).encode()
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(blobs)
 
 
@@ -190,9 +177,6 @@ def _decode(
         raise CorruptCheckpointError("checkpoint header is not valid") from e
     if sum(len(b) for b in blobs) != len(blob_area):
         raise CorruptCheckpointError("checkpoint blob area has the wrong length")
-    versions = header.get("versions", {}) if isinstance(header, dict) else None
-    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
-        raise CorruptCheckpointError("checkpoint header records library versions wrongly")
     pickled = False
 
     def from_tree(node: Any) -> Any:
@@ -235,4 +219,4 @@ def _decode(
         raise CorruptCheckpointError("checkpoint state tree is not valid") from e
     if not isinstance(state, dict):
         raise CorruptCheckpointError("checkpoint state is not a dict")
-    return state, PayloadInfo(version, versions, pickled)
+    return state, PayloadInfo(version, pickled)

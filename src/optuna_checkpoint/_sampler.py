@@ -443,9 +443,7 @@ class CheckpointingSampler(BaseSampler):
     ) -> Checkpoint:
         """Encode the wrapped sampler's current state as the checkpoint of ``trial_id``."""
         captured = with_pruner_state(self._adapter.state_dict(), self._pruner)
-        payload = _codec.encode(
-            captured, allow_pickle=self._allow_pickle, versions=library_versions()
-        )
+        payload = _codec.encode(captured, allow_pickle=self._allow_pickle)
         unsealed = Checkpoint(
             trial_id=trial_id,
             logical_number=logical_number,
@@ -454,6 +452,7 @@ class CheckpointingSampler(BaseSampler):
             adapter=self._adapter.name,
             payload=payload,
             checksum="",
+            versions=library_versions(),
         )
         where = place(uid, stream_name, trial_id, logical_number)
         return replace(unsealed, checksum=self._sealer.seal(unsealed, where))
@@ -482,7 +481,7 @@ class CheckpointingSampler(BaseSampler):
             )
         try:
             info = _codec.inspect_payload(checkpoint.payload)
-            check_versions(info.versions, where=where, pickled=info.pickled)
+            check_versions(checkpoint.versions or {}, where=where, pickled=info.pickled)
             state = _codec.decode(checkpoint.payload, allow_pickle=self._allow_pickle)
             self._adapter.load_state_dict(restore_pruner(state, self._pruner))
         except CorruptCheckpointError as e:

@@ -3,7 +3,8 @@
 A seal covers everything a resume trusts from a checkpoint row: the place the checkpoint belongs
 to (study, stream, trial and logical number, so a row copied elsewhere fails), the adapter that
 wrote it, the trial state and values it records (a resume may store them, to roll a trial
-forward), and the payload. Seals are strings of the form ``<scheme>:<base64url digest>``:
+forward), the library versions it records, and the payload. Seals are strings of the form
+``<scheme>:<base64url digest>``:
 
 * ``sha256:`` — a SHA-256 digest. It detects corruption and misplaced rows, but anyone who can
   write the database can recompute it, so it does not detect a deliberate forgery.
@@ -12,7 +13,7 @@ forward), and the payload. Seals are strings of the form ``<scheme>:<base64url d
 
 Releases before 0.4 wrote 64 hex digits: a SHA-256 over the place and the payload only. Such
 seals are still checked, never written. Both forms fit the 64-character column those releases
-created, so the tables need no migration.
+created.
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ def _message(checkpoint: Checkpoint, where: str) -> bytes:
     # JSON frames the fields unambiguously; floats as hex, so the values are bound bit for bit.
     values = checkpoint.trial_values
     hexes = None if values is None else [float(v).hex() for v in values]
-    fields = json.dumps([where, checkpoint.adapter, checkpoint.trial_state, hexes])
+    versions = checkpoint.versions
+    fields = json.dumps(
+        [where, checkpoint.adapter, checkpoint.trial_state, hexes, versions], sort_keys=True
+    )
     return fields.encode() + b"\0" + checkpoint.payload
 
 

@@ -169,6 +169,7 @@ def export_checkpoints(
                     "trial_values": None if values is None else [float(v).hex() for v in values],
                     "adapter": checkpoint.adapter,
                     "payload": base64.b64encode(checkpoint.payload).decode("ascii"),
+                    "versions": checkpoint.versions,
                     "seal": sealer.seal(checkpoint, where),
                 }
             )
@@ -349,6 +350,7 @@ def _check_seal(sealer: Sealer, study_name: str, stream: _Stream, c: _Checkpoint
         adapter=c.adapter,
         payload=c.payload,
         checksum=c.seal,
+        versions=c.versions,
     )
     where = portable_place(study_name, stream.name, c.trial_number, c.logical_number)
     try:
@@ -407,6 +409,7 @@ class _Checkpoint:
     adapter: str
     payload: bytes
     seal: str
+    versions: dict[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -527,7 +530,17 @@ def _checkpoint(raw: Any, stream: str) -> _Checkpoint:
         adapter=_get(raw, "adapter", str, what),
         payload=payload,
         seal=_get(raw, "seal", str, what),
+        versions=_versions(raw, what),
     )
+
+
+def _versions(raw: Any, what: str) -> dict[str, str] | None:
+    versions: dict[str, str] | None = _get(raw, "versions", (dict, type(None)), what)
+    if versions is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
+    ):
+        raise _Malformed(f"{what} has malformed library versions")
+    return versions
 
 
 def _number(raw: Any, key: str, what: str) -> int:

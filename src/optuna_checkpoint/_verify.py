@@ -429,9 +429,7 @@ class _Causes:
     ) -> None:
         self._study = study
         self._configuration = configuration
-        self._versions = [
-            (c.trial_id, _codec.inspect_payload(c.payload).versions) for c, _ in checkpoints
-        ]
+        self._versions = [(c.trial_id, c.versions or {}) for c, _ in checkpoints]
         self._logical = logical
         # Optuna's mark of a retry, which the resume sets on the attempt that repeats one.
         self._retries = [t.number for t in logical if _RETRY_ATTR in t.system_attrs]

@@ -81,6 +81,7 @@ def _checkpoint_from_json(data: dict[str, Any]) -> Checkpoint:
         adapter=data["adapter"],
         payload=base64.b64decode(data["payload"]),
         checksum=data["checksum"],
+        versions=data.get("versions"),  # absent in attributes of releases before 0.4
     )
 
 

@@ -82,6 +82,8 @@ class Checkpoint:
         payload: The encoded state (see :mod:`optuna_checkpoint._codec`).
         checksum: The seal of the checkpoint, a digest or signature bound to its study,
             stream and trial (see :mod:`optuna_checkpoint._seal`).
+        versions: The library versions of the process that wrote it (see
+            :mod:`optuna_checkpoint._versions`); ``None`` for checkpoints of releases before 0.4.
     """
 
     trial_id: int | None
@@ -91,6 +93,7 @@ class Checkpoint:
     adapter: str
     payload: bytes
     checksum: str
+    versions: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -265,6 +265,7 @@ def _checkpoint_to_json(stream_id: int, checkpoint: Checkpoint, prev: int | None
         "trial_values": None if values is None else [float(v).hex() for v in values],
         "adapter": checkpoint.adapter,
         "checksum": checkpoint.checksum,
+        "versions": checkpoint.versions,
         "prev": prev,
     }
 
@@ -279,6 +280,7 @@ def _checkpoint_from_json(data: Any, payload: bytes) -> Checkpoint:
         adapter=str(data["adapter"]),
         payload=payload,
         checksum=str(data["checksum"]),
+        versions=data.get("versions"),  # absent in records of releases before 0.4
     )
 
 
