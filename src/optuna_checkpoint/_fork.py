@@ -21,12 +21,10 @@ from optuna_checkpoint._adapters import adapter_for
 from optuna_checkpoint._adapters._protocol import carry_over_study
 from optuna_checkpoint._fingerprint import differences
 from optuna_checkpoint._fingerprint import sampler_fingerprint
-from optuna_checkpoint._inspect import checkpoint_store
 from optuna_checkpoint._pruner import PRUNER_STATE_KEY
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint._seal import Sealer
 from optuna_checkpoint._transplant import StudyRef
-from optuna_checkpoint._transplant import checked
 from optuna_checkpoint._transplant import plant_stream
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
@@ -110,15 +108,14 @@ def fork_study(
         sampler = sampler.sampler
     sealer = Sealer.from_option(signing_key)
     source = StudyRef.of(study._storage, study.study_name)
-    store = checkpoint_store(source.storage)
+    store = source.existing_store()
     if store is None:
         raise CheckpointError(f"study {study.study_name!r} has no checkpoints to fork from")
-    store.open_study(source.study_id, source.uid)
     trials = study.get_trials(deepcopy=False)
     hidden = {i.trial_id for i in store.where_interrupted(source.uid)}
     at = _trial_to_fork_at(trials, hidden, at_trial)
     stream, checkpoint = _checkpoint_of(store, source, at)
-    checked(sealer, source, stream, checkpoint)
+    sealer.check_stored(checkpoint, source.uid, stream.name)
 
     adapter = adapter_for(sampler, allow_pickle=allow_pickle)
     mismatch = differences(stream.fingerprint, sampler_fingerprint(sampler, adapter))

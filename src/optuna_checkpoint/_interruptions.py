@@ -35,8 +35,10 @@ INTERRUPTED_ATTR = "optuna_checkpoint:interrupted"
 RETRIES_EXHAUSTED = "retries exhausted; kept as a genuine failure"
 
 # Optuna's own retry bookkeeping, read by RetryHeartbeatStaleTrialCallback.retried_trial_number.
-_FAILED_TRIAL_ATTR = "failed_trial"
-_RETRY_HISTORY_ATTR = "retry_history"
+FAILED_TRIAL_ATTR = "failed_trial"
+RETRY_HISTORY_ATTR = "retry_history"
+"""Optuna's system attributes of a retry (as ``RetryFailedTrialCallback`` sets them): the first
+attempt it repeats, and every one, by trial number."""
 
 
 def hidden_from(interruptions: Sequence[Interruption]) -> HiddenTrials:
@@ -205,7 +207,7 @@ def mark_retry(
     ]
     if not previous:
         return
-    for key, value in ((_FAILED_TRIAL_ATTR, previous[0]), (_RETRY_HISTORY_ATTR, previous)):
+    for key, value in ((FAILED_TRIAL_ATTR, previous[0]), (RETRY_HISTORY_ATTR, previous)):
         storage.set_trial_system_attr(current._trial_id, key, value)
         # The Trial object Optuna is building holds this very FrozenTrial.
         current.system_attrs[key] = value

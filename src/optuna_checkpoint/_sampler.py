@@ -54,6 +54,7 @@ from optuna_checkpoint._retention import RESUME_LOOKBACK
 from optuna_checkpoint._retention import AmortizedPruning
 from optuna_checkpoint._retention import Retention
 from optuna_checkpoint._seal import Sealer
+from optuna_checkpoint._seal import describe
 from optuna_checkpoint._seal import place
 from optuna_checkpoint._versions import check_versions
 from optuna_checkpoint._versions import library_versions
@@ -459,21 +460,13 @@ class CheckpointingSampler(BaseSampler):
 
     def _check_seal(self, attachment: _Attachment, checkpoint: Checkpoint) -> None:
         """Refuse a checkpoint whose seal does not hold, before anything of it is used."""
-        stream_name = attachment.stream.name
-        where = place(
-            attachment.study_uid, stream_name, checkpoint.trial_id, checkpoint.logical_number
+        self._sealer.check_stored(
+            checkpoint, attachment.study_uid, attachment.stream.name, remedy=_RESTORE_REMEDY
         )
-        try:
-            self._sealer.check(checkpoint, where)
-        except CheckpointError as e:
-            raise type(e)(
-                f"{_describe(checkpoint)} in stream {stream_name!r} cannot be trusted: {e}."
-                + _RESTORE_REMEDY
-            ) from e
 
     def _restore(self, attachment: _Attachment, checkpoint: Checkpoint) -> None:
         self._check_seal(attachment, checkpoint)
-        where = f"{_describe(checkpoint)} in stream {attachment.stream.name!r}"
+        where = f"{describe(checkpoint)} in stream {attachment.stream.name!r}"
         if checkpoint.adapter != self._adapter.name:
             raise CorruptCheckpointError(
                 f"{where} was written by the {checkpoint.adapter} adapter, but this sampler uses "
@@ -918,12 +911,6 @@ _RESTORE_REMEDY = (
     "CheckpointingSampler to continue from the sampler as constructed (the trajectory will then "
     "differ from the uninterrupted run)."
 )
-
-
-def _describe(checkpoint: Checkpoint) -> str:
-    if checkpoint.trial_id is None:
-        return "the initial checkpoint"
-    return f"the checkpoint of trial id {checkpoint.trial_id}"
 
 
 def _release_lease(attachment: _Attachment) -> None:

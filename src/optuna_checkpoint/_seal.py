@@ -25,6 +25,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import SignatureError
 
@@ -44,6 +45,13 @@ _MIN_KEY_BYTES = 16
 def place(study_uid: str, stream: str, trial_id: int | None, logical_number: int) -> str:
     """Return the text that binds a checkpoint to its study, stream and trial."""
     return f"{study_uid}/{stream}/{'initial' if trial_id is None else trial_id}/{logical_number}"
+
+
+def describe(checkpoint: Checkpoint) -> str:
+    """Name a stored checkpoint in a message: ``the checkpoint of trial id 7``."""
+    if checkpoint.trial_id is None:
+        return "the initial checkpoint"
+    return f"the checkpoint of trial id {checkpoint.trial_id}"
 
 
 class Sealer:
@@ -128,6 +136,23 @@ class Sealer:
                 f"it fails {what}: it was corrupted or altered{also}, or copied from another "
                 "study, stream or trial"
             )
+
+    def check_stored(
+        self, checkpoint: Checkpoint, study_uid: str, stream: str, *, remedy: str = ""
+    ) -> None:
+        """Check the seal of a checkpoint stored in ``stream`` of a study, naming it if not.
+
+        Raises:
+            CorruptCheckpointError: As :meth:`check`, with the checkpoint named and ``remedy``
+                appended.
+            SignatureError: Likewise.
+        """
+        where = place(study_uid, stream, checkpoint.trial_id, checkpoint.logical_number)
+        try:
+            self.check(checkpoint, where)
+        except CheckpointError as e:
+            named = f"{describe(checkpoint)} in stream {stream!r} cannot be trusted: {e}."
+            raise type(e)(named + remedy) from e
 
 
 def _message(checkpoint: Checkpoint, where: str) -> bytes:

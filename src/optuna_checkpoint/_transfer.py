@@ -30,11 +30,9 @@ from optuna.trial import TrialState
 
 from optuna_checkpoint import _codec
 from optuna_checkpoint._adapters._protocol import carry_over_study
-from optuna_checkpoint._inspect import checkpoint_store
 from optuna_checkpoint._seal import Sealer
 from optuna_checkpoint._seal import place
 from optuna_checkpoint._transplant import StudyRef
-from optuna_checkpoint._transplant import checked
 from optuna_checkpoint._transplant import plant_stream
 from optuna_checkpoint._transplant import store_of
 from optuna_checkpoint.exceptions import CheckpointError
@@ -121,9 +119,7 @@ def export_checkpoints(
     """
     sealer = Sealer.from_option(signing_key)
     study = _find_study(storage, study_name)
-    store = checkpoint_store(storage)  # creates nothing: exporting writes nothing
-    if store is not None:
-        store.open_study(study.study_id, study.uid)
+    store = study.existing_store()  # creates nothing: exporting writes nothing
     streams = [] if store is None else store.list_streams(study.uid)
     if store is None or not streams:
         raise CheckpointError(
@@ -153,7 +149,7 @@ def export_checkpoints(
             )
         exported = []
         for checkpoint in initial + [c for c in oldest_first if c.trial_id is not None]:
-            checked(sealer, study, stream, checkpoint)
+            sealer.check_stored(checkpoint, study.uid, stream.name)
             number = (
                 None
                 if checkpoint.trial_id is None
@@ -271,14 +267,12 @@ def import_checkpoints(
     trials = {t.number: t for t in storage.get_all_trials(study_id, deepcopy=False)}
     _check_trials(study_name, parsed, trials)
     study = StudyRef.of(storage, study_name)
-    existing = checkpoint_store(storage)  # creates nothing: a refused import writes nothing
-    if existing is not None:
-        existing.open_study(study.study_id, study.uid)
-        if existing.list_streams(study.uid):
-            raise CheckpointError(
-                f"study {study_name!r} already has checkpoint streams; importing does not merge "
-                "streams. Import into a fresh copy (optuna.copy_study to a new study name)"
-            )
+    existing = study.existing_store()  # creates nothing: a refused import writes nothing
+    if existing is not None and existing.list_streams(study.uid):
+        raise CheckpointError(
+            f"study {study_name!r} already has checkpoint streams; importing does not merge "
+            "streams. Import into a fresh copy (optuna.copy_study to a new study name)"
+        )
 
     ids = {number: trial._trial_id for number, trial in trials.items()}
     planned = [

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 from typing import Any
 
+from optuna_checkpoint._inspect import checkpoint_store
 from optuna_checkpoint._lease import current_owner
 from optuna_checkpoint._sampler import _first_trial
 from optuna_checkpoint._sampler import _store_for
@@ -57,16 +58,15 @@ class StudyRef:
             ) from None
         return cls(storage, study_id, study_name, study_uid(study_id, study_name, first))
 
+    def existing_store(self) -> CheckpointStore | None:
+        """The study's checkpoint store, opened for it; ``None`` if the storage has none.
 
-def checked(sealer: Sealer, study: StudyRef, stream: Stream, checkpoint: Checkpoint) -> None:
-    """Check a checkpoint's seal where it is stored; raise the seal's error, naming it."""
-    where = place(study.uid, stream.name, checkpoint.trial_id, checkpoint.logical_number)
-    try:
-        sealer.check(checkpoint, where)
-    except CheckpointError as e:
-        at = "initial" if checkpoint.trial_id is None else f"of trial id {checkpoint.trial_id}"
-        message = f"the checkpoint {at} in stream {stream.name!r} cannot be trusted: {e}"
-        raise type(e)(message) from e
+        Unlike :func:`store_of`, this creates no tables or side record: for tools that read.
+        """
+        store = checkpoint_store(self.storage)
+        if store is not None:
+            store.open_study(self.study_id, self.uid)
+        return store
 
 
 def plant_stream(

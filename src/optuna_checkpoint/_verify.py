@@ -35,15 +35,16 @@ from optuna_checkpoint import _codec
 from optuna_checkpoint._adapters import adapter_for
 from optuna_checkpoint._fingerprint import differences
 from optuna_checkpoint._fingerprint import sampler_fingerprint
-from optuna_checkpoint._inspect import checkpoint_store
+from optuna_checkpoint._interruptions import FAILED_TRIAL_ATTR
+from optuna_checkpoint._interruptions import RETRY_HISTORY_ATTR
 from optuna_checkpoint._pruner import PRUNER_STATE_KEY
 from optuna_checkpoint._sampler import CheckpointingSampler
-from optuna_checkpoint._sampler import _first_trial
-from optuna_checkpoint._sampler import study_uid
 from optuna_checkpoint._seal import Sealer
 from optuna_checkpoint._seal import place
+from optuna_checkpoint._transplant import StudyRef
 from optuna_checkpoint._versions import library_versions
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.exceptions import SignatureError
 
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Stream
 
 _FIXED_PARAMS_ATTR = "fixed_params"  # where Optuna keeps an enqueued trial's parameters
-_RETRY_ATTR = "failed_trial"
-_RETRY_HISTORY_ATTR = "retry_history"  # every attempt a retry repeats, by trial number
 
 
 @dataclass(frozen=True)
@@ -210,11 +209,9 @@ def verify(
     if not trials:
         report.notes.append("the study has no trials")
         return report
-    storage = study._storage
-    uid = study_uid(study._study_id, study.study_name, _first_trial(storage, study._study_id))
-    store = checkpoint_store(storage)  # creates nothing: verifying writes nothing
-    if store is not None:
-        store.open_study(study._study_id, uid)
+    ref = StudyRef.of(study._storage, study.study_name)
+    uid = ref.uid
+    store = ref.existing_store()  # creates nothing: verifying writes nothing
     streams = [] if store is None else store.list_streams(uid)
     report.streams = [s.name for s in streams]
     if store is None or not streams:
@@ -275,7 +272,7 @@ def _check_stream(
         try:
             sealer.check(checkpoint, where)
         except CheckpointError as e:
-            problem("signature" if "sign" in type(e).__name__.lower() else "corrupt", str(e))
+            problem("signature" if isinstance(e, SignatureError) else "corrupt", str(e))
             continue
         try:
             info = _codec.inspect_payload(checkpoint.payload)
@@ -321,7 +318,7 @@ def _replay(
     ours = [t for t in logical if t.number >= stream.first_trial_number]
     for before in logical[: len(logical) - len(ours)]:
         replica.add_trial(before)  # history the stream started after
-    causes = _Causes(study, stream, configuration, checkpoints, logical)
+    causes = _Causes(configuration, checkpoints, logical)
     for done, recorded in enumerate(ours):
         if progress is not None:
             progress(done, len(ours))
@@ -377,7 +374,7 @@ def _objective_differences(trials: list[FrozenTrial]) -> list[str]:
     by_number = {t.number: t for t in trials}
     found = []
     for retry in trials:
-        for number in retry.system_attrs.get(_RETRY_HISTORY_ATTR) or ():
+        for number in retry.system_attrs.get(RETRY_HISTORY_ATTR) or ():
             attempt = by_number.get(number)
             if attempt is None:
                 continue
@@ -421,18 +418,15 @@ class _Causes:
 
     def __init__(
         self,
-        study: Study,
-        stream: Stream,
         configuration: list[str],
         checkpoints: list[tuple[Checkpoint, dict[str, Any]]],
         logical: list[FrozenTrial],
     ) -> None:
-        self._study = study
         self._configuration = configuration
-        self._versions = [(c.trial_id, c.versions or {}) for c, _ in checkpoints]
+        # Each distinct set of library versions the stream's checkpoints were written under.
+        self._versions = {tuple(sorted(c.versions.items())) for c, _ in checkpoints if c.versions}
         self._logical = logical
-        # Optuna's mark of a retry, which the resume sets on the attempt that repeats one.
-        self._retries = [t.number for t in logical if _RETRY_ATTR in t.system_attrs]
+        self._retries = [t.number for t in logical if FAILED_TRIAL_ATTR in t.system_attrs]
 
     def of(self, trial: FrozenTrial) -> list[str]:
         causes = []
@@ -441,17 +435,17 @@ class _Causes:
                 "the sampler is configured differently from the one that wrote the stream: "
                 + "; ".join(self._configuration)
             )
-        versions = {tuple(sorted(v.items())) for _, v in self._versions if v}
         current = library_versions()
+        # As on resume, a library recorded on one side only (cmaes not imported) is not compared.
         changed = sorted(
             {
-                f"{name} {old} (recorded) vs {current.get(name, '?')} (now)"
-                for recorded in versions
+                f"{name} {old} (recorded) vs {current[name]} (now)"
+                for recorded in self._versions
                 for name, old in recorded
-                if current.get(name) != old and name != "optuna-checkpoint"
+                if name in current and current[name] != old and name != "optuna-checkpoint"
             }
         )
-        if len(versions) > 1:
+        if len(self._versions) > 1:
             causes.append("the stream was written under several library versions")
         if changed:
             causes.append("library versions differ: " + ", ".join(changed))
