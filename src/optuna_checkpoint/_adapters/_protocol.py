@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
 from typing import ClassVar
+from typing import Generic
 from typing import Protocol
+from typing import TypeVar
 from typing import runtime_checkable
 
 from optuna.samplers import BaseSampler
@@ -135,24 +137,51 @@ class StateAdapter:
 
 
 AdapterFactory = Callable[[BaseSampler], StateAdapter]
-_REGISTRY: dict[type[BaseSampler], type[StateAdapter]] = {}
+_AdapterT = TypeVar("_AdapterT")
 
 
-def register(
-    sampler_type: type[BaseSampler],
-) -> Callable[[type[StateAdapter]], type[StateAdapter]]:
-    """Register an adapter class for exactly ``sampler_type`` (subclasses are not matched)."""
+class ExactTypeRegistry(Generic[_AdapterT]):
+    """Adapter classes by the exact type of the object they capture (samplers, pruners).
 
-    def decorator(adapter_type: type[StateAdapter]) -> type[StateAdapter]:
-        _REGISTRY[sampler_type] = adapter_type
-        return adapter_type
+    Subclasses are not matched: a subclass may hold state its parent's adapter does not know.
 
-    return decorator
+    Args:
+        adapters: Adapter classes to start with, by the type they capture.
+    """
+
+    def __init__(self, adapters: Mapping[type, type[_AdapterT]] | None = None) -> None:
+        self._adapters: dict[type, type[_AdapterT]] = dict(adapters or {})
+
+    def register(self, kind: type) -> Callable[[type[_AdapterT]], type[_AdapterT]]:
+        """Return a class decorator that registers an adapter class for exactly ``kind``."""
+
+        def decorator(adapter_type: type[_AdapterT]) -> type[_AdapterT]:
+            self._adapters[kind] = adapter_type
+            return adapter_type
+
+        return decorator
+
+    def lookup(self, obj: object) -> type[_AdapterT] | None:
+        """Return the adapter class registered for ``type(obj)``, if any."""
+        return self._adapters.get(type(obj))
+
+    def adapter_types(self) -> list[type[_AdapterT]]:
+        """Return each registered adapter class once."""
+        return list(dict.fromkeys(self._adapters.values()))
+
+    def known(self) -> str:
+        """Name the types that have an adapter, for error messages."""
+        return ", ".join(sorted(kind.__name__ for kind in self._adapters))
+
+
+_REGISTRY: ExactTypeRegistry[StateAdapter] = ExactTypeRegistry()
+register = _REGISTRY.register
+"""Register an adapter class for exactly one sampler type (a class decorator)."""
 
 
 def carry_over_study(storage: BaseStorage, study_id: int, trial_ids: Mapping[int, int]) -> None:
     """Let every kind of adapter rewrite a copied study's attributes (see ``carry_over``)."""
-    for adapter_type in dict.fromkeys(_REGISTRY.values()):
+    for adapter_type in _REGISTRY.adapter_types():
         adapter_type.carry_over(storage, study_id, trial_ids)
 
 
@@ -165,7 +194,7 @@ def adapter_for(sampler: BaseSampler, *, allow_pickle: bool = False) -> StateAda
     Raises:
         UnsupportedSamplerError: Nothing can capture the sampler safely.
     """
-    adapter_type = _REGISTRY.get(type(sampler))
+    adapter_type = _REGISTRY.lookup(sampler)
     if adapter_type is not None:
         return adapter_type(sampler)
     if isinstance(sampler, Stateful):
@@ -176,10 +205,9 @@ def adapter_for(sampler: BaseSampler, *, allow_pickle: bool = False) -> StateAda
         from optuna_checkpoint._adapters._pickle import PickleAdapter
 
         return PickleAdapter(sampler)
-    known = ", ".join(sorted(t.__name__ for t in _REGISTRY))
     raise UnsupportedSamplerError(
         f"optuna-checkpoint has no state adapter for {type(sampler).__qualname__} (it knows "
-        f"{known}). Implement state_dict()/load_state_dict() on the sampler, or pass "
+        f"{_REGISTRY.known()}). Implement state_dict()/load_state_dict() on the sampler, or pass "
         "allow_pickle=True to CheckpointingSampler to store it with cloudpickle."
     )
 

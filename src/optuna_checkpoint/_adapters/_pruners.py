@@ -20,7 +20,6 @@ parent's adapter does not know.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections.abc import Container
 from typing import Any
 from typing import ClassVar
@@ -40,6 +39,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from optuna_checkpoint._adapters._protocol import ExactTypeRegistry
 from optuna_checkpoint._adapters._protocol import Stateful
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedPrunerError
@@ -90,27 +90,19 @@ class PrunerAdapter:
             ) from None
 
 
-_REGISTRY: dict[type[BasePruner], type[PrunerAdapter]] = {
-    # Stateless; they read the trial's own intermediate values and the COMPLETE trials (Median,
-    # Percentile: their values per step; Wilcoxon: the best trial).
-    NopPruner: PrunerAdapter,
-    MedianPruner: PrunerAdapter,
-    PercentilePruner: PrunerAdapter,
-    ThresholdPruner: PrunerAdapter,
-    WilcoxonPruner: PrunerAdapter,
-}
-
-
-def register_pruner(
-    pruner_type: type[BasePruner],
-) -> Callable[[type[PrunerAdapter]], type[PrunerAdapter]]:
-    """Register an adapter class for exactly ``pruner_type`` (subclasses are not matched)."""
-
-    def decorator(adapter_type: type[PrunerAdapter]) -> type[PrunerAdapter]:
-        _REGISTRY[pruner_type] = adapter_type
-        return adapter_type
-
-    return decorator
+_REGISTRY: ExactTypeRegistry[PrunerAdapter] = ExactTypeRegistry(
+    {
+        # Stateless; they read the trial's own intermediate values and the COMPLETE trials
+        # (Median, Percentile: their values per step; Wilcoxon: the best trial).
+        NopPruner: PrunerAdapter,
+        MedianPruner: PrunerAdapter,
+        PercentilePruner: PrunerAdapter,
+        ThresholdPruner: PrunerAdapter,
+        WilcoxonPruner: PrunerAdapter,
+    }
+)
+register_pruner = _REGISTRY.register
+"""Register an adapter class for exactly one pruner type (a class decorator)."""
 
 
 def pruner_adapter_for(pruner: BasePruner) -> PrunerAdapter:
@@ -120,17 +112,16 @@ def pruner_adapter_for(pruner: BasePruner) -> PrunerAdapter:
         UnsupportedPrunerError: No adapter knows the pruner's type and it has no
             ``state_dict()`` / ``load_state_dict()``.
     """
-    adapter_type = _REGISTRY.get(type(pruner))
+    adapter_type = _REGISTRY.lookup(pruner)
     if adapter_type is not None:
         return adapter_type(pruner)
     if isinstance(pruner, Stateful):
         return StatefulPrunerAdapter(pruner)
-    known = ", ".join(sorted(t.__name__ for t in _REGISTRY))
     raise UnsupportedPrunerError(
         f"optuna-checkpoint has no adapter for the pruner {type(pruner).__qualname__} (it knows "
-        f"{known}). Implement state_dict() and load_state_dict() on it (return {{}} from "
-        "state_dict() if it keeps no state between trials): it is then checkpointed with the "
-        "sampler and shown the study as the sampler sees it."
+        f"{_REGISTRY.known()}). Implement state_dict() and load_state_dict() on it (return "
+        "{} from state_dict() if it keeps no state between trials): it is then checkpointed "
+        "with the sampler and shown the study as the sampler sees it."
     )
 
 
