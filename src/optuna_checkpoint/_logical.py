@@ -67,6 +67,10 @@ class HiddenTrials:
         """Return ``study`` as the wrapped sampler should see it."""
         return _LogicalStudy(study, self) if self else study
 
+    def apply(self, study: Study, trial: FrozenTrial) -> tuple[Study, FrozenTrial]:
+        """Return ``study`` and its ``trial`` as the uninterrupted run has them."""
+        return self.view(study), self.logical_trial(trial)
+
 
 class _LogicalStudy(Study):
     """A study that lists only the trials of the uninterrupted run, with their logical numbers.

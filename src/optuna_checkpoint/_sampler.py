@@ -404,8 +404,7 @@ class CheckpointingSampler(BaseSampler):
     def _logical(
         self, attachment: _Attachment, study: Study, trial: FrozenTrial
     ) -> tuple[Study, FrozenTrial]:
-        hidden = attachment.hidden
-        view, logical = hidden.view(study), hidden.logical_trial(trial)
+        view, logical = attachment.hidden.apply(study, trial)
         if self._pruner is not None:
             # Optuna shows samplers a per-bracket study under a bare Hyperband only.
             view = self._pruner._sampler_view(view, logical)
@@ -427,8 +426,7 @@ class CheckpointingSampler(BaseSampler):
         with self._sampling_lock:
             attachment = self._attachment
             if attachment is not None:
-                hidden = attachment.hidden
-                study, trial = hidden.view(study), hidden.logical_trial(trial)
+                study, trial = attachment.hidden.apply(study, trial)
             return prune(study, trial)
 
     # -- capture -----------------------------------------------------------------------------
