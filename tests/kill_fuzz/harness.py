@@ -73,6 +73,20 @@ def first_difference(actual: Trajectory, expected: Trajectory) -> str | None:
     return None
 
 
+def assert_resumed_exactly(
+    address: str, expected: Trajectory, log: RunLog, n_complete: int
+) -> None:
+    """Assert that the study at ``address`` resumed along ``expected``, bit for bit.
+
+    The study is read without its interrupted attempts, and must hold ``n_complete`` COMPLETE
+    trials, so that a run that stopped early cannot pass.
+    """
+    actual = trajectory(address, wrapped=True)
+    difference = first_difference(actual, expected)
+    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
+    assert sum(1 for state, *_ in actual if state == "COMPLETE") == n_complete
+
+
 @dataclass
 class RunLog:
     """What happened across the runs of one interrupted study."""

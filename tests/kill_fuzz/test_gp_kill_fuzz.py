@@ -22,6 +22,7 @@ import pytest
 
 from tests.kill_fuzz.harness import ReferenceRuns
 from tests.kill_fuzz.harness import Trajectory
+from tests.kill_fuzz.harness import assert_resumed_exactly
 from tests.kill_fuzz.harness import first_difference
 from tests.kill_fuzz.harness import run_with_crash_points
 from tests.kill_fuzz.harness import scenario_config
@@ -56,10 +57,7 @@ def test_gp_resumes_at_crash_points_like_the_uninterrupted_bare_sampler(
     url = sqlite_url(tmp_path / "study.db")
     log = run_with_crash_points(_config(scenario, url), CRASH_PLAN)
     assert log.kills_landed == len(CRASH_PLAN), f"a crash point was not reached: {log.signals}"
-    actual = trajectory(url, wrapped=True)
-    difference = first_difference(actual, reference(scenario))
-    assert difference is None, f"{difference}\n(after kills at {log.signals})"
-    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
+    assert_resumed_exactly(url, reference(scenario), log, N_COMPLETE)
 
 
 def test_control_bare_gp_diverges_after_the_same_kill(tmp_path: Path, reference: Any) -> None:

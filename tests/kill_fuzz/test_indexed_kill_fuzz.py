@@ -26,6 +26,7 @@ import pytest
 from tests.kill_fuzz.harness import ReferenceRuns
 from tests.kill_fuzz.harness import RunLog
 from tests.kill_fuzz.harness import Trajectory
+from tests.kill_fuzz.harness import assert_resumed_exactly
 from tests.kill_fuzz.harness import first_difference
 from tests.kill_fuzz.harness import run_to_completion
 from tests.kill_fuzz.harness import run_with_crash_points
@@ -74,12 +75,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Traje
     return lambda scenario: runs.trajectory(_config(scenario, ""))
 
 
-def _assert_same(actual: Trajectory, expected: Trajectory, log: RunLog) -> None:
-    difference = first_difference(actual, expected)
-    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
-    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
-
-
 @pytest.mark.parametrize(("scenario", "plan"), PLANS.items(), ids=list(PLANS))
 def test_resume_after_crashes_matches_uninterrupted_run(
     scenario: str, plan: list[str], tmp_path: Path, reference: Any
@@ -87,7 +82,7 @@ def test_resume_after_crashes_matches_uninterrupted_run(
     url = sqlite_url(tmp_path / "study.db")
     log = run_with_crash_points(_config(scenario, url), _signalled(plan))
     assert log.kills_landed == len(plan), f"a crash point was not reached: {log.signals}"
-    _assert_same(trajectory(url, wrapped=True), reference(scenario), log)
+    assert_resumed_exactly(url, reference(scenario), log, N_COMPLETE)
 
 
 @pytest.mark.parametrize("scenario", UNSEEDED)
@@ -102,7 +97,7 @@ def test_unseeded_study_resumes_to_its_own_continuation(scenario: str, tmp_path:
     run_to_completion(
         _config(scenario, reference_url, seed=None, wrap=False, initial_state_from=url), RunLog()
     )
-    _assert_same(trajectory(url, wrapped=True), trajectory(reference_url, wrapped=False), log)
+    assert_resumed_exactly(url, trajectory(reference_url, wrapped=False), log, N_COMPLETE)
 
 
 @pytest.mark.parametrize("scenario", CONTROLS)

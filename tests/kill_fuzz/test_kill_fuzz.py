@@ -22,7 +22,7 @@ from optuna_checkpoint._faults import POINTS
 from optuna_checkpoint._seal import SIGNING_KEY_ENV
 from tests.checkpoint_rows import seals
 from tests.kill_fuzz.harness import RunLog
-from tests.kill_fuzz.harness import Trajectory
+from tests.kill_fuzz.harness import assert_resumed_exactly
 from tests.kill_fuzz.harness import first_difference
 from tests.kill_fuzz.harness import run_to_completion
 from tests.kill_fuzz.harness import run_with_crash_points
@@ -78,12 +78,6 @@ def _kill_window(run_seconds: float) -> float:
     return min(MAX_KILL_DELAY, KILL_SPAN * run_seconds)
 
 
-def _assert_same(actual: Trajectory, expected: Trajectory, log: RunLog) -> None:
-    difference = first_difference(actual, expected)
-    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
-    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
-
-
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 @pytest.mark.parametrize("sampler", SEEDED)
 def test_resume_after_random_kills_matches_uninterrupted_run(
@@ -103,7 +97,7 @@ def test_resume_after_random_kills_matches_uninterrupted_run(
         max_delay=_kill_window(run_length(sampler)),
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
-    _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
+    assert_resumed_exactly(url, reference(sampler), log, N_COMPLETE)
 
 
 def test_signed_checkpoints_resume_after_random_kills(
@@ -123,7 +117,7 @@ def test_signed_checkpoints_resume_after_random_kills(
         max_delay=_kill_window(run_length("tpe")),
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
-    _assert_same(trajectory(url, wrapped=True), reference("tpe"), log)
+    assert_resumed_exactly(url, reference("tpe"), log, N_COMPLETE)
     found = seals(url)
     assert found and all(seal.startswith("hmac-sha256:") for seal in found)
 
@@ -149,7 +143,7 @@ def test_ask_tell_loop_resumes_after_random_kills_like_uninterrupted_optimize(
         max_delay=_kill_window(run_length(sampler)),
     )
     assert log.kills_landed >= 1
-    _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
+    assert_resumed_exactly(url, reference(sampler), log, N_COMPLETE)
 
 
 @pytest.mark.parametrize("sampler", UNSEEDED)
@@ -172,7 +166,7 @@ def test_unseeded_study_resumes_to_its_own_continuation(
     run_to_completion(
         _config(sampler, reference_url, seed=None, wrap=False, initial_state_from=url), RunLog()
     )
-    _assert_same(trajectory(url, wrapped=True), trajectory(reference_url, wrapped=False), log)
+    assert_resumed_exactly(url, trajectory(reference_url, wrapped=False), log, N_COMPLETE)
 
 
 def _crash_plans() -> list[tuple[str, list[str]]]:
@@ -204,7 +198,7 @@ def test_resume_after_sigkill_at_crash_point_matches_uninterrupted_run(
     url = sqlite_url(tmp_path / "study.db")
     log = run_with_crash_points(_config(sampler, url), _with_signal(plan, signal.SIGKILL))
     assert log.kills_landed == len(plan), f"crash point {point} was not reached: {log.signals}"
-    _assert_same(trajectory(url, wrapped=True), reference(sampler), log)
+    assert_resumed_exactly(url, reference(sampler), log, N_COMPLETE)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
@@ -215,7 +209,7 @@ def test_resume_after_signal_at_crash_point_matches_uninterrupted_run(
     url = sqlite_url(tmp_path / "study.db")
     log = run_with_crash_points(_config("tpe", url), _with_signal(plan, sig))
     assert log.kills_landed == len(plan), f"crash point {point} was not reached: {log.signals}"
-    _assert_same(trajectory(url, wrapped=True), reference("tpe"), log)
+    assert_resumed_exactly(url, reference("tpe"), log, N_COMPLETE)
 
 
 @pytest.mark.parametrize("sampler", SEEDED)

@@ -26,7 +26,7 @@ import uuid
 import optuna
 import pytest
 
-from tests.kill_fuzz.harness import RunLog
+from tests.kill_fuzz.harness import assert_resumed_exactly
 from tests.kill_fuzz.harness import first_difference
 from tests.kill_fuzz.harness import run_with_crash_points
 from tests.kill_fuzz.harness import run_with_random_kills
@@ -90,13 +90,6 @@ def _grpc_server(tmp_path: Path) -> Iterator[str]:
         server.communicate()
 
 
-def _assert_same(address: str, expected: Any, log: RunLog) -> None:
-    actual = trajectory(address, wrapped=True)
-    difference = first_difference(actual, expected)
-    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
-    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
-
-
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
 def test_resume_after_random_kills_matches_uninterrupted_run(
     sampler: str, address: str, reference: Any
@@ -110,7 +103,7 @@ def test_resume_after_random_kills_matches_uninterrupted_run(
         max_delay=MAX_KILL_DELAY + 0.5,
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
-    _assert_same(address, reference(sampler), log)
+    assert_resumed_exactly(address, reference(sampler), log, N_COMPLETE)
 
 
 def test_resume_after_crash_points_matches_uninterrupted_run(address: str, reference: Any) -> None:
@@ -119,7 +112,7 @@ def test_resume_after_crash_points_matches_uninterrupted_run(address: str, refer
     plan = ["after_save:3", "before_trial:4", "after_save:2:INT"]
     log = run_with_crash_points(_config("tpe", address), plan)
     assert log.kills_landed == len(plan)
-    _assert_same(address, reference("tpe"), log)
+    assert_resumed_exactly(address, reference("tpe"), log, N_COMPLETE)
 
 
 def test_control_unwrapped_sampler_diverges_under_kills(address: str, reference: Any) -> None:

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.kill_fuzz.harness import RunLog
-from tests.kill_fuzz.harness import Trajectory
+from tests.kill_fuzz.harness import assert_resumed_exactly
 from tests.kill_fuzz.harness import first_difference
 from tests.kill_fuzz.harness import run_with_crash_points
 from tests.kill_fuzz.harness import run_with_random_kills
@@ -34,13 +33,6 @@ def server_url(server: str, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("postgres_url" if server == "postgresql" else "mysql_url"))
 
 
-def _assert_same(url: str, expected: Trajectory, log: RunLog) -> None:
-    actual = trajectory(url, wrapped=True)
-    difference = first_difference(actual, expected)
-    assert difference is None, f"{difference}\n(after {log.kills_landed} kills: {log.signals})"
-    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
-
-
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
 def test_resume_after_random_kills_on_a_server_matches_uninterrupted_run(
     sampler: str, server: str, server_url: str, reference: Any
@@ -54,7 +46,7 @@ def test_resume_after_random_kills_on_a_server_matches_uninterrupted_run(
         max_delay=MAX_KILL_DELAY + 1.0,  # server round trips make each run a little longer
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
-    _assert_same(server_url, reference(sampler), log)
+    assert_resumed_exactly(server_url, reference(sampler), log, N_COMPLETE)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +59,7 @@ def test_resume_after_crash_points_on_a_server_matches_uninterrupted_run(
 ) -> None:
     log = run_with_crash_points(_config("tpe", server_url), plan)
     assert log.kills_landed == len(plan)
-    _assert_same(server_url, reference("tpe"), log)
+    assert_resumed_exactly(server_url, reference("tpe"), log, N_COMPLETE)
 
 
 def test_control_unwrapped_sampler_on_a_server_diverges_under_kills(

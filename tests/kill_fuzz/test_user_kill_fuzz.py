@@ -21,6 +21,7 @@ import pytest
 
 from tests.kill_fuzz.harness import ReferenceRuns
 from tests.kill_fuzz.harness import Trajectory
+from tests.kill_fuzz.harness import assert_resumed_exactly
 from tests.kill_fuzz.harness import first_difference
 from tests.kill_fuzz.harness import run_with_crash_points
 from tests.kill_fuzz.harness import scenario_config
@@ -61,10 +62,7 @@ def test_user_sampler_resumes_at_crash_points_like_the_uninterrupted_bare_sample
     url = sqlite_url(tmp_path / "study.db")
     log = run_with_crash_points(_config(scenario, url), CRASH_PLAN)
     assert log.kills_landed == len(CRASH_PLAN), f"a crash point was not reached: {log.signals}"
-    actual = trajectory(url, wrapped=True)
-    difference = first_difference(actual, reference(scenario))
-    assert difference is None, f"{difference}\n(after kills at {log.signals})"
-    assert sum(1 for state, *_ in actual if state == "COMPLETE") == N_COMPLETE
+    assert_resumed_exactly(url, reference(scenario), log, N_COMPLETE)
 
 
 @pytest.mark.parametrize("scenario", CONTROLS)
