@@ -67,7 +67,7 @@ nitpick_ignore_regex = [
 # Private names that public docstrings mention: the worker-id rule's module (design.md gives the
 # rule) and the constant behind Retention's "newest two" (its docstring gives the value).
 nitpick_ignore = [
-    ("py:mod", "optuna_checkpoint._worker"),
+    ("py:mod", "optuna_checkpoint.attach._worker"),
     ("py:data", "RESUME_LOOKBACK"),
 ]
 

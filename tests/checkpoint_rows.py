@@ -8,8 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from optuna_checkpoint._seal import Sealer
-from optuna_checkpoint._seal import place
+from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._sql import checkpoints
 

@@ -51,13 +51,13 @@ from optuna_checkpoint import UnsupportedSamplerError
 from optuna_checkpoint import load_sampler_state_dict
 from optuna_checkpoint import sampler_state_dict
 from optuna_checkpoint import uninterrupted_trials
-from optuna_checkpoint._adapters import adapter_for
-from optuna_checkpoint._adapters._nsga import NSGASamplerAdapter
-from optuna_checkpoint._adapters._rng import load_rng_state_dict
-from optuna_checkpoint._adapters._rng import rng_state_dict
-from optuna_checkpoint._codec import decode
-from optuna_checkpoint._codec import encode
-from optuna_checkpoint._fingerprint import differences
+from optuna_checkpoint.state._codec import decode
+from optuna_checkpoint.state._codec import encode
+from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state.adapters import adapter_for
+from optuna_checkpoint.state.adapters._nsga import NSGASamplerAdapter
+from optuna_checkpoint.state.adapters._rng import load_rng_state_dict
+from optuna_checkpoint.state.adapters._rng import rng_state_dict
 
 
 pytestmark = [

@@ -27,8 +27,8 @@ from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import ConfigMismatchError
 from optuna_checkpoint import CorruptCheckpointError
 from optuna_checkpoint import UnsupportedSamplerError
-from optuna_checkpoint import _codec
-from optuna_checkpoint._adapters import adapter_for
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state.adapters import adapter_for
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -33,14 +33,14 @@ import pytest
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import uninterrupted_trials
-from optuna_checkpoint._adapters import adapter_for
-from optuna_checkpoint._adapters._qmc import QMCSamplerAdapter
-from optuna_checkpoint._codec import decode
-from optuna_checkpoint._codec import encode
-from optuna_checkpoint._fingerprint import differences
-from optuna_checkpoint._logical import _LogicalStudy
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
+from optuna_checkpoint.state._codec import decode
+from optuna_checkpoint.state._codec import encode
+from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state.adapters import adapter_for
+from optuna_checkpoint.state.adapters._qmc import QMCSamplerAdapter
+from optuna_checkpoint.study._logical import _LogicalStudy
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

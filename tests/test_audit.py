@@ -19,8 +19,8 @@ from optuna_checkpoint import DeterminismReport
 from optuna_checkpoint import audit_determinism
 from optuna_checkpoint import seed_everything
 from optuna_checkpoint import trial_seed
-from optuna_checkpoint._audit import _same
-from optuna_checkpoint._seeding import ReplayTrial
+from optuna_checkpoint.tools._audit import _same
+from optuna_checkpoint.tools._seeding import ReplayTrial
 
 
 SEED = 3

@@ -13,11 +13,11 @@ import numpy as np
 from optuna.samplers._lazy_random_state import LazyRandomState
 import pytest
 
-from optuna_checkpoint import _codec
-from optuna_checkpoint._adapters._rng import load_rng_state_dict
-from optuna_checkpoint._adapters._rng import rng_state_dict
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsafeCheckpointError
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state.adapters._rng import load_rng_state_dict
+from optuna_checkpoint.state.adapters._rng import rng_state_dict
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ import pytest
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import ConfigMismatchError
-from optuna_checkpoint._fingerprint import describe
-from optuna_checkpoint._fingerprint import differences
-from optuna_checkpoint._fingerprint import digest
+from optuna_checkpoint.state._fingerprint import describe
+from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state._fingerprint import digest
 
 
 STUDY = "fp"

@@ -25,7 +25,7 @@ import optuna_checkpoint
 from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import VersionMismatchError
-from optuna_checkpoint._versions import library_versions
+from optuna_checkpoint.state._versions import library_versions
 from optuna_checkpoint.stores._sql import TABLES_FORMAT
 from optuna_checkpoint.stores._sql import checkpoints
 from optuna_checkpoint.stores._sql import formats

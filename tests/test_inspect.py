@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import Retention
-from optuna_checkpoint._inspect import checkpoint_store
-from optuna_checkpoint._inspect import list_studies
-from optuna_checkpoint._inspect import open_storage
-from optuna_checkpoint._inspect import prune_study
-from optuna_checkpoint._inspect import study_status
 from optuna_checkpoint.exceptions import StudyNotFoundError
+from optuna_checkpoint.tools._inspect import checkpoint_store
+from optuna_checkpoint.tools._inspect import list_studies
+from optuna_checkpoint.tools._inspect import open_storage
+from optuna_checkpoint.tools._inspect import prune_study
+from optuna_checkpoint.tools._inspect import study_status
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

@@ -27,7 +27,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal import JournalRedisBackend
 import pytest
 
-from optuna_checkpoint._lease import current_owner
+from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.stores._base import Checkpoint

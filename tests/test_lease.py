@@ -21,11 +21,11 @@ import sqlalchemy as sa
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import StreamOwnedError
-from optuna_checkpoint._interruptions import INTERRUPTED_ATTR
-from optuna_checkpoint._lease import LeaseVerdict
-from optuna_checkpoint._lease import current_owner
-from optuna_checkpoint._lease import judge_lease
-from optuna_checkpoint._lease import process_start_time
+from optuna_checkpoint.attach._lease import LeaseVerdict
+from optuna_checkpoint.attach._lease import current_owner
+from optuna_checkpoint.attach._lease import judge_lease
+from optuna_checkpoint.attach._lease import process_start_time
+from optuna_checkpoint.resume._interruptions import INTERRUPTED_ATTR
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._sql import _stream_from_row
 from optuna_checkpoint.stores._sql import streams

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from optuna.trial import create_trial
 import pytest
 
-from optuna_checkpoint._logical import HiddenTrials
+from optuna_checkpoint.study._logical import HiddenTrials
 
 
 DISTRIBUTION = FloatDistribution(0.0, 1.0)

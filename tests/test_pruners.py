@@ -39,8 +39,8 @@ from optuna_checkpoint import UnsupportedPrunerError
 from optuna_checkpoint import load_sampler_state_dict
 from optuna_checkpoint import sampler_state_dict
 from optuna_checkpoint import uninterrupted_trials
-from optuna_checkpoint._adapters._pruners import pruner_adapter_for
-from optuna_checkpoint._fingerprint import describe
+from optuna_checkpoint.state._fingerprint import describe
+from optuna_checkpoint.state.adapters._pruners import pruner_adapter_for
 
 
 pytestmark = pytest.mark.filterwarnings(

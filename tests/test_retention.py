@@ -17,11 +17,11 @@ import pytest
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import Retention
 from optuna_checkpoint import uninterrupted_trials
-from optuna_checkpoint._retention import RESUME_LOOKBACK
-from optuna_checkpoint._retention import checkpoints_to_delete
-from optuna_checkpoint._retention import prune_stream
 from optuna_checkpoint._sampler import _first_trial
 from optuna_checkpoint._sampler import study_uid
+from optuna_checkpoint.record._retention import RESUME_LOOKBACK
+from optuna_checkpoint.record._retention import checkpoints_to_delete
+from optuna_checkpoint.record._retention import prune_stream
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import CorruptCheckpointError
-from optuna_checkpoint import _codec
-from optuna_checkpoint._seal import SIGNING_KEY_ENV
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._seal import SIGNING_KEY_ENV
 from optuna_checkpoint.stores._sql import checkpoints
 from optuna_checkpoint.stores._sql import streams
 from tests.checkpoint_rows import seal_of_row

@@ -9,9 +9,9 @@ import pytest
 
 from optuna_checkpoint import CorruptCheckpointError
 from optuna_checkpoint import SignatureError
-from optuna_checkpoint._seal import SIGNING_KEY_ENV
-from optuna_checkpoint._seal import Sealer
-from optuna_checkpoint._seal import place
+from optuna_checkpoint.state._seal import SIGNING_KEY_ENV
+from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.stores._base import Checkpoint
 
 

@@ -19,7 +19,7 @@ from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import seed_everything
 from optuna_checkpoint import trial_seed
 from optuna_checkpoint import uninterrupted_trials
-from optuna_checkpoint._seeding import SEED_NUMBER_ATTR
+from optuna_checkpoint.tools._seeding import SEED_NUMBER_ATTR
 
 
 SEED = 7

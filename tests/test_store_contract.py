@@ -32,7 +32,7 @@ from optuna.storages.journal import JournalRedisBackend
 from optuna.study import StudyDirection
 import pytest
 
-from optuna_checkpoint._lease import current_owner
+from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.stores._attrs import AttributeCheckpointStore

@@ -26,23 +26,23 @@ import pytest
 import sqlalchemy as sa
 
 from optuna_checkpoint import CheckpointingSampler
-from optuna_checkpoint._inspect import StreamStatus
-from optuna_checkpoint._inspect import checkpoint_store
-from optuna_checkpoint._inspect import study_status
 from optuna_checkpoint._sampler import study_uid
-from optuna_checkpoint._seal import SIGNING_KEY_ENV
-from optuna_checkpoint._seal import Sealer
-from optuna_checkpoint._transfer import ImportReport
-from optuna_checkpoint._transfer import export_checkpoints
-from optuna_checkpoint._transfer import import_checkpoints
-from optuna_checkpoint._transfer import portable_place
 from optuna_checkpoint.cli import main
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import SignatureError
 from optuna_checkpoint.exceptions import StudyNotFoundError
+from optuna_checkpoint.state._seal import SIGNING_KEY_ENV
+from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._sql import checkpoints
+from optuna_checkpoint.tools._inspect import StreamStatus
+from optuna_checkpoint.tools._inspect import checkpoint_store
+from optuna_checkpoint.tools._inspect import study_status
+from optuna_checkpoint.tools._transfer import ImportReport
+from optuna_checkpoint.tools._transfer import export_checkpoints
+from optuna_checkpoint.tools._transfer import import_checkpoints
+from optuna_checkpoint.tools._transfer import portable_place
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

@@ -32,12 +32,12 @@ from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import CorruptCheckpointError
 from optuna_checkpoint import Stateful
 from optuna_checkpoint import UnsupportedSamplerError
-from optuna_checkpoint import _codec
 from optuna_checkpoint import load_sampler_state_dict
 from optuna_checkpoint import sampler_state_dict
 from optuna_checkpoint import uninterrupted_trials
-from optuna_checkpoint._adapters._pickle import PickleAdapter
-from optuna_checkpoint._adapters._stateful import StatefulAdapter
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state.adapters._pickle import PickleAdapter
+from optuna_checkpoint.state.adapters._stateful import StatefulAdapter
 from optuna_checkpoint.stores._sql import checkpoints
 
 

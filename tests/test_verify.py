@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from optuna_checkpoint import CheckpointingSampler
-from optuna_checkpoint import _codec
 from optuna_checkpoint import verify
+from optuna_checkpoint.state import _codec
 from optuna_checkpoint.stores._sql import checkpoints
 from optuna_checkpoint.stores._sql import streams
 from tests.checkpoint_rows import seal_of_row

@@ -17,10 +17,10 @@ import pytest
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import StreamOwnedError
-from optuna_checkpoint._interruptions import INTERRUPTED_ATTR
-from optuna_checkpoint._interruptions import adoptable_trials
-from optuna_checkpoint._worker import slot_names
-from optuna_checkpoint._worker import worker_id_from_environment
+from optuna_checkpoint.attach._worker import slot_names
+from optuna_checkpoint.attach._worker import worker_id_from_environment
+from optuna_checkpoint.resume._interruptions import INTERRUPTED_ATTR
+from optuna_checkpoint.resume._interruptions import adoptable_trials
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 from optuna_checkpoint.stores._sql import resolve_rdb_storage
 

@@ -1,23 +1,7 @@
 """optuna-checkpoint: exact, bit-identical resume of Optuna studies after any interruption."""
 
-from optuna_checkpoint._adapters import Stateful
-from optuna_checkpoint._adapters._protocol import load_sampler_state_dict
-from optuna_checkpoint._adapters._protocol import sampler_state_dict
-from optuna_checkpoint._audit import DeterminismReport
-from optuna_checkpoint._audit import audit_determinism
-from optuna_checkpoint._fork import ForkReport
-from optuna_checkpoint._fork import fork_study
 from optuna_checkpoint._pruner import CheckpointingPruner
-from optuna_checkpoint._retention import Retention
 from optuna_checkpoint._sampler import CheckpointingSampler
-from optuna_checkpoint._seeding import seed_everything
-from optuna_checkpoint._seeding import trial_seed
-from optuna_checkpoint._trajectory import uninterrupted_trials
-from optuna_checkpoint._transfer import ImportReport
-from optuna_checkpoint._transfer import export_checkpoints
-from optuna_checkpoint._transfer import import_checkpoints
-from optuna_checkpoint._verify import VerificationReport
-from optuna_checkpoint._verify import verify
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CheckpointIncompleteError
 from optuna_checkpoint.exceptions import ConfigMismatchError
@@ -29,6 +13,22 @@ from optuna_checkpoint.exceptions import UnsafeCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedPrunerError
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
 from optuna_checkpoint.exceptions import VersionMismatchError
+from optuna_checkpoint.record._retention import Retention
+from optuna_checkpoint.state.adapters import Stateful
+from optuna_checkpoint.state.adapters._protocol import load_sampler_state_dict
+from optuna_checkpoint.state.adapters._protocol import sampler_state_dict
+from optuna_checkpoint.tools._audit import DeterminismReport
+from optuna_checkpoint.tools._audit import audit_determinism
+from optuna_checkpoint.tools._fork import ForkReport
+from optuna_checkpoint.tools._fork import fork_study
+from optuna_checkpoint.tools._seeding import seed_everything
+from optuna_checkpoint.tools._seeding import trial_seed
+from optuna_checkpoint.tools._trajectory import uninterrupted_trials
+from optuna_checkpoint.tools._transfer import ImportReport
+from optuna_checkpoint.tools._transfer import export_checkpoints
+from optuna_checkpoint.tools._transfer import import_checkpoints
+from optuna_checkpoint.tools._verify import VerificationReport
+from optuna_checkpoint.tools._verify import verify
 
 
 __version__ = "0.4.0"

@@ -24,13 +24,13 @@ from typing import Any
 
 from optuna.pruners import BasePruner
 
-from optuna_checkpoint._adapters._pruners import pruner_adapter_for
-from optuna_checkpoint._fingerprint import describe
-from optuna_checkpoint._fingerprint import differences
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedPrunerError
+from optuna_checkpoint.state._fingerprint import describe
+from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state.adapters._pruners import pruner_adapter_for
 
 
 if TYPE_CHECKING:

@@ -26,47 +26,46 @@ from optuna.samplers import BaseSampler
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
-from optuna_checkpoint import _codec
-from optuna_checkpoint._adapters import adapter_for
 from optuna_checkpoint._faults import crash_point
-from optuna_checkpoint._fingerprint import differences
-from optuna_checkpoint._fingerprint import sampler_fingerprint
-from optuna_checkpoint._interruptions import INTERRUPTED_ATTR
-from optuna_checkpoint._interruptions import RETRIES_EXHAUSTED
-from optuna_checkpoint._interruptions import adoptable_trials
-from optuna_checkpoint._interruptions import find_interrupted
-from optuna_checkpoint._interruptions import first_trial_of_new_stream
-from optuna_checkpoint._interruptions import hidden_from
-from optuna_checkpoint._interruptions import mark_retry
-from optuna_checkpoint._interruptions import roll_forward
-from optuna_checkpoint._lease import DEFAULT_GRACE_PERIOD
-from optuna_checkpoint._lease import DEFAULT_HEARTBEAT_INTERVAL
-from optuna_checkpoint._lease import Heartbeat
-from optuna_checkpoint._lease import LeaseVerdict
-from optuna_checkpoint._lease import current_owner
-from optuna_checkpoint._lease import judge_lease
-from optuna_checkpoint._logical import HiddenTrials
 from optuna_checkpoint._pruner import CheckpointingPruner
 from optuna_checkpoint._pruner import attach_pruner
 from optuna_checkpoint._pruner import restore_pruner
 from optuna_checkpoint._pruner import with_pruner_state
-from optuna_checkpoint._retention import RESUME_LOOKBACK
-from optuna_checkpoint._retention import AmortizedPruning
-from optuna_checkpoint._retention import Retention
-from optuna_checkpoint._seal import Sealer
-from optuna_checkpoint._seal import describe
-from optuna_checkpoint._seal import place
-from optuna_checkpoint._versions import check_versions
-from optuna_checkpoint._versions import library_versions
-from optuna_checkpoint._worker import MAIN_WORKER
-from optuna_checkpoint._worker import check_worker_id
-from optuna_checkpoint._worker import slot_names
-from optuna_checkpoint._worker import spawn_worker_state
-from optuna_checkpoint._worker import worker_id_from_environment
+from optuna_checkpoint.attach._lease import DEFAULT_GRACE_PERIOD
+from optuna_checkpoint.attach._lease import DEFAULT_HEARTBEAT_INTERVAL
+from optuna_checkpoint.attach._lease import Heartbeat
+from optuna_checkpoint.attach._lease import LeaseVerdict
+from optuna_checkpoint.attach._lease import current_owner
+from optuna_checkpoint.attach._lease import judge_lease
+from optuna_checkpoint.attach._worker import MAIN_WORKER
+from optuna_checkpoint.attach._worker import check_worker_id
+from optuna_checkpoint.attach._worker import slot_names
+from optuna_checkpoint.attach._worker import spawn_worker_state
+from optuna_checkpoint.attach._worker import worker_id_from_environment
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.record._retention import RESUME_LOOKBACK
+from optuna_checkpoint.record._retention import AmortizedPruning
+from optuna_checkpoint.record._retention import Retention
+from optuna_checkpoint.resume._interruptions import INTERRUPTED_ATTR
+from optuna_checkpoint.resume._interruptions import RETRIES_EXHAUSTED
+from optuna_checkpoint.resume._interruptions import adoptable_trials
+from optuna_checkpoint.resume._interruptions import find_interrupted
+from optuna_checkpoint.resume._interruptions import first_trial_of_new_stream
+from optuna_checkpoint.resume._interruptions import hidden_from
+from optuna_checkpoint.resume._interruptions import mark_retry
+from optuna_checkpoint.resume._interruptions import roll_forward
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state._fingerprint import sampler_fingerprint
+from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state._seal import describe
+from optuna_checkpoint.state._seal import place
+from optuna_checkpoint.state._versions import check_versions
+from optuna_checkpoint.state._versions import library_versions
+from optuna_checkpoint.state.adapters import adapter_for
 from optuna_checkpoint.stores._attrs import AttributeCheckpointStore
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
@@ -77,6 +76,7 @@ from optuna_checkpoint.stores._journal import JournalCheckpointStore
 from optuna_checkpoint.stores._journal import resolve_journal_storage
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 from optuna_checkpoint.stores._sql import resolve_rdb_storage
+from optuna_checkpoint.study._logical import HiddenTrials
 
 
 if TYPE_CHECKING:
@@ -187,8 +187,8 @@ class CheckpointingSampler(BaseSampler):
         worker_id: The name of this worker's checkpoint stream, for studies run by several
             processes at once. Without it, the environment's ``OPTUNA_CHECKPOINT_WORKER_ID`` or
             launcher rank is used, else the first free slot (``main``, ``worker-1``, ...); see
-            :mod:`optuna_checkpoint._worker` for the rule. A second live process with the same
-            explicit id is refused with :class:`StreamOwnedError`. Every worker but ``main``
+            :mod:`optuna_checkpoint.attach._worker` for the rule. A second live process with the
+            same explicit id is refused with :class:`StreamOwnedError`. Every worker but ``main``
             derives its random streams from the sampler's seed and its id, so seeded workers
             do not propose the same points.
         max_retries: How often a trial interrupted at the same logical position is retried

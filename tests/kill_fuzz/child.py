@@ -166,8 +166,8 @@ def _load_initial_state(sampler: optuna.samplers.BaseSampler, storage_url: str) 
     """Give an unseeded sampler the initial state another run recorded (its reference run)."""
     import sqlalchemy as sa
 
-    from optuna_checkpoint import _codec
-    from optuna_checkpoint._adapters import adapter_for
+    from optuna_checkpoint.state import _codec
+    from optuna_checkpoint.state.adapters import adapter_for
     from optuna_checkpoint.stores._sql import checkpoints
 
     engine = sa.create_engine(storage_url)

@@ -30,8 +30,8 @@ from scenarios import Scenario
 
 from optuna_checkpoint import load_sampler_state_dict
 from optuna_checkpoint import sampler_state_dict
-from optuna_checkpoint._adapters._rng import load_rng_state_dict
-from optuna_checkpoint._adapters._rng import rng_state_dict
+from optuna_checkpoint.state.adapters._rng import load_rng_state_dict
+from optuna_checkpoint.state.adapters._rng import rng_state_dict
 
 
 POPULATION = 4

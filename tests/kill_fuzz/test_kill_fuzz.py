@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from optuna_checkpoint._faults import POINTS
-from optuna_checkpoint._seal import SIGNING_KEY_ENV
+from optuna_checkpoint.state._seal import SIGNING_KEY_ENV
 from tests.checkpoint_rows import seals
 from tests.kill_fuzz.harness import RunLog
 from tests.kill_fuzz.harness import assert_resumed_exactly

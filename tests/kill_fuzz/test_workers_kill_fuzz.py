@@ -44,7 +44,7 @@ from optuna.trial import FrozenTrial
 import pytest
 import sqlalchemy as sa
 
-from optuna_checkpoint._interruptions import INTERRUPTED_ATTR
+from optuna_checkpoint.resume._interruptions import INTERRUPTED_ATTR
 from optuna_checkpoint.stores._sql import interrupted_trials
 from optuna_checkpoint.stores._sql import streams
 from optuna_checkpoint.stores._sql import trial_claims

@@ -2,8 +2,8 @@
 
 Each verb is one module defining one click command with the shared options of
 :mod:`._common`, registered on :data:`main` below. The data comes from
-:mod:`optuna_checkpoint._inspect`, :mod:`optuna_checkpoint._retention` and
-:mod:`optuna_checkpoint._verify`; the verbs only render it (:mod:`._render`).
+:mod:`optuna_checkpoint.tools._inspect`, :mod:`optuna_checkpoint.record._retention` and
+:mod:`optuna_checkpoint.tools._verify`; the verbs only render it (:mod:`._render`).
 
 Exit codes: 0 when the report was made (and, for ``verify``, everything checked out); 1 when a
 problem stopped it (no such study, a storage that cannot prune, a database that cannot be

@@ -11,7 +11,7 @@ from typing import TypeVar
 import click
 from optuna.storages import BaseStorage
 
-from optuna_checkpoint._inspect import open_storage
+from optuna_checkpoint.tools._inspect import open_storage
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -8,9 +8,6 @@ import click
 import optuna
 from rich.console import Console
 
-from optuna_checkpoint._fork import ForkReport
-from optuna_checkpoint._fork import fork_study
-from optuna_checkpoint._inspect import open_storage
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
 from optuna_checkpoint.cli._common import json_option
@@ -18,6 +15,9 @@ from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
 from optuna_checkpoint.cli._verify import load_sampler
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.tools._fork import ForkReport
+from optuna_checkpoint.tools._fork import fork_study
+from optuna_checkpoint.tools._inspect import open_storage
 
 
 _SAMPLER_HELP = (

@@ -9,8 +9,6 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.progress import TaskID
 
-from optuna_checkpoint._inspect import prune_study
-from optuna_checkpoint._retention import Retention
 from optuna_checkpoint.cli import _render
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
@@ -19,6 +17,8 @@ from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
+from optuna_checkpoint.record._retention import Retention
+from optuna_checkpoint.tools._inspect import prune_study
 
 
 class _StreamProgress:

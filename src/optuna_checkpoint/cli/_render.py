@@ -6,12 +6,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from optuna_checkpoint._inspect import PruneReport
-from optuna_checkpoint._inspect import StreamStatus
-from optuna_checkpoint._inspect import StudyStatus
-from optuna_checkpoint._inspect import StudySummary
-from optuna_checkpoint._transfer import ImportReport
-from optuna_checkpoint._verify import VerificationReport
+from optuna_checkpoint.tools._inspect import PruneReport
+from optuna_checkpoint.tools._inspect import StreamStatus
+from optuna_checkpoint.tools._inspect import StudyStatus
+from optuna_checkpoint.tools._inspect import StudySummary
+from optuna_checkpoint.tools._transfer import ImportReport
+from optuna_checkpoint.tools._verify import VerificationReport
 
 
 def size(n: int) -> str:

@@ -7,8 +7,6 @@ from dataclasses import asdict
 import click
 from rich.console import Console
 
-from optuna_checkpoint._inspect import list_studies
-from optuna_checkpoint._inspect import study_status
 from optuna_checkpoint.cli import _render
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
@@ -16,6 +14,8 @@ from optuna_checkpoint.cli._common import json_option
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.tools._inspect import list_studies
+from optuna_checkpoint.tools._inspect import study_status
 
 
 @click.command()

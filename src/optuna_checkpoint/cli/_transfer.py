@@ -13,8 +13,6 @@ from typing import Any
 import click
 from rich.console import Console
 
-from optuna_checkpoint._transfer import export_checkpoints
-from optuna_checkpoint._transfer import import_checkpoints
 from optuna_checkpoint.cli import _render
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
@@ -23,6 +21,8 @@ from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
+from optuna_checkpoint.tools._transfer import export_checkpoints
+from optuna_checkpoint.tools._transfer import import_checkpoints
 
 
 _KEY_NOTE = (

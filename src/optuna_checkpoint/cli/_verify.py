@@ -12,7 +12,6 @@ from optuna.samplers import BaseSampler
 from rich.console import Console
 from rich.progress import Progress
 
-from optuna_checkpoint._verify import verify as verify_study
 from optuna_checkpoint.cli import _render
 from optuna_checkpoint.cli._common import PROBLEM
 from optuna_checkpoint.cli._common import Problem
@@ -21,6 +20,7 @@ from optuna_checkpoint.cli._common import json_option
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.tools._verify import verify as verify_study
 
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")

@@ -79,11 +79,12 @@ class Checkpoint:
             so a trial whose final write was lost can be rolled forward.
         trial_values: The values the trial was told, if any.
         adapter: The name of the state adapter that wrote the payload.
-        payload: The encoded state (see :mod:`optuna_checkpoint._codec`).
+        payload: The encoded state (see :mod:`optuna_checkpoint.state._codec`).
         checksum: The seal of the checkpoint, a digest or signature bound to its study,
-            stream and trial (see :mod:`optuna_checkpoint._seal`).
+            stream and trial (see :mod:`optuna_checkpoint.state._seal`).
         versions: The library versions of the process that wrote it (see
-            :mod:`optuna_checkpoint._versions`); ``None`` for checkpoints of releases before 0.4.
+            :mod:`optuna_checkpoint.state._versions`); ``None`` for checkpoints of releases
+            before 0.4.
     """
 
     trial_id: int | None

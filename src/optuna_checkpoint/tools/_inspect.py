@@ -24,15 +24,15 @@ from optuna.trial import TrialState
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from optuna_checkpoint._lease import current_owner
-from optuna_checkpoint._lease import judge_lease
-from optuna_checkpoint._retention import RESUME_LOOKBACK
-from optuna_checkpoint._retention import Retention
-from optuna_checkpoint._retention import prune_stream
 from optuna_checkpoint._sampler import _lease_timing
 from optuna_checkpoint._sampler import study_uid
+from optuna_checkpoint.attach._lease import current_owner
+from optuna_checkpoint.attach._lease import judge_lease
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
+from optuna_checkpoint.record._retention import RESUME_LOOKBACK
+from optuna_checkpoint.record._retention import Retention
+from optuna_checkpoint.record._retention import prune_stream
 from optuna_checkpoint.stores._attrs import AttributeCheckpointStore
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
@@ -495,7 +495,7 @@ def prune_study(
 ) -> PruneReport:
     """Delete the checkpoints ``retention`` does not keep, from every stream of the study.
 
-    Safe while workers run (see :func:`~optuna_checkpoint._retention.prune_stream`).
+    Safe while workers run (see :func:`~optuna_checkpoint.record._retention.prune_stream`).
 
     Args:
         storage: The study's storage.

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from optuna_checkpoint._adapters._rng import CACHED_GAUSSIAN
-from optuna_checkpoint._adapters._rng import HAS_GAUSS
-from optuna_checkpoint._adapters._rng import KEY
-from optuna_checkpoint._adapters._rng import POS
+from optuna_checkpoint.state.adapters._rng import CACHED_GAUSSIAN
+from optuna_checkpoint.state.adapters._rng import HAS_GAUSS
+from optuna_checkpoint.state.adapters._rng import KEY
+from optuna_checkpoint.state.adapters._rng import POS
 
 
 MAIN_WORKER = "main"
@@ -100,7 +100,7 @@ def worker_key(worker_id: str) -> int:
 def spawn_worker_state(state: Any, worker_id: str) -> tuple[Any, int]:
     """Re-seed every RNG found in an adapter's state dict for ``worker_id``.
 
-    RNG states are recognised by the keys :mod:`optuna_checkpoint._adapters._rng` writes. Each
+    RNG states are recognised by the keys :mod:`optuna_checkpoint.state.adapters._rng` writes. Each
     is replaced by the state of a generator seeded from its own words and the worker, so the
     result depends only on the original seeds and the worker id.
 

@@ -33,11 +33,11 @@ from optuna.trial import FixedTrial
 from optuna.trial import FrozenTrial
 from optuna.trial import Trial
 
-from optuna_checkpoint._interruptions import hidden_from
-from optuna_checkpoint._logical import HiddenTrials
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint._sampler import _first_trial
-from optuna_checkpoint._trajectory import recorded_interruptions
+from optuna_checkpoint.resume._interruptions import hidden_from
+from optuna_checkpoint.study._logical import HiddenTrials
+from optuna_checkpoint.tools._trajectory import recorded_interruptions
 
 
 SEED_NUMBER_ATTR = "optuna_checkpoint:seed_number"

@@ -36,9 +36,9 @@ from optuna.samplers.nsgaii._elite_population_selection_strategy import (
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from optuna_checkpoint._adapters._protocol import register
-from optuna_checkpoint._adapters._random import GeneratorAndRandomSamplerAdapter
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
+from optuna_checkpoint.state.adapters._protocol import register
+from optuna_checkpoint.state.adapters._random import GeneratorAndRandomSamplerAdapter
 
 
 _STRATEGIES = (

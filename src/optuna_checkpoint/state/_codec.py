@@ -10,8 +10,8 @@ The format version is 1, unchanged since release 0.1. A release that changes the
 read every earlier version and write the newest; a payload of a newer version than a release
 knows is refused with an error that says to upgrade.
 
-Integrity is checked by the checkpoint's seal (see :mod:`optuna_checkpoint._seal`), which covers
-the payload and the place it belongs to.
+Integrity is checked by the checkpoint's seal (see :mod:`optuna_checkpoint.state._seal`), which
+covers the payload and the place it belongs to.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
-from optuna_checkpoint._seeding import ReplayTrial
+from optuna_checkpoint.tools._seeding import ReplayTrial
 
 
 _CAUSES = """\

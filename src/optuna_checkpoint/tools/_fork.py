@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.exceptions import DuplicatedStudyError
 
-from optuna_checkpoint import _codec
-from optuna_checkpoint._adapters import adapter_for
-from optuna_checkpoint._adapters._protocol import carry_over_study
-from optuna_checkpoint._fingerprint import differences
-from optuna_checkpoint._fingerprint import sampler_fingerprint
 from optuna_checkpoint._pruner import PRUNER_STATE_KEY
 from optuna_checkpoint._sampler import CheckpointingSampler
-from optuna_checkpoint._seal import Sealer
-from optuna_checkpoint._transplant import StudyRef
-from optuna_checkpoint._transplant import plant_stream
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state._fingerprint import sampler_fingerprint
+from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state.adapters import adapter_for
+from optuna_checkpoint.state.adapters._protocol import carry_over_study
+from optuna_checkpoint.tools._transplant import StudyRef
+from optuna_checkpoint.tools._transplant import plant_stream
 
 
 if TYPE_CHECKING:

@@ -28,17 +28,17 @@ from typing import Any
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from optuna_checkpoint import _codec
-from optuna_checkpoint._adapters._protocol import carry_over_study
-from optuna_checkpoint._seal import Sealer
-from optuna_checkpoint._seal import place
-from optuna_checkpoint._transplant import StudyRef
-from optuna_checkpoint._transplant import plant_stream
-from optuna_checkpoint._transplant import store_of
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state._seal import place
+from optuna_checkpoint.state.adapters._protocol import carry_over_study
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.tools._transplant import StudyRef
+from optuna_checkpoint.tools._transplant import plant_stream
+from optuna_checkpoint.tools._transplant import store_of
 
 
 FORMAT = "optuna-checkpoint-export"

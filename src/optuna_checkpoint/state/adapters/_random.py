@@ -12,10 +12,10 @@ from typing import Any
 
 from optuna.samplers import RandomSampler
 
-from optuna_checkpoint._adapters._protocol import StateAdapter
-from optuna_checkpoint._adapters._protocol import register
-from optuna_checkpoint._adapters._rng import load_rng_state_dict
-from optuna_checkpoint._adapters._rng import rng_state_dict
+from optuna_checkpoint.state.adapters._protocol import StateAdapter
+from optuna_checkpoint.state.adapters._protocol import register
+from optuna_checkpoint.state.adapters._rng import load_rng_state_dict
+from optuna_checkpoint.state.adapters._rng import rng_state_dict
 
 
 RNG = "rng"  # the sampler's _rng

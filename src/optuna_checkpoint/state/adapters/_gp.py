@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 from optuna.samplers import GPSampler
 
-from optuna_checkpoint._adapters._protocol import StateAdapter
-from optuna_checkpoint._adapters._protocol import adapter_of_held
-from optuna_checkpoint._adapters._protocol import register
-from optuna_checkpoint._adapters._rng import load_rng_state_dict
-from optuna_checkpoint._adapters._rng import rng_state_dict
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.state.adapters._protocol import StateAdapter
+from optuna_checkpoint.state.adapters._protocol import adapter_of_held
+from optuna_checkpoint.state.adapters._protocol import register
+from optuna_checkpoint.state.adapters._rng import load_rng_state_dict
+from optuna_checkpoint.state.adapters._rng import rng_state_dict
 
 
 if TYPE_CHECKING:

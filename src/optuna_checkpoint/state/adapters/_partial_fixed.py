@@ -10,10 +10,10 @@ from typing import Any
 
 from optuna.samplers import PartialFixedSampler
 
-from optuna_checkpoint._adapters._protocol import StateAdapter
-from optuna_checkpoint._adapters._protocol import adapter_of_held
-from optuna_checkpoint._adapters._protocol import register
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.state.adapters._protocol import StateAdapter
+from optuna_checkpoint.state.adapters._protocol import adapter_of_held
+from optuna_checkpoint.state.adapters._protocol import register
 
 
 BASE_ADAPTER = "base_adapter"  # the name of the base sampler's adapter, checked on restore

@@ -1,8 +1,8 @@
 """The state-adapter protocol and the registry that picks an adapter for a sampler.
 
 An adapter is bound to one sampler object and moves that sampler's complete mutable state in and
-out as a plain state dict (see :mod:`optuna_checkpoint._codec` for what "plain" allows). Capture
-and restore sit side by side in each adapter and share their key constants.
+out as a plain state dict (see :mod:`optuna_checkpoint.state._codec` for what "plain"
+allows). Capture and restore sit side by side in each adapter and share their key constants.
 """
 
 from __future__ import annotations
@@ -198,11 +198,11 @@ def adapter_for(sampler: BaseSampler, *, allow_pickle: bool = False) -> StateAda
     if adapter_type is not None:
         return adapter_type(sampler)
     if isinstance(sampler, Stateful):
-        from optuna_checkpoint._adapters._stateful import StatefulAdapter
+        from optuna_checkpoint.state.adapters._stateful import StatefulAdapter
 
         return StatefulAdapter(sampler)
     if allow_pickle:
-        from optuna_checkpoint._adapters._pickle import PickleAdapter
+        from optuna_checkpoint.state.adapters._pickle import PickleAdapter
 
         return PickleAdapter(sampler)
     raise UnsupportedSamplerError(

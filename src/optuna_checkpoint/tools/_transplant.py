@@ -2,7 +2,7 @@
 
 A checkpoint's seal binds it to its place (study, stream, trial), so a checkpoint cannot simply
 be copied: it is checked where it is, and sealed again where it goes. Both ends use the same
-:class:`~optuna_checkpoint._seal.Sealer`, so with a signing key nothing unsigned or forged is
+:class:`~optuna_checkpoint.state._seal.Sealer`, so with a signing key nothing unsigned or forged is
 ever re-signed.
 """
 
@@ -15,14 +15,14 @@ import time
 from typing import TYPE_CHECKING
 from typing import Any
 
-from optuna_checkpoint._inspect import checkpoint_store
-from optuna_checkpoint._lease import current_owner
 from optuna_checkpoint._sampler import _first_trial
 from optuna_checkpoint._sampler import _store_for
 from optuna_checkpoint._sampler import study_uid
-from optuna_checkpoint._seal import Sealer
-from optuna_checkpoint._seal import place
+from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state._seal import place
+from optuna_checkpoint.tools._inspect import checkpoint_store
 
 
 if TYPE_CHECKING:

@@ -31,20 +31,20 @@ from optuna.distributions import IntDistribution
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
-from optuna_checkpoint import _codec
-from optuna_checkpoint._adapters import adapter_for
-from optuna_checkpoint._fingerprint import differences
-from optuna_checkpoint._fingerprint import sampler_fingerprint
-from optuna_checkpoint._interruptions import FAILED_TRIAL_ATTR
-from optuna_checkpoint._interruptions import RETRY_HISTORY_ATTR
 from optuna_checkpoint._pruner import PRUNER_STATE_KEY
 from optuna_checkpoint._sampler import CheckpointingSampler
-from optuna_checkpoint._seal import Sealer
-from optuna_checkpoint._seal import place
-from optuna_checkpoint._transplant import StudyRef
-from optuna_checkpoint._versions import library_versions
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import SignatureError
+from optuna_checkpoint.resume._interruptions import FAILED_TRIAL_ATTR
+from optuna_checkpoint.resume._interruptions import RETRY_HISTORY_ATTR
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state._fingerprint import sampler_fingerprint
+from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state._seal import place
+from optuna_checkpoint.state._versions import library_versions
+from optuna_checkpoint.state.adapters import adapter_for
+from optuna_checkpoint.tools._transplant import StudyRef
 
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-    from optuna_checkpoint._adapters import StateAdapter
+    from optuna_checkpoint.state.adapters import StateAdapter
     from optuna_checkpoint.stores._base import Checkpoint
     from optuna_checkpoint.stores._base import Stream
 

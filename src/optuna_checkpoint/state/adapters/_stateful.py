@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from optuna_checkpoint._adapters._protocol import StateAdapter
-from optuna_checkpoint._codec import _ALLOWED_DTYPES
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.state._codec import _ALLOWED_DTYPES
+from optuna_checkpoint.state.adapters._protocol import StateAdapter
 
 
 # For messages: the dtypes the codec stores, by name.
@@ -70,7 +70,7 @@ class StatefulAdapter(StateAdapter):
 def find_unstorable(value: Any, path: str) -> str | None:
     """Describe the first value under ``value`` that the checkpoint codec cannot store, if any.
 
-    Mirrors :func:`optuna_checkpoint._codec.encode` without pickles.
+    Mirrors :func:`optuna_checkpoint.state._codec.encode` without pickles.
 
     Args:
         value: A state dict, or a value inside one.

@@ -2,7 +2,7 @@
 
 A pruner is called by Optuna with the real study and trial. Under :class:`CheckpointingPruner`
 it is called instead with the *logical* study (interrupted attempts hidden, later trials
-renumbered, see :mod:`optuna_checkpoint._logical`), through the adapter of its type, which
+renumbered, see :mod:`optuna_checkpoint.study._logical`), through the adapter of its type, which
 
 * moves the pruner's mutable state in and out as a plain state dict (saved in the sampler's
   checkpoint, so both commit together);
@@ -39,10 +39,10 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
-from optuna_checkpoint._adapters._protocol import ExactTypeRegistry
-from optuna_checkpoint._adapters._protocol import Stateful
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedPrunerError
+from optuna_checkpoint.state.adapters._protocol import ExactTypeRegistry
+from optuna_checkpoint.state.adapters._protocol import Stateful
 
 
 class PrunerAdapter:

@@ -22,10 +22,10 @@ from typing import Any
 import cloudpickle
 from optuna.samplers import BaseSampler
 
-from optuna_checkpoint._adapters._protocol import StateAdapter
-from optuna_checkpoint._codec import PickledValue
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
+from optuna_checkpoint.state._codec import PickledValue
+from optuna_checkpoint.state.adapters._protocol import StateAdapter
 
 
 OBJECT_STATE = "object_state"

@@ -22,9 +22,9 @@ import numpy as np
 from optuna.samplers import BaseSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 
-from optuna_checkpoint._adapters import StateAdapter
-from optuna_checkpoint._adapters import adapter_for
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
+from optuna_checkpoint.state.adapters import StateAdapter
+from optuna_checkpoint.state.adapters import adapter_for
 
 
 _MAX_DEPTH = 6

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from optuna_checkpoint._logical import HiddenTrials
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.study._logical import HiddenTrials
 
 
 if TYPE_CHECKING:
