@@ -7,7 +7,12 @@ are Markdown, read by myst-parser. ``tests/test_docs.py`` runs the same build.
 from __future__ import annotations
 
 from pathlib import Path
+import shutil
 import sys
+
+from docutils import nodes
+from sphinx.application import Sphinx
+from sphinx.ext.graphviz import graphviz
 
 
 # Document the checkout the guide sits in, not whichever release happens to be installed.
@@ -28,6 +33,7 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
+    "sphinx.ext.graphviz",
     "sphinx.ext.napoleon",
 ]
 
@@ -73,3 +79,26 @@ nitpick_ignore = [
 
 html_theme = "furo"
 html_title = f"optuna-checkpoint {release}"
+
+# Pictures (design.md's pipeline) are ```{graphviz} blocks, drawn as SVG by Graphviz's `dot`
+# (apt install graphviz, brew install graphviz). Without `dot` the extension would fail the build
+# under -W, so the guide then shows each picture's DOT source as a literal block instead (with
+# the class below, which tests/test_docs.py looks for): see setup().
+graphviz_output_format = "svg"
+GRAPHVIZ_FALLBACK_CLASS = "graphviz-fallback"
+
+
+def _graphviz_source_without_dot(app: Sphinx, doctree: nodes.document) -> None:
+    """Replace each graphviz node by a literal block of its DOT source if ``dot`` is absent."""
+    if shutil.which(app.config.graphviz_dot) is not None:
+        return
+    for node in list(doctree.findall(graphviz)):
+        source = nodes.literal_block(
+            node["code"], node["code"], language="text", classes=[GRAPHVIZ_FALLBACK_CLASS]
+        )
+        node.replace_self(source)
+
+
+def setup(app: Sphinx) -> None:
+    """Show graph sources instead of pictures when Graphviz's ``dot`` is not installed."""
+    app.connect("doctree-read", _graphviz_source_without_dot)

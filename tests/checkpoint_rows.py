@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.stores._base import Checkpoint
-from optuna_checkpoint.stores._sql import checkpoints
+from optuna_checkpoint.stores._sql_schema import checkpoints
 
 
 def where_of(row: Any, stream: Any) -> str:

@@ -31,7 +31,11 @@ from optuna_checkpoint.state import _codec
 from optuna_checkpoint.state.adapters import adapter_for
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+# The torch group: on one xdist worker (--dist loadgroup), so that only it imports torch.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.xdist_group("torch"),
+]
 
 SEED = 11
 STARTUP = 3

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -14,8 +17,10 @@ from optuna.samplers import TPESampler
 import pytest
 import sqlalchemy as sa
 
+import optuna_checkpoint
 from optuna_checkpoint import CheckpointingSampler
-from optuna_checkpoint.cli import main
+from optuna_checkpoint.cli._main import VERBS
+from optuna_checkpoint.cli._main import main
 from optuna_checkpoint.stores._sql import checkpoints
 from tests.checkpoint_rows import count_rows
 
@@ -217,7 +222,7 @@ def test_verify_with_a_sampler_that_is_not_one_is_a_usage_error(url: str) -> Non
 
 
 def test_a_sampler_can_be_named_by_import_path_or_expression() -> None:
-    from optuna_checkpoint.cli._verify import load_sampler
+    from optuna_checkpoint.cli._common import load_sampler
 
     assert type(load_sampler("optuna.samplers:RandomSampler")) is optuna.samplers.RandomSampler
     assert type(load_sampler("optuna.samplers.TPESampler(seed=1)")) is TPESampler
@@ -250,3 +255,67 @@ def test_rewind_then_continue_repeats_the_original(url: str) -> None:
         "--sampler", "TPESampler(seed=5)", "--to-study-name", "s@4",
     )  # fmt: skip
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+# -- the package's layout: one registry of verbs, and no import cycle ----------------------
+
+CLI_PACKAGE = "optuna_checkpoint.cli"
+VERB_MODULES = {"_status", "_prune", "_verify", "_fork", "_transfer"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The modules a file imports at any depth, by full name (``from a import b``: a and a.b)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path.name} has a relative import"
+            assert node.module is not None
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return found
+
+
+def package_directory(package: str) -> Path:
+    return Path(str(importlib.import_module(package).__file__)).parent
+
+
+def package_imports(package: str) -> dict[str, set[str]]:
+    """For each module of ``package``: the names of the package's modules it imports."""
+    directory = package_directory(package)
+    modules = {path.stem for path in directory.glob("*.py")}
+    graph = {}
+    for path in directory.glob("*.py"):
+        imported = imported_modules(path)
+        assert package not in imported, f"{path.name} imports the package {package} itself"
+        graph[path.stem] = {m for m in modules if f"{package}.{m}" in imported}
+    return graph
+
+
+def test_the_cli_package_runs_no_code_and_imports_in_one_direction() -> None:
+    graph = package_imports(CLI_PACKAGE)
+    init = ast.parse((package_directory(CLI_PACKAGE) / "__init__.py").read_text())
+    assert [type(node) for node in init.body] == [ast.Expr]  # the docstring, nothing else
+    assert graph["__main__"] == {"_main"}
+    assert graph["_main"] == VERB_MODULES
+    for verb in VERB_MODULES:
+        assert graph[verb] <= {"_common", "_render"}, verb
+    assert graph["_common"] == graph["_render"] == set()
+    assert set(graph) == {"__init__", "__main__", "_main", "_common", "_render", *VERB_MODULES}
+
+
+def test_every_verb_is_registered_once_and_the_version_is_the_package_s() -> None:
+    verbs = ["export", "fork", "import", "prune", "rewind", "status", "verify"]
+    assert sorted(main.commands) == verbs
+    assert sorted(command.name or "" for command in VERBS) == verbs
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"optuna-checkpoint, version {optuna_checkpoint.__version__}\n"
+    # pyproject.toml reads the version from the same place.
+    assert importlib.metadata.version("optuna-checkpoint") == optuna_checkpoint.__version__
+
+
+def test_python_m_runs_the_command() -> None:
+    result = cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: optuna-checkpoint [OPTIONS] COMMAND")

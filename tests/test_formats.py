@@ -26,10 +26,10 @@ from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import VersionMismatchError
 from optuna_checkpoint.state._versions import library_versions
-from optuna_checkpoint.stores._sql import TABLES_FORMAT
-from optuna_checkpoint.stores._sql import checkpoints
-from optuna_checkpoint.stores._sql import formats
-from optuna_checkpoint.stores._sql import streams
+from optuna_checkpoint.stores._sql_schema import TABLES_FORMAT
+from optuna_checkpoint.stores._sql_schema import checkpoints
+from optuna_checkpoint.stores._sql_schema import formats
+from optuna_checkpoint.stores._sql_schema import streams
 from tests.checkpoint_rows import count_rows
 from tests.checkpoint_rows import seal_of_row
 from tests.checkpoint_rows import seals

@@ -18,7 +18,7 @@ from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import Retention
 from optuna_checkpoint.exceptions import StudyNotFoundError
-from optuna_checkpoint.tools._inspect import checkpoint_store
+from optuna_checkpoint.stores._open import existing_store
 from optuna_checkpoint.tools._inspect import list_studies
 from optuna_checkpoint.tools._inspect import open_storage
 from optuna_checkpoint.tools._inspect import prune_study
@@ -103,7 +103,7 @@ def test_a_finished_trial_without_its_checkpoint(url: str) -> None:
     del study
     gc.collect()
     storage = open_storage(url)
-    store = checkpoint_store(storage)
+    store = existing_store(storage)
     assert store is not None
     stream = study_status(storage, "s").streams[0]
     assert stream.newest_trial_number == 3
@@ -120,11 +120,11 @@ def test_a_finished_trial_without_its_checkpoint(url: str) -> None:
 
 
 def _uid(storage: optuna.storages.BaseStorage) -> str:
-    from optuna_checkpoint._sampler import _first_trial
-    from optuna_checkpoint._sampler import study_uid
+    from optuna_checkpoint.study._identity import first_trial
+    from optuna_checkpoint.study._identity import study_uid
 
     study_id = storage.get_study_id_from_name("s")
-    return study_uid(study_id, "s", _first_trial(storage, study_id))
+    return study_uid(study_id, "s", first_trial(storage, study_id))
 
 
 def test_trials_of_one_stream_at_the_same_time(url: str) -> None:
@@ -164,7 +164,7 @@ def test_interrupted_trials_are_listed_and_the_resume_stays_exact(url: str) -> N
 def test_list_studies_and_a_database_without_checkpoints(url: str) -> None:
     optuna.create_study(study_name="plain", storage=url).optimize(objective, n_trials=2)
     storage = open_storage(url)
-    assert checkpoint_store(storage) is None
+    assert existing_store(storage) is None
     status = study_status(storage, "plain")
     assert (status.streams, status.resume_exact) == ([], False)
     assert status.reasons[0].startswith("the study has trials but no checkpoint stream")

@@ -36,10 +36,10 @@ from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._journal import SIDE_FILE_SUFFIX
 from optuna_checkpoint.stores._journal import JournalCheckpointStore
 from optuna_checkpoint.stores._journal import resolve_journal_storage
+from optuna_checkpoint.stores._record_format import Record
+from optuna_checkpoint.stores._record_format import decode_run
 from optuna_checkpoint.stores._record_log import FileRecordLog
-from optuna_checkpoint.stores._record_log import Record
 from optuna_checkpoint.stores._record_log import RedisRecordLog
-from optuna_checkpoint.stores._record_log import _decode_run
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -96,7 +96,7 @@ def newest(store: JournalCheckpointStore, stream_id: int, limit: int = 3) -> lis
 
 def all_bytes_are_records(side: pathlib.Path) -> bool:
     data = side.read_bytes()
-    return _decode_run(data, 0)[1] == len(data)
+    return decode_run(data, 0)[1] == len(data)
 
 
 @pytest.fixture

@@ -25,10 +25,10 @@ from optuna_checkpoint.attach._lease import LeaseVerdict
 from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.attach._lease import judge_lease
 from optuna_checkpoint.attach._lease import process_start_time
-from optuna_checkpoint.resume._interruptions import INTERRUPTED_ATTR
 from optuna_checkpoint.stores._base import Owner
-from optuna_checkpoint.stores._sql import _stream_from_row
 from optuna_checkpoint.stores._sql import streams
+from optuna_checkpoint.stores._sql_rows import stream_from_row as _stream_from_row
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 
 
 GRACE = 120.0

@@ -13,11 +13,11 @@ import optuna
 from optuna.trial import TrialState
 
 from optuna_checkpoint import CheckpointingSampler
-from optuna_checkpoint import _sampler
+from optuna_checkpoint.study import _trials
 
 
 def test_optuna_still_has_the_per_trial_cache_that_the_resume_shares() -> None:
-    assert _sampler._TRIAL_CACHE_OF_OPTUNA
+    assert _trials.OPTUNA_HAS_TRIAL_CACHE
 
 
 def test_the_resume_reads_the_study_once_for_itself_and_the_wrapped_sampler(

@@ -22,7 +22,7 @@ def test_readme_has_exactly_two_setup_commands_demo_and_tests() -> None:
 
 def test_demo_command_names_the_installed_console_script() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'optuna-checkpoint-demo = "optuna_checkpoint._demo:main"' in pyproject
+    assert 'optuna-checkpoint-demo = "optuna_checkpoint.demo._cli:main"' in pyproject
 
 
 def test_ci_runs_the_readme_test_command() -> None:

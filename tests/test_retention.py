@@ -17,15 +17,15 @@ import pytest
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import Retention
 from optuna_checkpoint import uninterrupted_trials
-from optuna_checkpoint._sampler import _first_trial
-from optuna_checkpoint._sampler import study_uid
-from optuna_checkpoint.record._retention import RESUME_LOOKBACK
 from optuna_checkpoint.record._retention import checkpoints_to_delete
 from optuna_checkpoint.record._retention import prune_stream
+from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
+from optuna_checkpoint.study._identity import first_trial
+from optuna_checkpoint.study._identity import study_uid
 from tests.checkpoint_rows import count_rows
 
 
@@ -66,7 +66,7 @@ def opener(url: str, **kwargs: object) -> Callable[[], optuna.Study]:
 def the_stream(url: str) -> tuple[SQLCheckpointStore, Stream]:
     storage = RDBStorage(url)
     study_id = storage.get_study_id_from_name("s")
-    uid = study_uid(study_id, "s", _first_trial(storage, study_id))
+    uid = study_uid(study_id, "s", first_trial(storage, study_id))
     store = SQLCheckpointStore.for_storage(storage)
     store.open_study(study_id, uid)
     (stream,) = store.list_streams(uid)

@@ -203,8 +203,9 @@ def test_seed_everything_seeds_random_and_numpy_without_importing_torch_or_tenso
     assert result == {"same": True, "seed": True, "torch": False, "tensorflow": False}, output
 
 
+@pytest.mark.xdist_group("torch")  # with the other tests that import torch, on one worker
 def test_seed_everything_seeds_an_imported_torch_and_sets_determinism_on_request() -> None:
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="torch is not installed (optional)")
     output = run_script(
         """
         import json

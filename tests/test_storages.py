@@ -22,9 +22,9 @@ import pytest
 import sqlalchemy as sa
 
 from optuna_checkpoint import CheckpointingSampler
-from optuna_checkpoint.stores._sql import checkpoints
-from optuna_checkpoint.stores._sql import metadata
-from optuna_checkpoint.stores._sql import streams
+from optuna_checkpoint.stores._sql_schema import checkpoints
+from optuna_checkpoint.stores._sql_schema import metadata
+from optuna_checkpoint.stores._sql_schema import streams
 from tests.checkpoint_rows import count_rows
 
 

@@ -26,8 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from optuna_checkpoint import CheckpointingSampler
-from optuna_checkpoint._sampler import study_uid
-from optuna_checkpoint.cli import main
+from optuna_checkpoint.cli._main import main
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import SignatureError
@@ -35,9 +34,10 @@ from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.state._seal import SIGNING_KEY_ENV
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._open import existing_store
 from optuna_checkpoint.stores._sql import checkpoints
+from optuna_checkpoint.study._identity import study_uid
 from optuna_checkpoint.tools._inspect import StreamStatus
-from optuna_checkpoint.tools._inspect import checkpoint_store
 from optuna_checkpoint.tools._inspect import study_status
 from optuna_checkpoint.tools._transfer import ImportReport
 from optuna_checkpoint.tools._transfer import export_checkpoints
@@ -103,7 +103,7 @@ def copy_to(source: Path, target: str | BaseStorage) -> None:
 
 
 def has_checkpoints(where: BaseStorage) -> bool:
-    store = checkpoint_store(where)  # None: not even the side tables exist
+    store = existing_store(where)  # None: not even the side tables exist
     if store is None:
         return False
     study_id = where.get_study_id_from_name(NAME)
@@ -237,7 +237,7 @@ def test_a_tampered_export_is_refused_and_nothing_is_written(
 
     with pytest.raises(CorruptCheckpointError, match="of trial 2 in stream 'main'"):
         import_checkpoints(b, NAME, altered)
-    assert checkpoint_store(b) is None  # not even the side tables were created
+    assert existing_store(b) is None  # not even the side tables were created
     # Control: the same document, unaltered, goes into the same study.
     assert import_checkpoints(b, NAME, document).checkpoints == 8
     assert has_checkpoints(b)
@@ -321,7 +321,7 @@ def test_signed_checkpoints_travel_signed(tmp_path: Path, monkeypatch: pytest.Mo
     raw["seal"] = Sealer(None).seal(forged_checkpoint, where)
     with pytest.raises(SignatureError, match="not signed"):
         import_checkpoints(b, NAME, forged, signing_key=KEY)
-    assert checkpoint_store(b) is None
+    assert existing_store(b) is None
 
     # Control: with the key, the copy takes it and continues as the original does.
     assert import_checkpoints(b, NAME, document, signing_key=KEY).checkpoints == 5

@@ -19,10 +19,10 @@ from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import StreamOwnedError
 from optuna_checkpoint.attach._worker import slot_names
 from optuna_checkpoint.attach._worker import worker_id_from_environment
-from optuna_checkpoint.resume._interruptions import INTERRUPTED_ATTR
 from optuna_checkpoint.resume._interruptions import adoptable_trials
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 from optuna_checkpoint.stores._sql import resolve_rdb_storage
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 
 
 def objective(trial: optuna.Trial) -> float:
@@ -255,7 +255,7 @@ def test_unclaimed_trial_is_adopted_only_after_the_claim_window(tmp_path: pathli
 
 
 def rng_key(sampler: CheckpointingSampler) -> str:
-    return str(sampler._adapter.state_dict())
+    return str(sampler._state.adapter.state_dict())
 
 
 def test_reseeding_is_reproducible_and_not_from_os_entropy() -> None:

@@ -2,6 +2,7 @@
 
 from optuna_checkpoint._pruner import CheckpointingPruner
 from optuna_checkpoint._sampler import CheckpointingSampler
+from optuna_checkpoint._version import __version__
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CheckpointIncompleteError
 from optuna_checkpoint.exceptions import ConfigMismatchError
@@ -15,8 +16,8 @@ from optuna_checkpoint.exceptions import UnsupportedSamplerError
 from optuna_checkpoint.exceptions import VersionMismatchError
 from optuna_checkpoint.record._retention import Retention
 from optuna_checkpoint.state.adapters import Stateful
-from optuna_checkpoint.state.adapters._protocol import load_sampler_state_dict
-from optuna_checkpoint.state.adapters._protocol import sampler_state_dict
+from optuna_checkpoint.state.adapters._registry import load_sampler_state_dict
+from optuna_checkpoint.state.adapters._registry import sampler_state_dict
 from optuna_checkpoint.tools._audit import DeterminismReport
 from optuna_checkpoint.tools._audit import audit_determinism
 from optuna_checkpoint.tools._fork import ForkReport
@@ -30,8 +31,6 @@ from optuna_checkpoint.tools._transfer import import_checkpoints
 from optuna_checkpoint.tools._verify import VerificationReport
 from optuna_checkpoint.tools._verify import verify
 
-
-__version__ = "0.4.0"
 
 __all__ = [
     "CheckpointError",

@@ -5,22 +5,22 @@ minimum resource ``SuccessiveHalvingPruner`` estimates) and read trial numbers (
 bracket of a trial is a hash of its number). The wrapper
 
 * hands the pruner the logical study, the one the wrapped sampler sees: interrupted attempts
-  hidden, later trials renumbered (:meth:`CheckpointingSampler._prune_logically`);
-* stores the pruner's state in the sampler's checkpoint payload, under one reserved key
-  (:func:`with_pruner_state`, :func:`restore_pruner`), so it commits in the sampler's
-  transaction and needs nothing new from the stores; checkpoints without that key, written by
-  earlier releases or without the wrapper, load as before;
+  hidden, later trials renumbered (the sampler that attaches it decides under its lock);
+* offers its state as ``state_dict()`` / ``load_state_dict()``, which the sampler's checkpoint
+  carries under one reserved key (:mod:`optuna_checkpoint.state._composite`);
 * shows the sampler the per-bracket study Optuna shows it under a bare Hyperband
-  (:meth:`CheckpointingPruner._sampler_view`), since Optuna no longer recognises the pruner.
+  (:meth:`CheckpointingPruner.sampler_view`), since Optuna no longer recognises the pruner.
 
 See ``docs/pruners.md`` for why the pruner is wrapped explicitly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import logging
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import Protocol
 
 from optuna.pruners import BasePruner
 
@@ -34,19 +34,23 @@ from optuna_checkpoint.state.adapters._pruners import pruner_adapter_for
 
 
 if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
     from optuna.study import Study
     from optuna.trial import FrozenTrial
-
-    from optuna_checkpoint._sampler import CheckpointingSampler
 
 
 _logger = logging.getLogger(__name__)
 
-PRUNER_STATE_KEY = "optuna_checkpoint:pruner"
-"""The key of the pruner's part in a checkpoint's state dict; no sampler adapter uses it."""
-
 CONFIG = "config"  # the pruner's description when it was constructed
 STATE = "state"  # its adapter's state dict
+
+
+class Decide(Protocol):
+    """How the attached sampler runs a pruning decision: on its logical study, under its lock."""
+
+    def __call__(
+        self, prune: Callable[[Study, FrozenTrial], bool], study: Study, trial: FrozenTrial
+    ) -> bool: ...
 
 
 class CheckpointingPruner(BasePruner):
@@ -96,7 +100,8 @@ class CheckpointingPruner(BasePruner):
         # Described now, while the pruner is fresh: "auto" resources are still "auto".
         self._config = describe(pruner)
         # Set by the sampler when it attaches to the study (its first hook).
-        self._sampler: CheckpointingSampler | None = None
+        self._sampler: BaseSampler | None = None
+        self._decide: Decide | None = None
 
     @property
     def pruner(self) -> BasePruner:
@@ -106,6 +111,11 @@ class CheckpointingPruner(BasePruner):
     def __repr__(self) -> str:
         return f"CheckpointingPruner({self._pruner!r})"
 
+    def _attach(self, sampler: BaseSampler, decide: Decide) -> None:
+        """Called by the study's ``CheckpointingSampler`` when it attaches to the study."""
+        self._sampler = sampler
+        self._decide = decide
+
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         """Decide with the wrapped pruner on the study as the wrapped sampler sees it.
 
@@ -113,24 +123,31 @@ class CheckpointingPruner(BasePruner):
             CheckpointError: The study's sampler is not the :class:`CheckpointingSampler` this
                 pruner was attached to.
         """
-        sampler = self._sampler
-        if sampler is None or study.sampler is not sampler:
+        decide = self._decide
+        if decide is None or study.sampler is not self._sampler:
             raise CheckpointError(
                 "CheckpointingPruner works together with CheckpointingSampler, which saves the "
                 "pruner's state with its own: create the study with "
                 "sampler=CheckpointingSampler(...) as well, and give each study a pruner of "
                 "its own."
             )
-        return sampler._prune_logically(self._adapter.prune, study, trial)
+        return decide(self._adapter.prune, study, trial)
 
-    def _sampler_view(self, study: Study, trial: FrozenTrial) -> Study:
+    def sampler_view(self, study: Study, trial: FrozenTrial) -> Study:
         """The study the wrapped sampler is shown (per-bracket under Hyperband)."""
         return self._adapter.sampler_view(study, trial)
 
-    def _checkpoint_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped pruner's state, with its configuration to check on restore."""
         return {CONFIG: self._config, STATE: self._adapter.state_dict()}
 
-    def _restore_state(self, saved: Any) -> None:
+    def load_state_dict(self, saved: Any) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            CorruptCheckpointError: The saved state is incomplete.
+            ConfigMismatchError: It was saved by a pruner configured differently.
+        """
         if not isinstance(saved, dict) or CONFIG not in saved or STATE not in saved:
             raise CorruptCheckpointError("the pruner's part of the checkpoint is incomplete")
         if saved[CONFIG] != self._config:
@@ -147,15 +164,14 @@ class CheckpointingPruner(BasePruner):
         self._adapter.load_state_dict(saved[STATE])
 
 
-def attach_pruner(study: Study, sampler: CheckpointingSampler) -> CheckpointingPruner | None:
-    """Return the study's :class:`CheckpointingPruner`, now attached to ``sampler``.
+def study_pruner(study: Study) -> CheckpointingPruner | None:
+    """Return the study's :class:`CheckpointingPruner`, if it has one.
 
     A bare pruner that would not resume exactly is reported with a warning, not an error:
     without interruptions it behaves as it always did.
     """
     pruner = study.pruner
     if isinstance(pruner, CheckpointingPruner):
-        pruner._sampler = sampler
         return pruner
     name = type(pruner).__name__
     try:
@@ -179,46 +195,3 @@ def attach_pruner(study: Study, sampler: CheckpointingSampler) -> CheckpointingP
             name,
         )
     return None
-
-
-def with_pruner_state(state: dict[str, Any], pruner: CheckpointingPruner | None) -> dict[str, Any]:
-    """Add the pruner's part to a sampler's state dict, for one checkpoint payload."""
-    if pruner is None:
-        return state
-    if PRUNER_STATE_KEY in state:
-        raise CheckpointError(
-            f"the sampler's state dict uses the key {PRUNER_STATE_KEY!r}, which "
-            "optuna-checkpoint reserves for the pruner's state; rename it in state_dict()."
-        )
-    return {**state, PRUNER_STATE_KEY: pruner._checkpoint_state()}
-
-
-def restore_pruner(state: dict[str, Any], pruner: CheckpointingPruner | None) -> dict[str, Any]:
-    """Restore the pruner's part of a checkpoint's state dict; return the sampler's part.
-
-    A checkpoint without a pruner's part (an earlier release, or a study run without
-    :class:`CheckpointingPruner`) leaves the pruner as constructed, as a restart always did.
-
-    Raises:
-        ConfigMismatchError: The checkpoint holds a pruner's state but the study has no
-            :class:`CheckpointingPruner`, or one configured differently.
-    """
-    if PRUNER_STATE_KEY not in state:
-        if pruner is not None:
-            _logger.warning(
-                "The checkpoint was written without a CheckpointingPruner: %r starts as "
-                "constructed, so its decisions after this resume may differ from an "
-                "uninterrupted run's; the next checkpoints include its state.",
-                pruner,
-            )
-        return state
-    sampler_state = {k: v for k, v in state.items() if k != PRUNER_STATE_KEY}
-    if pruner is None:
-        raise ConfigMismatchError(
-            "the study was checkpointed with a CheckpointingPruner, but its pruner now is not "
-            "one. Create the study with pruner=CheckpointingPruner(...) around the same "
-            "pruner as before, or pass start_new_stream=True to CheckpointingSampler to "
-            "discard the checkpoints."
-        )
-    pruner._restore_state(state[PRUNER_STATE_KEY])
-    return sampler_state

@@ -4,30 +4,23 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.kill_fuzz.harness import RunLog
 from tests.kill_fuzz.harness import Trajectory
-from tests.kill_fuzz.harness import run_to_completion
-from tests.kill_fuzz.harness import sqlite_url
-from tests.kill_fuzz.harness import trajectory
+from tests.kill_fuzz.harness import reference_run
+from tests.kill_fuzz.harness import shared_directory
 
 
 class _References:
     """The uninterrupted run of each seeded configuration, made once per session, on SQLite."""
 
     def __init__(self, directories: pytest.TempPathFactory) -> None:
-        self._directories = directories
-        self._runs: dict[str, tuple[Trajectory, float]] = {}
+        self._directory = shared_directory(directories)
 
     def run(self, sampler: str) -> tuple[Trajectory, float]:
         """The run's trajectory, and the seconds it lasted after the child said ``ready``."""
         from tests.kill_fuzz.test_kill_fuzz import _config
 
-        if sampler not in self._runs:
-            url = sqlite_url(self._directories.mktemp("reference") / f"{sampler}.db")
-            log = RunLog()
-            run_to_completion(_config(sampler, url), log)
-            self._runs[sampler] = (trajectory(url, wrapped=True), log.seconds_after_ready[-1])
-        return self._runs[sampler]
+        made = reference_run(_config(sampler, ""), self._directory)
+        return made.trajectory, made.seconds_after_ready
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,16 @@ bit-for-bit equality.
 from __future__ import annotations
 
 import atexit
+from collections.abc import Iterator
+import contextlib
 from dataclasses import dataclass
 from dataclasses import field
+import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
+import pickle
 import random
 import select
 import shutil
@@ -107,7 +112,7 @@ def _child_env(crash_at: str | None) -> dict[str, str]:
 
 
 class _Zygote:
-    """The harness's side of ``zygote.py``: forks pre-imported children, one at a time."""
+    """The harness's side of ``zygote.py``: forks pre-imported children, as many as asked."""
 
     def __init__(self) -> None:
         self._process = subprocess.Popen(
@@ -117,29 +122,62 @@ class _Zygote:
             cwd=ZYGOTE.parent,
         )
         self._unread = b""  # answers are read unbuffered, so select() sees what is pending
+        self._ended: dict[int, int] = {}  # return codes answered, not yet asked for
+        self._started = 0
         self._dir = Path(tempfile.mkdtemp(prefix="kill-fuzz-zygote-"))
         atexit.register(self.close)
 
-    def start(self, argv: list[str], env: dict[str, str]) -> _ForkedChild:
-        fifo, stderr = self._dir / "stdout", self._dir / "stderr"
-        fifo.unlink(missing_ok=True)
-        os.mkfifo(fifo)
+    def start(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        main: str = "child",
+        output: Path | None = None,
+    ) -> _ForkedChild:
+        """Fork a run of ``main`` (``child`` or ``worker_child``) with ``argv``.
+
+        Its stdout comes back through a FIFO and its stderr through a file of the zygote's, or,
+        with ``output``, both go to that file.
+        """
+        self._started += 1
+        if output is None:
+            stdout = self._dir / f"stdout-{self._started}"
+            stderr = self._dir / f"stderr-{self._started}"
+            os.mkfifo(stdout)
+        else:
+            stdout = stderr = output
         assert self._process.stdin is not None
-        request = {"argv": argv, "env": env, "stdout": str(fifo), "stderr": str(stderr)}
+        request = {
+            "argv": argv,
+            "env": env,
+            "stdout": str(stdout),
+            "stderr": str(stderr),
+            "main": main,
+        }
         self._process.stdin.write(json.dumps(request).encode() + b"\n")
         self._process.stdin.flush()
         answer = self._answer(None)
+        while answer is not None and "returncode" in answer:  # another child ended meanwhile
+            self._ended[answer["pid"]] = int(answer["returncode"])
+            answer = self._answer(None)
         assert answer is not None
+        if output is not None:
+            return _ForkedChild(self, answer["pid"], None, None)
         # Opening blocks until the child has opened the FIFO's other end, its first act.
-        return _ForkedChild(self, answer["pid"], open(fifo), stderr)
+        return _ForkedChild(self, answer["pid"], open(stdout), stderr)
 
     def wait_for(self, pid: int, timeout: float | None) -> int | None:
         """The child's return code, or ``None`` if it is still running after ``timeout``."""
-        answer = self._answer(timeout)
-        if answer is None:
-            return None
-        assert answer["pid"] == pid, answer
-        return int(answer["returncode"])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pid not in self._ended:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            answer = self._answer(left)
+            if answer is None:
+                return None
+            assert "returncode" in answer, answer
+            self._ended[answer["pid"]] = int(answer["returncode"])
+        return self._ended.pop(pid)
 
     def _answer(self, timeout: float | None) -> dict[str, Any] | None:
         assert self._process.stdout is not None
@@ -164,9 +202,11 @@ class _Zygote:
 
 
 class _ForkedChild:
-    """The few parts of :class:`subprocess.Popen` that :func:`run_child` uses, for a fork."""
+    """The parts of :class:`subprocess.Popen` that the tests use, for a fork of the zygote."""
 
-    def __init__(self, zygote: _Zygote, pid: int, stdout: TextIO, stderr: Path) -> None:
+    def __init__(
+        self, zygote: _Zygote, pid: int, stdout: TextIO | None, stderr: Path | None
+    ) -> None:
         self._zygote = zygote
         self.pid = pid
         self.stdout = stdout
@@ -194,12 +234,50 @@ class _ForkedChild:
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)
-        stdout = self.stdout.read()
-        self.stdout.close()
-        return stdout, self._stderr.read_text()
+        stdout = stderr = ""
+        if self.stdout is not None:
+            stdout = self.stdout.read()
+            self.stdout.close()
+        if self._stderr is not None:
+            stderr = self._stderr.read_text()
+            self._stderr.unlink()
+        return stdout, stderr
 
 
 _zygote: _Zygote | None = None
+
+
+ChildProcess = subprocess.Popen[Any] | _ForkedChild
+
+
+def start_script(script: Path, config: dict[str, Any], output: Path) -> ChildProcess:
+    """Start ``script`` (``worker_child.py``) with ``config``, its output going to ``output``.
+
+    Forked from the zygote, several at once if asked, or run as a fresh interpreter.
+    """
+    argv = [str(script), json.dumps(config)]
+    if not _use_zygote():
+        with output.open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+    warm_up_zygote()
+    assert _zygote is not None
+    return _zygote.start(argv, dict(os.environ), main=script.stem, output=output)
+
+
+def _use_zygote() -> bool:
+    return os.environ.get("KILL_FUZZ_ZYGOTE", "1") != "0"
+
+
+def warm_up_zygote() -> None:
+    """Start the zygote now, so that its imports overlap other work instead of the first run."""
+    global _zygote
+    if _zygote is None and _use_zygote():
+        _zygote = _Zygote()
 
 
 def _start_child(
@@ -207,7 +285,7 @@ def _start_child(
 ) -> subprocess.Popen[str] | _ForkedChild:
     """Start ``child.py`` with ``config``: forked from the zygote, or as a fresh interpreter."""
     argv = [str(CHILD), json.dumps(config)]
-    if os.environ.get("KILL_FUZZ_ZYGOTE", "1") == "0":
+    if not _use_zygote():
         return subprocess.Popen(
             [sys.executable, *argv],
             stdout=subprocess.PIPE,
@@ -331,29 +409,85 @@ def scenario_config(
     }
 
 
+@dataclass(frozen=True)
+class Reference:
+    """An uninterrupted run of the child: where it is, what it did, and how long it lasted."""
+
+    url: str  # a SQLite file, complete; read it, never write it (other workers read it too)
+    trajectory: Trajectory  # read as wrapped or not as the configuration's ``wrap`` says
+    seconds_after_ready: float
+
+
+def shared_directory(directories: pytest.TempPathFactory) -> Path:
+    """A folder of this session's base temp folder that every xdist worker of it shares."""
+    base = directories.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / "kill-fuzz-references"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+_references: dict[tuple[Path, str], Reference] = {}
+
+
+def reference_run(config: dict[str, Any], directory: Path) -> Reference:
+    """The uninterrupted run of ``config`` (its storage aside), made once per test session.
+
+    The first worker to need it runs it on a SQLite file in ``directory`` while holding a file
+    lock on it; the others wait for that lock and read what it left.
+    """
+    key = json.dumps({k: v for k, v in config.items() if k != "storage"}, sort_keys=True)
+    if (directory, key) in _references:
+        return _references[directory, key]
+    name = hashlib.sha256(key.encode()).hexdigest()[:20]
+    folder, done = directory / name, directory / f"{name}.pickle"
+    with _locked(directory / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker died making it
+            folder.mkdir()
+            url = sqlite_url(folder / "study.db")
+            log = RunLog()
+            run_to_completion({**config, "storage": url}, log)
+            made = Reference(
+                url, trajectory(url, wrapped=config.get("wrap", True)), log.seconds_after_ready[-1]
+            )
+            partial = done.with_suffix(".partial")
+            partial.write_bytes(pickle.dumps(made))
+            partial.replace(done)
+    reference = pickle.loads(done.read_bytes())
+    assert isinstance(reference, Reference)
+    _references[directory, key] = reference
+    return reference
+
+
 class ReferenceRuns:
-    """Uninterrupted runs of the child, each made once and shared by a module's tests.
+    """Uninterrupted runs of the child, each made once per session and shared by its tests.
 
     A run is identified by its configuration without the storage, and runs on a SQLite file of
-    its own; whether its trajectory is read as wrapped follows the configuration's ``wrap``.
+    its own (:func:`reference_run`, shared by the xdist workers); whether its trajectory is read
+    as wrapped follows the configuration's ``wrap``.
     """
 
     def __init__(self, directories: pytest.TempPathFactory) -> None:
-        self._directories = directories
-        self._urls: dict[str, str] = {}
+        self._directory = shared_directory(directories)
 
     def url(self, config: dict[str, Any]) -> str:
         """The storage of the uninterrupted run of ``config``."""
-        key = json.dumps({k: v for k, v in config.items() if k != "storage"}, sort_keys=True)
-        if key not in self._urls:
-            url = sqlite_url(self._directories.mktemp("reference") / "study.db")
-            run_to_completion({**config, "storage": url}, RunLog())
-            self._urls[key] = url
-        return self._urls[key]
+        return reference_run(config, self._directory).url
 
     def trajectory(self, config: dict[str, Any]) -> Trajectory:
         """The trajectory of the uninterrupted run of ``config``."""
-        return trajectory(self.url(config), wrapped=config.get("wrap", True))
+        return reference_run(config, self._directory).trajectory
 
 
 def sqlite_url(path: Path) -> str:

@@ -33,6 +33,8 @@ class Scenario:
         directions: The study's directions; one minimised objective by default.
         pruner: Builds the (unwrapped) pruner; ``None`` for Optuna's default.
         catch: Exceptions ``study.optimize`` catches (the trial then FAILs genuinely).
+        preload: Modules the run imports anyway and slowly (torch): the kill-fuzz zygote
+            imports them once, before it forks the runs of this scenario.
     """
 
     sampler: Callable[[int | None], optuna.samplers.BaseSampler]
@@ -40,6 +42,7 @@ class Scenario:
     directions: Sequence[str] = ("minimize",)
     pruner: Callable[[], optuna.pruners.BasePruner] | None = None
     catch: tuple[type[Exception], ...] = field(default=())
+    preload: tuple[str, ...] = ()
 
 
 def all_scenarios() -> dict[str, Scenario]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import functools
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,21 @@ from tests.kill_fuzz.harness import sqlite_url
 from tests.kill_fuzz.harness import trajectory
 
 
-pytest.importorskip("torch", reason="GPSampler needs torch: pip install torch")
-pytest.importorskip("scipy", reason="GPSampler needs scipy: pip install scipy")
+# The children import torch, this process does not: checked without importing it, so that
+# collecting this module costs every xdist worker nothing. The group puts these tests on one
+# worker, whose zygote then imports torch once for all their children.
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("torch") is None,
+        reason="GPSampler needs torch, which is not installed (optional; the CPU build: "
+        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("scipy") is None,
+        reason="GPSampler needs scipy: pip install scipy",
+    ),
+    pytest.mark.xdist_group("torch"),
+]
 
 N_COMPLETE = 8
 SEED = 7

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from optuna_checkpoint import uninterrupted_trials
-from optuna_checkpoint.resume._interruptions import INTERRUPTED_ATTR
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 from tests.kill_fuzz.harness import CHILD
 from tests.kill_fuzz.harness import RunLog
 from tests.kill_fuzz.harness import first_difference

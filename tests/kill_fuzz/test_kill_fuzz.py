@@ -86,14 +86,14 @@ def test_resume_after_random_kills_matches_uninterrupted_run(
     tmp_path: Path,
     reference: Any,
     run_length: Callable[[str], float],
+    kill_rng: random.Random,
 ) -> None:
     url = sqlite_url(tmp_path / "study.db")
-    rng = random.Random(f"{sampler}-{sig.name}")
     log = run_with_random_kills(
         _config(sampler, url),
         kills=KILLS,
         signals=[sig],
-        rng=rng,
+        rng=kill_rng,
         max_delay=_kill_window(run_length(sampler)),
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
@@ -105,6 +105,7 @@ def test_signed_checkpoints_resume_after_random_kills(
     reference: Any,
     run_length: Callable[[str], float],
     monkeypatch: pytest.MonkeyPatch,
+    kill_rng: random.Random,
 ) -> None:
     # Every process of the run, killed or not, signs with the key from its environment.
     monkeypatch.setenv(SIGNING_KEY_ENV, "a-key-for-the-kill-fuzz-test")
@@ -113,7 +114,7 @@ def test_signed_checkpoints_resume_after_random_kills(
         _config("tpe", url),
         kills=KILLS,
         signals=[signal.SIGKILL],
-        rng=random.Random("signed"),
+        rng=kill_rng,
         max_delay=_kill_window(run_length("tpe")),
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
@@ -130,16 +131,16 @@ def test_ask_tell_loop_resumes_after_random_kills_like_uninterrupted_optimize(
     tmp_path: Path,
     reference: Any,
     run_length: Callable[[str], float],
+    kill_rng: random.Random,
 ) -> None:
     # study.tell goes through the same after_trial and commit as study.optimize, so the
     # ask/tell trajectory equals the optimize reference.
     url = sqlite_url(tmp_path / "study.db")
-    rng = random.Random(f"ask-tell-{sampler}-{sig.name}")
     log = run_with_random_kills(
         _config(sampler, url, loop="ask_tell"),
         kills=KILLS,
         signals=[sig],
-        rng=rng,
+        rng=kill_rng,
         max_delay=_kill_window(run_length(sampler)),
     )
     assert log.kills_landed >= 1
@@ -148,17 +149,16 @@ def test_ask_tell_loop_resumes_after_random_kills_like_uninterrupted_optimize(
 
 @pytest.mark.parametrize("sampler", UNSEEDED)
 def test_unseeded_study_resumes_to_its_own_continuation(
-    sampler: str, tmp_path: Path, run_length: Callable[[str], float]
+    sampler: str, tmp_path: Path, run_length: Callable[[str], float], kill_rng: random.Random
 ) -> None:
     # The uninterrupted run of an unseeded study is the one its first process would have made:
     # replay it from the initial RNG state the killed run recorded, without the wrapper.
     url = sqlite_url(tmp_path / "study.db")
-    rng = random.Random(f"unseeded-{sampler}")
     log = run_with_random_kills(
         _config(sampler, url, seed=None),
         kills=KILLS,
         signals=SIGNALS,
-        rng=rng,
+        rng=kill_rng,
         max_delay=_kill_window(run_length(sampler)),
     )
     assert log.kills_landed >= 1
@@ -214,17 +214,16 @@ def test_resume_after_signal_at_crash_point_matches_uninterrupted_run(
 
 @pytest.mark.parametrize("sampler", SEEDED)
 def test_control_unwrapped_sampler_diverges_under_the_same_random_kills(
-    sampler: str, tmp_path: Path, reference: Any
+    sampler: str, tmp_path: Path, reference: Any, kill_rng: random.Random
 ) -> None:
     url = sqlite_url(tmp_path / "study.db")
-    rng = random.Random(f"{sampler}-SIGKILL")
     # Kills that land before any trial finished, or after the last, leave nothing to diverge
     # from: the control waits for the first trials and runs slowly enough to still be going.
     log = run_with_random_kills(
         _config(sampler, url, wrap=False, delay=CONTROL_DELAY_IN_OBJECTIVE),
         kills=KILLS,
         signals=[signal.SIGKILL],
-        rng=rng,
+        rng=kill_rng,
         max_delay=MAX_KILL_DELAY,
         min_delay=CONTROL_MIN_KILL_DELAY,
     )
@@ -253,16 +252,17 @@ SOAK_MAX_KILL_DELAY = 0.3  # short runs between kills, so that all of them land
 
 @pytest.mark.soak
 @pytest.mark.parametrize("sampler", SEEDED)
-def test_soak_many_random_kills_with_every_signal(sampler: str, tmp_path: Path) -> None:
+def test_soak_many_random_kills_with_every_signal(
+    sampler: str, tmp_path: Path, kill_rng: random.Random
+) -> None:
     reference_url = sqlite_url(tmp_path / "reference.db")
     run_to_completion(_config(sampler, reference_url, n_complete=SOAK_COMPLETE), RunLog())
     url = sqlite_url(tmp_path / "study.db")
-    rng = random.Random(f"soak-{sampler}")
     log = run_with_random_kills(
         _config(sampler, url, n_complete=SOAK_COMPLETE),
         kills=SOAK_KILLS,
         signals=SIGNALS,
-        rng=rng,
+        rng=kill_rng,
         max_delay=SOAK_MAX_KILL_DELAY,
     )
     difference = first_difference(

@@ -92,14 +92,14 @@ def _grpc_server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
 def test_resume_after_random_kills_matches_uninterrupted_run(
-    sampler: str, address: str, reference: Any
+    sampler: str, address: str, reference: Any, kill_rng: random.Random
 ) -> None:
     # Slower trials than on SQLite: a journal runs the whole study in well under a second.
     log = run_with_random_kills(
         _config(sampler, address, delay=CONTROL_DELAY_IN_OBJECTIVE),
         kills=3,
         signals=[signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
-        rng=random.Random(f"{address.partition(':')[0]}-{sampler}"),
+        rng=kill_rng,
         max_delay=MAX_KILL_DELAY + 0.5,
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"
@@ -115,14 +115,16 @@ def test_resume_after_crash_points_matches_uninterrupted_run(address: str, refer
     assert_resumed_exactly(address, reference("tpe"), log, N_COMPLETE)
 
 
-def test_control_unwrapped_sampler_diverges_under_kills(address: str, reference: Any) -> None:
+def test_control_unwrapped_sampler_diverges_under_kills(
+    address: str, reference: Any, kill_rng: random.Random
+) -> None:
     # Slower trials than the other controls': a journal file is quick, and the study must still
     # be running when the second kill comes.
     log = run_with_random_kills(
         _config("tpe", address, wrap=False, delay=2 * CONTROL_DELAY_IN_OBJECTIVE),
         kills=2,
         signals=[signal.SIGKILL],
-        rng=random.Random(f"control-{address.partition(':')[0]}"),
+        rng=kill_rng,
         max_delay=MAX_KILL_DELAY + 0.5,
         min_delay=CONTROL_MIN_KILL_DELAY,
     )

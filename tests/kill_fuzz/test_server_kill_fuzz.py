@@ -35,14 +35,13 @@ def server_url(server: str, request: pytest.FixtureRequest) -> str:
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
 def test_resume_after_random_kills_on_a_server_matches_uninterrupted_run(
-    sampler: str, server: str, server_url: str, reference: Any
+    sampler: str, server: str, server_url: str, reference: Any, kill_rng: random.Random
 ) -> None:
-    rng = random.Random(f"{server}-{sampler}")
     log = run_with_random_kills(
         _config(sampler, server_url),
         kills=3,
         signals=[signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
-        rng=rng,
+        rng=kill_rng,
         max_delay=MAX_KILL_DELAY + 1.0,  # server round trips make each run a little longer
     )
     assert log.kills_landed >= 1, "no kill landed: the test would prove nothing"

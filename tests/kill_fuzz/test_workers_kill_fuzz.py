@@ -35,7 +35,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -44,10 +43,12 @@ from optuna.trial import FrozenTrial
 import pytest
 import sqlalchemy as sa
 
-from optuna_checkpoint.resume._interruptions import INTERRUPTED_ATTR
 from optuna_checkpoint.stores._sql import interrupted_trials
 from optuna_checkpoint.stores._sql import streams
 from optuna_checkpoint.stores._sql import trial_claims
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
+from tests.kill_fuzz.harness import ChildProcess
+from tests.kill_fuzz.harness import start_script
 from tests.kill_fuzz.worker_child import PARAMS
 from tests.kill_fuzz.worker_child import objective_value
 from tests.kill_fuzz.worker_child import suggest_point
@@ -143,7 +144,7 @@ class WorkerProcess:
     """One process of one worker, and what the test did to it."""
 
     worker: str
-    popen: subprocess.Popen[bytes]
+    popen: ChildProcess  # forked from the kill-fuzz zygote, or a fresh interpreter
     events_path: Path
     output_path: Path
     spawned_at: float
@@ -179,20 +180,17 @@ class Fleet:
         self.processes: list[WorkerProcess] = []
         self.current: dict[str, WorkerProcess] = {}
         self.restart_at: dict[str, float] = {}  # workers waiting to be restarted
+        # Seeds of the processes' objective delays: run_fleet derives them from its generator.
+        self.delay_seeds = random.Random(0)
 
     def start(self, worker: str) -> WorkerProcess:
         name = f"{worker}-{sum(p.worker == worker for p in self.processes)}"
         events = self.directory / f"{name}.jsonl"
         output = self.directory / f"{name}.out"
         config = worker_config(self.schedule, worker, self.storage, events, self.stop_file)
+        config["delay_seed"] = self.delay_seeds.getrandbits(64)
         spawned_at = time.time()
-        with output.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, str(CHILD), json.dumps(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        popen = start_script(CHILD, config, output)
         process = WorkerProcess(worker, popen, events, output, spawned_at)
         self.processes.append(process)
         self.current[worker] = process
@@ -278,6 +276,8 @@ class Fleet:
 def run_fleet(fleet: Fleet, rng: random.Random) -> None:
     """Start the workers, kill and restart them as the schedule says, then stop them all."""
     schedule = fleet.schedule
+    # A generator of its own: restarts happen in an order that timing decides.
+    fleet.delay_seeds = random.Random(rng.getrandbits(64))
     for worker in WORKERS:
         fleet.start(worker)
     fleet.wait_for(fleet.every_worker_finished_a_trial, STARTUP_TIMEOUT, "the first trials")
@@ -833,9 +833,9 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[[Schedule, str], Fleet]]:
             fleet.cleanup()
 
 
-def run_and_check(schedule: Schedule, fleet: Fleet) -> RunRecord:
-    """Run the schedule and assert 1 to 4; return the record."""
-    run_fleet(fleet, random.Random(f"workers-kill-fuzz-{schedule.name}"))
+def run_and_check(schedule: Schedule, fleet: Fleet, rng: random.Random) -> RunRecord:
+    """Run the schedule with kills drawn from ``rng`` and assert 1 to 4; return the record."""
+    run_fleet(fleet, rng)
     record = record_run(fleet)
     context = f"\n({summary(record)}; logs in {fleet.directory})"
     for check in (
@@ -864,16 +864,16 @@ def run_and_check(schedule: Schedule, fleet: Fleet) -> RunRecord:
 
 
 def test_four_workers_killed_and_restarted_at_random(
-    postgres_url: str, fleet_factory: Callable[[Schedule, str], Fleet]
+    postgres_url: str, fleet_factory: Callable[[Schedule, str], Fleet], kill_rng: random.Random
 ) -> None:
-    run_and_check(DEFAULT, fleet_factory(DEFAULT, postgres_url))
+    run_and_check(DEFAULT, fleet_factory(DEFAULT, postgres_url), kill_rng)
 
 
 def test_control_plain_seeded_workers_start_their_streams_over(
-    postgres_url: str, fleet_factory: Callable[[Schedule, str], Fleet]
+    postgres_url: str, fleet_factory: Callable[[Schedule, str], Fleet], kill_rng: random.Random
 ) -> None:
     fleet = fleet_factory(CONTROL, postgres_url)
-    run_fleet(fleet, random.Random("workers-kill-fuzz-control"))
+    run_fleet(fleet, kill_rng)
     record = record_run(fleet)
     for worker in WORKERS:
         assert restarts_mid_stream(record, worker) >= 1, f"{worker}: the control proves nothing"
@@ -890,5 +890,6 @@ def test_soak_four_workers_many_kills(
     schedule: Schedule,
     postgres_url: str,
     fleet_factory: Callable[[Schedule, str], Fleet],
+    kill_rng: random.Random,
 ) -> None:
-    run_and_check(schedule, fleet_factory(schedule, postgres_url))
+    run_and_check(schedule, fleet_factory(schedule, postgres_url), kill_rng)

@@ -87,7 +87,8 @@ def main() -> int:
     log.write("start", worker=config["worker_id"])
     stop_file = Path(config["stop_file"])
     delay_low, delay_high = config["delay"]
-    delays = random.Random()  # independent of every sampler's generator
+    # Independent of every sampler's generator; seeded by the test (from its --fuzz-seed).
+    delays = random.Random(config.get("delay_seed"))
 
     def objective(trial: optuna.Trial) -> float:
         log.write("started", number=trial.number, trial_id=trial._trial_id)

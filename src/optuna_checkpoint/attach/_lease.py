@@ -13,11 +13,17 @@ import os
 from pathlib import Path
 import socket
 import threading
+from typing import TYPE_CHECKING
 import uuid
 import weakref
 
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._sql import resolve_rdb_storage
+
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
@@ -25,6 +31,26 @@ DEFAULT_HEARTBEAT_INTERVAL = 30.0
 
 DEFAULT_GRACE_PERIOD = 120.0
 """Seconds without a heartbeat after which a lease held from another host counts as expired."""
+
+
+def lease_timing(
+    storage: BaseStorage, grace_period: float | None, heartbeat_interval: float | None
+) -> tuple[float, float]:
+    """The lease's grace period and heartbeat interval: as given, else the storage's own."""
+    # RDBStorage's public heartbeat settings (BaseHeartbeat), when Optuna's heartbeat is on.
+    get_interval = getattr(storage, "get_heartbeat_interval", None)
+    storage_interval = get_interval() if callable(get_interval) else None
+    if storage_interval:
+        rdb = resolve_rdb_storage(storage)
+        storage_grace = getattr(rdb, "grace_period", None) or 2 * storage_interval
+        if heartbeat_interval is None:
+            heartbeat_interval = float(storage_interval)
+        if grace_period is None:
+            grace_period = float(storage_grace)
+    return (
+        DEFAULT_GRACE_PERIOD if grace_period is None else grace_period,
+        DEFAULT_HEARTBEAT_INTERVAL if heartbeat_interval is None else heartbeat_interval,
+    )
 
 
 def _boot_id() -> str:

@@ -19,24 +19,16 @@ refused. A slot (4) is never refused; a busy slot is passed over.
 The stream ``main`` runs the sampler exactly as constructed, so a single worker proposes what the
 sampler alone would. Any other stream first re-seeds every random generator of the sampler from
 ``numpy.random.SeedSequence(entropy=<the generator's seeded state>, spawn_key=(<worker key>,
-<generator index>))``: distinct for every worker id, and the same on every run, so seeded
-parallel workers neither repeat each other's points nor lose reproducibility.
+<generator index>))`` (:mod:`optuna_checkpoint.state._spawn`): distinct for every worker id,
+and the same on every run, so seeded parallel workers neither repeat each other's points nor lose
+reproducibility.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from collections.abc import Mapping
-import hashlib
 import os
-from typing import Any
-
-import numpy as np
-
-from optuna_checkpoint.state.adapters._rng import CACHED_GAUSSIAN
-from optuna_checkpoint.state.adapters._rng import HAS_GAUSS
-from optuna_checkpoint.state.adapters._rng import KEY
-from optuna_checkpoint.state.adapters._rng import POS
 
 
 MAIN_WORKER = "main"
@@ -90,49 +82,3 @@ def slot_names() -> Iterator[str]:
     while True:
         yield f"worker-{number}"
         number += 1
-
-
-def worker_key(worker_id: str) -> int:
-    """A stable 63-bit number for a worker id, used as its ``SeedSequence`` spawn key."""
-    return int.from_bytes(hashlib.sha256(worker_id.encode()).digest()[:8], "big") >> 1
-
-
-def spawn_worker_state(state: Any, worker_id: str) -> tuple[Any, int]:
-    """Re-seed every RNG found in an adapter's state dict for ``worker_id``.
-
-    RNG states are recognised by the keys :mod:`optuna_checkpoint.state.adapters._rng` writes. Each
-    is replaced by the state of a generator seeded from its own words and the worker, so the
-    result depends only on the original seeds and the worker id.
-
-    Returns:
-        The new state dict and the number of generators re-seeded.
-    """
-    count = 0
-    key = worker_key(worker_id)
-
-    def walk(node: Any) -> Any:
-        nonlocal count
-        if isinstance(node, dict):
-            if {KEY, POS, HAS_GAUSS, CACHED_GAUSSIAN} <= node.keys():
-                count += 1
-                return _spawned_rng_state(node, key, count)
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(state), count
-
-
-def _spawned_rng_state(rng_state: dict[str, Any], key: int, index: int) -> dict[str, Any]:
-    words = np.asarray(rng_state[KEY], dtype=np.uint32)
-    entropy = [int(w) for w in words] + [int(rng_state[POS])]
-    seed_sequence = np.random.SeedSequence(entropy, spawn_key=(key, index))
-    generator = np.random.RandomState(np.random.MT19937(seed_sequence))
-    _, spawned_key, pos, has_gauss, cached = generator.get_state()
-    return {
-        KEY: np.asarray(spawned_key, dtype=np.uint32),
-        POS: int(pos),
-        HAS_GAUSS: int(has_gauss),
-        CACHED_GAUSSIAN: float(cached),
-    }

@@ -1,6 +1,6 @@
 """``python -m optuna_checkpoint.cli``: the same as the ``optuna-checkpoint`` command."""
 
-from optuna_checkpoint.cli import main
+from optuna_checkpoint.cli._main import main
 
 
 if __name__ == "__main__":

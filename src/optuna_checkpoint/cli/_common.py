@@ -1,14 +1,18 @@
-"""What every verb shares: the storage and ``--json`` options, opening the storage, failing."""
+"""What the verbs share: their options, opening the storage, building ``--sampler``, failing."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import importlib
 import json
+import re
 from typing import IO
 from typing import Any
 from typing import TypeVar
 
 import click
+import optuna
+from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 
 from optuna_checkpoint.tools._inspect import open_storage
@@ -18,6 +22,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 PROBLEM = 1
 """Exit code of a report that a problem stopped (click exits with 2 on usage errors)."""
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class Problem(click.ClickException):
@@ -68,3 +74,33 @@ def open_or_fail(location: str, *, as_json: bool) -> BaseStorage:
 def emit_json(document: Any) -> None:
     """Print ``document`` as the one JSON document of the run."""
     click.echo(json.dumps(document, indent=2))
+
+
+def load_sampler(spec: str) -> BaseSampler:
+    """Build the sampler a ``--sampler`` option names.
+
+    ``package.module:name`` imports ``name``, calling it without arguments if it is not a
+    sampler already (a factory). Anything else is evaluated as a Python expression in which
+    ``optuna`` and Optuna's samplers are defined, e.g. ``TPESampler(seed=42)``. Both run code
+    you chose on your own command line, as ``python -c`` would.
+
+    Raises:
+        click.BadParameter: The spec does not give a sampler.
+    """
+    try:
+        if _IMPORT_PATH.match(spec):
+            module_name, _, attribute = spec.partition(":")
+            found: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+            built = found if isinstance(found, BaseSampler) else found()
+        else:
+            names = {name: getattr(optuna.samplers, name) for name in optuna.samplers.__all__}
+            built = eval(spec, {"optuna": optuna, **names})  # the user's own command line
+    except Exception as e:
+        raise click.BadParameter(f"{type(e).__name__}: {e}", param_hint="--sampler") from e
+    if not isinstance(built, BaseSampler):
+        raise click.BadParameter(
+            f"gives a {type(built).__name__}, not an Optuna sampler", param_hint="--sampler"
+        )
+    return built

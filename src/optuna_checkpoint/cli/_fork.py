@@ -11,9 +11,9 @@ from rich.console import Console
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
 from optuna_checkpoint.cli._common import json_option
+from optuna_checkpoint.cli._common import load_sampler
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
-from optuna_checkpoint.cli._verify import load_sampler
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.tools._fork import ForkReport
 from optuna_checkpoint.tools._fork import fork_study

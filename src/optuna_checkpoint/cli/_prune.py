@@ -9,15 +9,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.progress import TaskID
 
-from optuna_checkpoint.cli import _render
+from optuna_checkpoint import Retention
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
 from optuna_checkpoint.cli._common import json_option
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
+import optuna_checkpoint.cli._render as _render
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
-from optuna_checkpoint.record._retention import Retention
 from optuna_checkpoint.tools._inspect import prune_study
 
 

@@ -7,12 +7,12 @@ from dataclasses import asdict
 import click
 from rich.console import Console
 
-from optuna_checkpoint.cli import _render
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
 from optuna_checkpoint.cli._common import json_option
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
+import optuna_checkpoint.cli._render as _render
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.tools._inspect import list_studies
 from optuna_checkpoint.tools._inspect import study_status

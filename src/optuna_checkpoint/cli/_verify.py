@@ -2,58 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
-import re
-from typing import Any
-
 import click
 import optuna
-from optuna.samplers import BaseSampler
 from rich.console import Console
 from rich.progress import Progress
 
-from optuna_checkpoint.cli import _render
 from optuna_checkpoint.cli._common import PROBLEM
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
 from optuna_checkpoint.cli._common import json_option
+from optuna_checkpoint.cli._common import load_sampler
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
+import optuna_checkpoint.cli._render as _render
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.tools._verify import verify as verify_study
-
-
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-def load_sampler(spec: str) -> BaseSampler:
-    """Build the sampler a ``--sampler`` option names.
-
-    ``package.module:name`` imports ``name``, calling it without arguments if it is not a
-    sampler already (a factory). Anything else is evaluated as a Python expression in which
-    ``optuna`` and Optuna's samplers are defined, e.g. ``TPESampler(seed=42)``. Both run code
-    you chose on your own command line, as ``python -c`` would.
-
-    Raises:
-        click.BadParameter: The spec does not give a sampler.
-    """
-    try:
-        if _IMPORT_PATH.match(spec):
-            module_name, _, attribute = spec.partition(":")
-            found: Any = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                found = getattr(found, part)
-            built = found if isinstance(found, BaseSampler) else found()
-        else:
-            names = {name: getattr(optuna.samplers, name) for name in optuna.samplers.__all__}
-            built = eval(spec, {"optuna": optuna, **names})  # the user's own command line
-    except Exception as e:
-        raise click.BadParameter(f"{type(e).__name__}: {e}", param_hint="--sampler") from e
-    if not isinstance(built, BaseSampler):
-        raise click.BadParameter(
-            f"gives a {type(built).__name__}, not an Optuna sampler", param_hint="--sampler"
-        )
-    return built
 
 
 @click.command()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import logging
 
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
 from optuna_checkpoint.stores._base import ALL_CHECKPOINTS
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
@@ -25,12 +26,6 @@ from optuna_checkpoint.stores._base import Stream
 
 
 _logger = logging.getLogger(__name__)
-
-RESUME_LOOKBACK = 2
-"""How many of a stream's newest checkpoints a resume may need: the ``limit`` that
-``CheckpointingSampler`` passes to :meth:`CheckpointStore.resume_point`. The newest checkpoint
-may belong to a trial that failed as its process stopped (Ctrl-C); the resume then hides that
-trial and restores the checkpoint before it."""
 
 # The sampler prunes once every this many trials at least. A pruning is a listing plus a write
 # transaction of its own: about 1.7 ms on SQLite (measured with RandomSampler), some 10 % of a

@@ -20,6 +20,8 @@ from optuna.trial import TrialState
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.study._logical import HiddenTrials
+from optuna_checkpoint.study._trials import FAILED_TRIAL_ATTR
+from optuna_checkpoint.study._trials import RETRY_HISTORY_ATTR
 
 
 if TYPE_CHECKING:
@@ -29,46 +31,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-INTERRUPTED_ATTR = "optuna_checkpoint:interrupted"
-"""System attribute set on a trial that was interrupted (and retried, unless it says not)."""
-
 RETRIES_EXHAUSTED = "retries exhausted; kept as a genuine failure"
-
-# Optuna's own retry bookkeeping, read by RetryHeartbeatStaleTrialCallback.retried_trial_number.
-FAILED_TRIAL_ATTR = "failed_trial"
-RETRY_HISTORY_ATTR = "retry_history"
-"""Optuna's system attributes of a retry (as ``RetryFailedTrialCallback`` sets them): the first
-attempt it repeats, and every one, by trial number."""
-
-
-def hidden_from(interruptions: Sequence[Interruption]) -> HiddenTrials:
-    """The trials to hide from the wrapped sampler."""
-    return HiddenTrials((i.trial_id, i.trial_number) for i in interruptions)
-
-
-def first_trial_of_new_stream(storage: BaseStorage, study_id: int, current: FrozenTrial) -> int:
-    """Return the number of the first trial a new stream counts as its own.
-
-    Optuna creates a trial before any sampler hook runs, so a process killed in that gap leaves
-    a RUNNING trial that no sampler ever saw: nothing suggested, nothing reported, no attribute.
-    Trials like that right before the current one are the new stream's stillborn attempts; the
-    resume then hides and closes them like any interrupted trial.
-    """
-    number = current.number
-    while number > 0:
-        previous = storage.get_trial(
-            storage.get_trial_id_from_study_id_trial_number(study_id, number - 1)
-        )
-        touched = (
-            previous.params
-            or previous.intermediate_values
-            or previous.system_attrs
-            or previous.user_attrs
-        )
-        if previous.state != TrialState.RUNNING or touched:
-            break
-        number -= 1
-    return number
 
 
 def roll_forward(storage: BaseStorage, trial: FrozenTrial, checkpoint: Checkpoint) -> bool:

@@ -54,7 +54,7 @@ def _loaded_versions() -> tuple[tuple[str, str], ...]:
     import numpy
     import optuna
 
-    from optuna_checkpoint import __version__
+    from optuna_checkpoint._version import __version__
 
     return (
         (_THIS_PACKAGE, __version__),

@@ -16,12 +16,23 @@ from collections.abc import Container
 from collections.abc import Iterable
 import copy
 from typing import Any
+from typing import Protocol
 from typing import cast
 
 from optuna.storages import BaseStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+
+
+class Interrupted(Protocol):
+    """What hiding needs of a recorded interruption (the stores' ``Interruption``)."""
+
+    @property
+    def trial_id(self) -> int: ...
+
+    @property
+    def trial_number(self) -> int: ...
 
 
 class HiddenTrials:
@@ -32,6 +43,11 @@ class HiddenTrials:
         pairs = list(trials)
         self.trial_ids = frozenset(trial_id for trial_id, _ in pairs)
         self._numbers = sorted(number for _, number in pairs)
+
+    @classmethod
+    def of(cls, interruptions: Iterable[Interrupted]) -> HiddenTrials:
+        """The trials to hide: the interrupted attempts recorded for the study."""
+        return cls((i.trial_id, i.trial_number) for i in interruptions)
 
     def __bool__(self) -> bool:
         return bool(self._numbers)

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.exceptions import DuplicatedStudyError
 
-from optuna_checkpoint._pruner import PRUNER_STATE_KEY
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._composite import sampler_part
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import sampler_fingerprint
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state.adapters import adapter_for
-from optuna_checkpoint.state.adapters._protocol import carry_over_study
+from optuna_checkpoint.state.adapters._registry import carry_over_study
 from optuna_checkpoint.tools._transplant import StudyRef
 from optuna_checkpoint.tools._transplant import plant_stream
 
@@ -125,7 +125,7 @@ def fork_study(
             f"{stream.name!r}: " + "; ".join(mismatch) + ". Fork with the sampler as it was."
         )
     state = _codec.decode(checkpoint.payload, allow_pickle=allow_pickle)
-    adapter.load_state_dict({k: v for k, v in state.items() if k != PRUNER_STATE_KEY})
+    adapter.load_state_dict(sampler_part(state))
 
     history = [t for t in trials if t._trial_id not in hidden and t.number <= at.number]
     target_storage = study._storage if to_storage is None else to_storage

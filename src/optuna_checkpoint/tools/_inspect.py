@@ -24,26 +24,20 @@ from optuna.trial import TrialState
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from optuna_checkpoint._sampler import _lease_timing
-from optuna_checkpoint._sampler import study_uid
 from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.attach._lease import judge_lease
+from optuna_checkpoint.attach._lease import lease_timing
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
-from optuna_checkpoint.record._retention import RESUME_LOOKBACK
 from optuna_checkpoint.record._retention import Retention
 from optuna_checkpoint.record._retention import prune_stream
-from optuna_checkpoint.stores._attrs import AttributeCheckpointStore
+from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
-from optuna_checkpoint.stores._journal import SIDE_FILE_SUFFIX
-from optuna_checkpoint.stores._journal import JournalCheckpointStore
-from optuna_checkpoint.stores._journal import resolve_journal_storage
-from optuna_checkpoint.stores._sql import SQLCheckpointStore
-from optuna_checkpoint.stores._sql import resolve_rdb_storage
-from optuna_checkpoint.stores._sql import streams as streams_table
+from optuna_checkpoint.stores._open import existing_store
+from optuna_checkpoint.study._identity import study_uid
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -215,30 +209,6 @@ def open_storage(location: str) -> BaseStorage:
     return optuna.storages.get_storage(location)
 
 
-def checkpoint_store(storage: BaseStorage) -> CheckpointStore | None:
-    """The checkpoint store of ``storage``, or ``None`` if it has never held a checkpoint.
-
-    Unlike the sampler, this creates no tables and no side record.
-    """
-    rdb = resolve_rdb_storage(storage)
-    if rdb is not None:
-        if not sa.inspect(rdb.engine).has_table(streams_table.name):
-            return None
-        return SQLCheckpointStore.for_storage(rdb)
-    journal = resolve_journal_storage(storage)
-    if journal is not None:
-        backend = getattr(journal, "_backend", None)
-        path = getattr(backend, "_file_path", None)
-        if (
-            isinstance(backend, JournalFileBackend)
-            and isinstance(path, (str, os.PathLike))
-            and not os.path.exists(os.fspath(path) + SIDE_FILE_SUFFIX)
-        ):
-            return None
-        return JournalCheckpointStore.for_storage(journal)
-    return AttributeCheckpointStore.for_storage(storage)
-
-
 @dataclass(frozen=True)
 class _Opened:
     study_name: str
@@ -263,7 +233,7 @@ def _open_study(storage: BaseStorage, study_name: str) -> _Opened:
             f"the storage has no study named {study_name!r}; its studies are: {shown or 'none'}."
         ) from None
     trials = sorted(storage.get_all_trials(study_id, deepcopy=False), key=lambda t: t.number)
-    store = checkpoint_store(storage)
+    store = existing_store(storage)
     uid = None
     if trials and trials[0].number == 0:
         uid = study_uid(study_id, study_name, trials[0])
@@ -274,7 +244,7 @@ def _open_study(storage: BaseStorage, study_name: str) -> _Opened:
 
 def list_studies(storage: BaseStorage) -> list[StudySummary]:
     """Summarise every study of ``storage``: trials, streams, checkpoints and their size."""
-    store = checkpoint_store(storage)
+    store = existing_store(storage)
     found = []
     for study in storage.get_all_studies():
         study_id = study._study_id
@@ -335,7 +305,7 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
 
     now = time.time()
     me = current_owner()
-    grace_period, _ = _lease_timing(storage, None, None)
+    grace_period, _ = lease_timing(storage, None, None)
     described = []
     for stream, summary in zip(streams, summaries, strict=True):
         verdict = judge_lease(stream.owner, stream.heartbeat_at, now, me, grace_period)

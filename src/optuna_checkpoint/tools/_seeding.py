@@ -34,8 +34,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import Trial
 
 from optuna_checkpoint._sampler import CheckpointingSampler
-from optuna_checkpoint._sampler import _first_trial
-from optuna_checkpoint.resume._interruptions import hidden_from
+from optuna_checkpoint.study._identity import first_trial
 from optuna_checkpoint.study._logical import HiddenTrials
 from optuna_checkpoint.tools._trajectory import recorded_interruptions
 
@@ -246,12 +245,12 @@ def _hidden_trials(study: Study) -> HiddenTrials:
     showed the wrapped sampler for this trial; no I/O), else from the side table.
     """
     sampler = study.sampler
-    if isinstance(sampler, CheckpointingSampler) and not sampler._superseded:
+    if isinstance(sampler, CheckpointingSampler):
         attachment = sampler._attachment
         if (
             attachment is not None
-            and attachment.study_id == study._study_id
-            and attachment.storage is study._storage
+            and not attachment.superseded
+            and attachment.of(study._storage, study._study_id)
         ):
             return attachment.hidden
     storage = study._storage
@@ -259,7 +258,7 @@ def _hidden_trials(study: Study) -> HiddenTrials:
         # Its checkpoints live in this process only: no sampler attached, none recorded.
         return HiddenTrials()
     try:
-        first = _first_trial(storage, study._study_id)
+        first = first_trial(storage, study._study_id)
     except KeyError:  # no trial yet
         return HiddenTrials()
-    return hidden_from(recorded_interruptions(study, first))
+    return HiddenTrials.of(recorded_interruptions(study, first))

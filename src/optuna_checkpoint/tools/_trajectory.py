@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from optuna_checkpoint._sampler import _store_for
-from optuna_checkpoint._sampler import study_uid
+from optuna_checkpoint.stores._open import store_for
+from optuna_checkpoint.study._identity import study_uid
 
 
 if TYPE_CHECKING:
@@ -38,6 +38,6 @@ def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
 def recorded_interruptions(study: Study, first_trial: FrozenTrial) -> list[Interruption]:
     """Return the interrupted attempts recorded for ``study``, whose trial 0 is ``first_trial``."""
     uid = study_uid(study._study_id, study.study_name, first_trial)
-    store = _store_for(study._storage)
+    store = store_for(study._storage)
     store.open_study(study._study_id, uid)
     return store.where_interrupted(uid)

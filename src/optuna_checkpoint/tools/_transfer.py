@@ -33,7 +33,7 @@ from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.state import _codec
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
-from optuna_checkpoint.state.adapters._protocol import carry_over_study
+from optuna_checkpoint.state.adapters._registry import carry_over_study
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.tools._transplant import StudyRef

@@ -15,14 +15,14 @@ import time
 from typing import TYPE_CHECKING
 from typing import Any
 
-from optuna_checkpoint._sampler import _first_trial
-from optuna_checkpoint._sampler import _store_for
-from optuna_checkpoint._sampler import study_uid
 from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
-from optuna_checkpoint.tools._inspect import checkpoint_store
+from optuna_checkpoint.stores._open import existing_store
+from optuna_checkpoint.stores._open import store_for
+from optuna_checkpoint.study._identity import first_trial
+from optuna_checkpoint.study._identity import study_uid
 
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class StudyRef:
         """
         study_id = storage.get_study_id_from_name(study_name)
         try:
-            first = _first_trial(storage, study_id)
+            first = first_trial(storage, study_id)
         except KeyError:
             raise CheckpointError(
                 f"study {study_name!r} has no trials, so it has no checkpoints to carry"
@@ -63,7 +63,7 @@ class StudyRef:
 
         Unlike :func:`store_of`, this creates no tables or side record: for tools that read.
         """
-        store = checkpoint_store(self.storage)
+        store = existing_store(self.storage)
         if store is not None:
             store.open_study(self.study_id, self.uid)
         return store
@@ -127,6 +127,6 @@ def plant_stream(
 
 def store_of(study: StudyRef) -> CheckpointStore:
     """The checkpoint store of ``study``'s storage, opened for the study."""
-    store = _store_for(study.storage)
+    store = store_for(study.storage)
     store.open_study(study.study_id, study.uid)
     return store

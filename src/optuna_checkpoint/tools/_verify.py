@@ -31,19 +31,19 @@ from optuna.distributions import IntDistribution
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
-from optuna_checkpoint._pruner import PRUNER_STATE_KEY
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import SignatureError
-from optuna_checkpoint.resume._interruptions import FAILED_TRIAL_ATTR
-from optuna_checkpoint.resume._interruptions import RETRY_HISTORY_ATTR
 from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._composite import sampler_part
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import sampler_fingerprint
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.state._versions import library_versions
 from optuna_checkpoint.state.adapters import adapter_for
+from optuna_checkpoint.study._trials import FAILED_TRIAL_ATTR
+from optuna_checkpoint.study._trials import RETRY_HISTORY_ATTR
 from optuna_checkpoint.tools._transplant import StudyRef
 
 
@@ -410,7 +410,7 @@ def _exact(value: Any) -> str:
 
 
 def _sampler_part(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k != PRUNER_STATE_KEY}
+    return sampler_part(state)
 
 
 class _Causes:

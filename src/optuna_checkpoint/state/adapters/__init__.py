@@ -11,7 +11,7 @@ from optuna_checkpoint.state.adapters import _random  # noqa: F401
 from optuna_checkpoint.state.adapters import _tpe  # noqa: F401
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
 from optuna_checkpoint.state.adapters._protocol import Stateful
-from optuna_checkpoint.state.adapters._protocol import adapter_for
+from optuna_checkpoint.state.adapters._registry import adapter_for
 
 
 __all__ = ["StateAdapter", "Stateful", "adapter_for"]

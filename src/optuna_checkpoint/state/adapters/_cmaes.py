@@ -14,8 +14,8 @@ from typing import Any
 from optuna.samplers import CmaEsSampler
 
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
-from optuna_checkpoint.state.adapters._protocol import adapter_of_held
-from optuna_checkpoint.state.adapters._protocol import register
+from optuna_checkpoint.state.adapters._registry import adapter_of_held
+from optuna_checkpoint.state.adapters._registry import register
 from optuna_checkpoint.state.adapters._rng import load_rng_state_dict
 from optuna_checkpoint.state.adapters._rng import rng_state_dict
 

@@ -26,8 +26,8 @@ from optuna.samplers import GPSampler
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
-from optuna_checkpoint.state.adapters._protocol import adapter_of_held
-from optuna_checkpoint.state.adapters._protocol import register
+from optuna_checkpoint.state.adapters._registry import adapter_of_held
+from optuna_checkpoint.state.adapters._registry import register
 from optuna_checkpoint.state.adapters._rng import load_rng_state_dict
 from optuna_checkpoint.state.adapters._rng import rng_state_dict
 

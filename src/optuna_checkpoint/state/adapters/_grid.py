@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from optuna.samplers import GridSampler
 
-from optuna_checkpoint.state.adapters._protocol import register
 from optuna_checkpoint.state.adapters._random import GeneratorAdapter
+from optuna_checkpoint.state.adapters._registry import register
 
 
 @register(GridSampler)

@@ -37,8 +37,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from optuna_checkpoint.exceptions import UnsupportedSamplerError
-from optuna_checkpoint.state.adapters._protocol import register
 from optuna_checkpoint.state.adapters._random import GeneratorAndRandomSamplerAdapter
+from optuna_checkpoint.state.adapters._registry import register
 
 
 _STRATEGIES = (

@@ -12,8 +12,8 @@ from optuna.samplers import PartialFixedSampler
 
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
-from optuna_checkpoint.state.adapters._protocol import adapter_of_held
-from optuna_checkpoint.state.adapters._protocol import register
+from optuna_checkpoint.state.adapters._registry import adapter_of_held
+from optuna_checkpoint.state.adapters._registry import register
 
 
 BASE_ADAPTER = "base_adapter"  # the name of the base sampler's adapter, checked on restore

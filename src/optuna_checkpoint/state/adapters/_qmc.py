@@ -29,8 +29,8 @@ from optuna.storages import BaseStorage
 
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
-from optuna_checkpoint.state.adapters._protocol import adapter_of_held
-from optuna_checkpoint.state.adapters._protocol import register
+from optuna_checkpoint.state.adapters._registry import adapter_of_held
+from optuna_checkpoint.state.adapters._registry import register
 
 
 _logger = logging.getLogger(__name__)

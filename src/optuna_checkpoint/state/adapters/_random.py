@@ -13,7 +13,7 @@ from typing import Any
 from optuna.samplers import RandomSampler
 
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
-from optuna_checkpoint.state.adapters._protocol import register
+from optuna_checkpoint.state.adapters._registry import register
 from optuna_checkpoint.state.adapters._rng import load_rng_state_dict
 from optuna_checkpoint.state.adapters._rng import rng_state_dict
 

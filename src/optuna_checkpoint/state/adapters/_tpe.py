@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from optuna.samplers import TPESampler
 
-from optuna_checkpoint.state.adapters._protocol import register
 from optuna_checkpoint.state.adapters._random import GeneratorAndRandomSamplerAdapter
+from optuna_checkpoint.state.adapters._registry import register
 
 
 @register(TPESampler)

@@ -1,0 +1,370 @@
+"""Attaching a process to its checkpoint stream: choose it, take its lease, claim the trial.
+
+On a sampler's first hook in a study, the attacher picks the stream this worker writes (its id,
+or the first free slot), takes the stream's lease (creating the stream with an initial
+checkpoint if it is new, or taking it over from a process that is gone), claims the trial Optuna
+just created, and checks that the sampler is configured as the one that wrote the stream. What
+it returns is an :class:`Attachment` holding the lease; resuming from the stream's checkpoints
+is the next stage's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+import logging
+import time
+from typing import TYPE_CHECKING
+from typing import Any
+
+from optuna.storages import InMemoryStorage
+from optuna.trial import TrialState
+
+from optuna_checkpoint.attach._attachment import Attachment
+from optuna_checkpoint.attach._attachment import live_attachment
+from optuna_checkpoint.attach._lease import Heartbeat
+from optuna_checkpoint.attach._lease import LeaseVerdict
+from optuna_checkpoint.attach._lease import current_owner
+from optuna_checkpoint.attach._lease import judge_lease
+from optuna_checkpoint.attach._lease import lease_timing
+from optuna_checkpoint.attach._worker import MAIN_WORKER
+from optuna_checkpoint.attach._worker import slot_names
+from optuna_checkpoint.exceptions import ConfigMismatchError
+from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state._spawn import spawn_rng_states
+from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._open import store_for
+from optuna_checkpoint.study._identity import first_trial
+from optuna_checkpoint.study._identity import study_uid
+from optuna_checkpoint.study._logical import HiddenTrials
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
+
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+    from optuna_checkpoint.state._packing import CheckpointPacker
+    from optuna_checkpoint.stores._base import Checkpoint
+    from optuna_checkpoint.stores._base import CheckpointStore
+    from optuna_checkpoint.stores._base import Owner
+    from optuna_checkpoint.stores._base import Stream
+
+
+_logger = logging.getLogger(__name__)
+
+CLAIM_WINDOW = 5.0
+"""Seconds after its creation within which a live process claims its trial for its stream.
+
+A worker claims its first trial a few queries after Optuna created it, and every later one in
+the very transaction that creates it; an unclaimed trial older than this was left by a process
+that died before its first sampler hook. The age is read from Optuna's ``datetime_start``, so
+the hosts' clocks must agree to within a few seconds (as for Optuna's own heartbeat).
+"""
+
+
+class StreamAttacher:
+    """Attaches one sampler to the checkpoint stream of each study it samples for.
+
+    Args:
+        packer: Captures the sampler's state as checkpoints (a new stream's initial one).
+        fingerprint: The sampler's configuration, as described when it was constructed.
+        worker_id: This worker's explicit id, or ``None`` to take the first free slot.
+        start_new_stream: Discard the stream's checkpoints and start it again.
+        grace_period: As given to the sampler (``None``: the storage's own, else the default).
+        heartbeat_interval: Likewise.
+    """
+
+    def __init__(
+        self,
+        packer: CheckpointPacker,
+        fingerprint: dict[str, Any],
+        *,
+        worker_id: str | None,
+        start_new_stream: bool,
+        grace_period: float | None,
+        heartbeat_interval: float | None,
+    ) -> None:
+        self._packer = packer
+        self._adapter = packer.state.adapter
+        self._fingerprint = fingerprint
+        self._worker_id = worker_id
+        self._start_new_stream = start_new_stream
+        self._grace_period = grace_period
+        self._heartbeat_interval = heartbeat_interval
+        self.attachment: Attachment | None = None
+        # Trials whose first hook has begun in this process but which are not claimed yet:
+        # while one thread attaches, the trials other threads just created are live, not left
+        # by a dead process.
+        self.arrivals: set[int] = set()
+
+    def current(self, study: Study) -> Attachment | None:
+        """The attachment to ``study``, or ``None`` if this sampler must attach to it first.
+
+        Raises:
+            StreamOwnedError: Another sampler of this process took this one's stream over.
+        """
+        attachment = self.attachment
+        if attachment is None:
+            return None
+        if attachment.superseded:
+            raise StreamOwnedError(
+                f"another CheckpointingSampler in this process took over this sampler's "
+                f"checkpoint stream of study {study.study_name!r}; use that one."
+            )
+        if attachment.of(study._storage, study._study_id):
+            return attachment
+        self.attachment = None
+        attachment.release()
+        return None
+
+    def open(self, study: Study, trial: FrozenTrial) -> Attachment:
+        """Take this worker's stream of ``study`` for the trial Optuna just created.
+
+        The attachment returned holds the lease but has not resumed yet; hand it to the resume,
+        then :meth:`install` it.
+
+        Raises:
+            StreamOwnedError: The worker id is held by another live process.
+            ConfigMismatchError: The stream was written by a sampler configured differently.
+        """
+        storage = study._storage
+        store = store_for(storage)
+        grace_period, heartbeat_interval = lease_timing(
+            storage, self._grace_period, self._heartbeat_interval
+        )
+        # Not the sole stream yet (it is not chosen): study-held state is captured, not restored.
+        self._adapter.bind_study(storage, study._study_id, sole_stream=False)
+        # Captured before anything runs: worker streams are derived from the state as given.
+        pristine = self._adapter.state_dict()
+        uid = study_uid(study._study_id, study.study_name, first_trial(storage, study._study_id))
+        store.open_study(study._study_id, uid)
+        me = current_owner()
+        stream, created, sole_stream = self._choose_stream(
+            store, study, trial, uid, me, pristine, grace_period
+        )
+        try:
+            # Claimed first, so a worker resuming meanwhile never takes it for a dead one's.
+            claim_trial(store, stream, study._study_id, trial)
+            if self._start_new_stream and not created:
+                stream = self._restart_stream(store, stream, me, study, trial, uid, pristine)
+            else:
+                self._check_fingerprint(stream, study)
+            self._adapter.bind_study(storage, study._study_id, sole_stream=sole_stream)
+        except BaseException:
+            store.release(stream.stream_id, me.token)
+            raise
+        heartbeat = None
+        if not isinstance(storage, InMemoryStorage):  # no other process to keep out
+            heartbeat = Heartbeat(store, stream.stream_id, me.token, heartbeat_interval)
+        return Attachment(
+            storage=storage,
+            study_id=study._study_id,
+            study_uid=uid,
+            store=store,
+            stream=stream,
+            owner=me,
+            heartbeat=heartbeat,
+            atomic=store.supports_commit_hook,
+        )
+
+    def install(self, attachment: Attachment, *, holder: object) -> None:
+        """Make a resumed attachment current, released when ``holder`` goes.
+
+        From now on the stream claims each trial in the transaction that creates it.
+        """
+        attachment.store.claim_trials_at_creation(attachment.stream, attachment.study_id)
+        attachment.release_with(holder)
+        self.attachment = attachment
+
+    def claim(self, attachment: Attachment, trial: FrozenTrial) -> None:
+        """Claim a trial this process created, if its creation did not already."""
+        claim_trial(attachment.store, attachment.stream, attachment.study_id, trial)
+
+    def _choose_stream(
+        self,
+        store: CheckpointStore,
+        study: Study,
+        trial: FrozenTrial,
+        uid: str,
+        me: Owner,
+        pristine: dict[str, Any],
+        grace_period: float,
+    ) -> tuple[Stream, bool, bool]:
+        """Take the lease of this worker's stream, creating it if new.
+
+        Returns:
+            The stream, whether it was created now, and whether it is the study's only stream.
+        """
+        explicit = self._worker_id is not None
+        existing = {s.name: s for s in store.list_streams(uid)}
+        names = iter([self._worker_id]) if self._worker_id is not None else slot_names()
+        for name in names:
+            assert name is not None
+            stream = existing.get(name)
+            if stream is None:
+                stream = store.create_stream(
+                    study._study_id,
+                    uid,
+                    name,
+                    self._fingerprint,
+                    me,
+                    self._initial_checkpoint(uid, name, pristine),
+                    first_trial_number=first_trial_of_new_stream(
+                        study._storage, study._study_id, trial
+                    ),
+                )
+                if stream is not None:
+                    return stream, True, not existing
+                # Another process created it first: it is an existing stream like any other.
+                stream = store.find_stream(uid, name)
+                assert stream is not None
+            verdict = self._judge(stream, me, grace_period)
+            if verdict.may_take_over and store.take_over(stream, me, time.time()):
+                _logger.info("Took over checkpoint stream %r: %s.", name, verdict.reason)
+                return stream, False, existing.keys() <= {name}
+            if not explicit:
+                continue  # a busy slot: try the next one
+            if verdict.may_take_over:
+                raise StreamOwnedError(
+                    f"another process took over checkpoint stream {name!r} of study "
+                    f"{study.study_name!r} at the same moment; run one process per worker id."
+                )
+            _close_refused_trial(store, stream, study, trial)
+            raise StreamOwnedError(
+                f"worker id {name!r} of study {study.study_name!r} is in use: "
+                f"{verdict.reason}. Two live processes must not share a worker id. Stop the "
+                "other process first, or give this one another worker_id (or none, to take a "
+                f"free slot). Trial {trial.number}, which this process had just created, was "
+                "closed as FAIL and is hidden from the other workers' samplers."
+            )
+        raise AssertionError("unreachable: slot names never run out")
+
+    @staticmethod
+    def _judge(stream: Stream, me: Owner, grace_period: float) -> LeaseVerdict:
+        verdict = judge_lease(stream.owner, stream.heartbeat_at, time.time(), me, grace_period)
+        if not verdict.may_take_over and stream.owner is not None:
+            other = live_attachment(stream.owner.token)
+            if other is not None and other.idle():
+                # The same study opened again in this process (e.g. a notebook cell run twice).
+                other.supersede()
+                verdict = LeaseVerdict(True, "an idle sampler in this process held it")
+        return verdict
+
+    def _initial_checkpoint(
+        self, uid: str, stream_name: str, pristine: dict[str, Any]
+    ) -> Checkpoint:
+        """Set the sampler to its state for a new stream of that name, and capture it.
+
+        ``main`` keeps the sampler as constructed (it is still untouched: this runs before its
+        first hook); every other stream derives its generators from ``pristine`` and its name.
+        """
+        if stream_name != MAIN_WORKER:
+            spawned, generators = spawn_rng_states(pristine, stream_name)
+            if generators:
+                self._adapter.load_state_dict(spawned)
+            else:
+                _logger.warning(
+                    "%s has no random generator optuna-checkpoint can derive per worker: seed "
+                    "it differently in each worker, or workers may propose the same points.",
+                    type(self._adapter.sampler).__name__,
+                )
+        return self._packer.pack(uid, stream_name, None, -1)
+
+    def _restart_stream(
+        self,
+        store: CheckpointStore,
+        stream: Stream,
+        me: Owner,
+        study: Study,
+        trial: FrozenTrial,
+        uid: str,
+        pristine: dict[str, Any],
+    ) -> Stream:
+        initial = self._initial_checkpoint(uid, stream.name, pristine)
+        reset = store.reset_stream(
+            replace(stream, owner=me),
+            self._fingerprint,
+            me,
+            initial,
+            first_trial_number=trial.number,
+        )
+        if reset is None:
+            raise StreamOwnedError("another process took the stream over while it was reset")
+        _logger.warning(
+            "Started a new checkpoint stream %r for study %r: the sampler continues from its "
+            "configuration as given, not from the previous run's state.",
+            stream.name,
+            study.study_name,
+        )
+        return reset
+
+    def _check_fingerprint(self, stream: Stream, study: Study) -> None:
+        if stream.fingerprint == self._fingerprint:
+            return
+        lines = differences(stream.fingerprint, self._fingerprint)
+        shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
+        raise ConfigMismatchError(
+            f"study {study.study_name!r} was checkpointed by a sampler configured differently "
+            f"from this one:\n  {shown}\nResume with the sampler constructed exactly as before "
+            "(same class, arguments and seed) to continue the same trajectory, or pass "
+            "start_new_stream=True to CheckpointingSampler to discard the checkpoints and "
+            "continue with this configuration."
+        )
+
+
+def claim_trial(store: CheckpointStore, stream: Stream, study_id: int, trial: FrozenTrial) -> None:
+    """Claim a trial this process created for its stream (done at its creation, if it can).
+
+    Raises:
+        StreamOwnedError: Another worker's resume took the trial for an abandoned one first.
+    """
+    if not store.claim_trial(stream, study_id, trial._trial_id):
+        raise StreamOwnedError(
+            f"trial {trial.number}, which this process had just created, was taken for an "
+            "abandoned one by another worker's resume before this process could claim it "
+            f"(the claim window is {CLAIM_WINDOW:.0f} s; is the database overloaded, or "
+            "are the hosts' clocks apart?). Run this worker again."
+        )
+
+
+def first_trial_of_new_stream(storage: BaseStorage, study_id: int, current: FrozenTrial) -> int:
+    """Return the number of the first trial a new stream counts as its own.
+
+    Optuna creates a trial before any sampler hook runs, so a process killed in that gap leaves
+    a RUNNING trial that no sampler ever saw: nothing suggested, nothing reported, no attribute.
+    Trials like that right before the current one are the new stream's stillborn attempts; the
+    resume then hides and closes them like any interrupted trial.
+    """
+    number = current.number
+    while number > 0:
+        previous = storage.get_trial(
+            storage.get_trial_id_from_study_id_trial_number(study_id, number - 1)
+        )
+        touched = (
+            previous.params
+            or previous.intermediate_values
+            or previous.system_attrs
+            or previous.user_attrs
+        )
+        if previous.state != TrialState.RUNNING or touched:
+            break
+        number -= 1
+    return number
+
+
+def _close_refused_trial(
+    store: CheckpointStore, stream: Stream, study: Study, trial: FrozenTrial
+) -> None:
+    # Left RUNNING, it would be a pending trial to the owner's constant-liar TPE; recorded as
+    # interrupted, the owner hides it on its next trial, like any interrupted attempt.
+    hidden = HiddenTrials.of(store.where_interrupted(stream.study_uid))
+    reason = "refused: another live process holds its worker id"
+    store.add_interruptions(
+        study._study_id,
+        stream.study_uid,
+        [Interruption(trial._trial_id, trial.number, hidden.logical_number(trial.number), reason)],
+    )
+    study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

@@ -1,0 +1,26 @@
+"""``optuna-checkpoint-demo``: kill a study with real signals and show that it resumes exactly.
+
+The demo runs one small optimization script three times, each in child processes on its own
+SQLite file:
+
+1. *reference*: with ``CheckpointingSampler(TPESampler(seed=S))``, never interrupted;
+2. *checkpointed*: the same script, killed K times at random instants (SIGKILL, SIGTERM and
+   SIGINT in turn) and run again after each kill until N trials are COMPLETE;
+3. *unwrapped*: the control, the plain ``TPESampler(seed=S)`` killed in the same way.
+
+It then compares the trajectories trial by trial, bit for bit (``float.hex``), and exits with 0
+if the checkpointed run is identical to the reference, 1 otherwise.
+
+The child processes run ``python -m optuna_checkpoint.demo`` with the hidden ``--worker``
+option, which is an ordinary user script: it opens its study with ``load_if_exists=True`` and
+optimizes until N trials are COMPLETE, so running it again after a kill continues the study.
+
+The modules, each importing only those listed before it (and the library's public names):
+
+- :mod:`._worker`: the user's script, run in the child processes;
+- :mod:`._run`: one run: starting its workers, killing them, reading its study back;
+- :mod:`._compare`: comparing two trajectories bit for bit, and saying why they differ;
+- :mod:`._table`: the side-by-side table of the two trajectories;
+- :mod:`._session`: the three runs, their table and the verdict;
+- :mod:`._cli`: the command line, ``main``.
+"""

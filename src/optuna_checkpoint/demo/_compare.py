@@ -1,0 +1,79 @@
+"""Comparing two trajectories bit for bit, and saying why and where they part."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from optuna_checkpoint.demo._run import Run
+
+
+def exact(value: object) -> str:
+    """Spell a value so that two spellings are equal exactly when the values are identical.
+
+    Args:
+        value: A parameter or objective value.
+
+    Returns:
+        ``float.hex`` of a float, ``repr`` of anything else.
+    """
+    return value.hex() if isinstance(value, float) else repr(value)
+
+
+def same_step(a: FrozenTrial | None, b: FrozenTrial | None) -> bool:
+    """Whether two trials have the same state, params and values, bit for bit."""
+
+    def key(t: FrozenTrial) -> tuple[str, list[tuple[str, str]], list[str]]:
+        params = [(name, exact(value)) for name, value in sorted(t.params.items())]
+        return t.state.name, params, [exact(v) for v in t.values or ()]
+
+    return a is not None and b is not None and key(a) == key(b)
+
+
+def identical_prefix(reference: Sequence[FrozenTrial], other: Sequence[FrozenTrial]) -> int:
+    """How many trials, from the first, two trajectories have in common."""
+    count = 0
+    while count < min(len(reference), len(other)) and same_step(reference[count], other[count]):
+        count += 1
+    return count
+
+
+def why_different(trials: Sequence[FrozenTrial], index: int, run: Run) -> str:
+    """Say in a few words why the ``index``-th trial of ``run`` is not the reference's."""
+    if index >= len(trials):
+        return "it has fewer trials"
+    trial = trials[index]
+    if trial.state != TrialState.COMPLETE:
+        return f"trial #{trial.number} was interrupted and is {trial.state.name}, not retried"
+    kills = [n for n, o in enumerate(run.outcomes, 1) if o.landed and o.n_trials <= trial.number]
+    after = f"after kill {kills[-1]}" if kills else "before any kill"
+    for earlier, previous in enumerate(trials[:index]):
+        if previous.params == trial.params:
+            return f"repeated the params of trial {earlier} {after}"
+    return f"proposed other params {after}"
+
+
+def retry_notes(
+    trials: Sequence[FrozenTrial], kept: Sequence[FrozenTrial], run: Run
+) -> dict[int, str]:
+    """Say which interrupted attempts the rows of the resumed trajectory retried.
+
+    Args:
+        trials: All trials of the resumed run's study.
+        kept: The same without the interrupted attempts.
+        run: The resumed run, whose kills tell which signal interrupted which trial.
+
+    Returns:
+        A note by row, such as ``retry of #14 (SIGTERM)``.
+    """
+    kept_numbers = [t.number for t in kept]
+    killed_by = {o.cut_off: o.kill.signal.name for o in run.outcomes if o.cut_off is not None}
+    attempts: dict[int, list[str]] = {}
+    for trial in trials:
+        if trial.number not in kept_numbers:
+            row = sum(n < trial.number for n in kept_numbers)
+            signal_name = killed_by.get(trial.number, "killed")
+            attempts.setdefault(row, []).append(f"#{trial.number} ({signal_name})")
+    return {row: "retry of " + ", ".join(texts) for row, texts in attempts.items()}

@@ -1,0 +1,135 @@
+"""The demo proper: its three runs, the table comparing them, and the verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+import time
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from optuna_checkpoint import uninterrupted_trials
+from optuna_checkpoint.demo._compare import identical_prefix
+from optuna_checkpoint.demo._compare import retry_notes
+from optuna_checkpoint.demo._compare import why_different
+from optuna_checkpoint.demo._run import SIGNALS
+from optuna_checkpoint.demo._run import Run
+from optuna_checkpoint.demo._run import random_kills
+from optuna_checkpoint.demo._table import print_table
+from optuna_checkpoint.demo._worker import SAMPLER_CLASSES
+
+
+def run_demo(sampler_name: str, seed: int, n_trials: int, n_kills: int, directory: Path) -> int:
+    """Run the three runs in ``directory``, print the comparison and return the exit code.
+
+    Args:
+        sampler_name: The sampler to use, a key of :data:`SAMPLER_CLASSES`.
+        seed: The sampler's seed.
+        n_trials: How many COMPLETE trials each run ends with.
+        n_kills: How many times the interrupted runs are killed.
+        directory: Where the runs' SQLite files and logs go.
+
+    Returns:
+        0 if the checkpointed run matched the uninterrupted run bit for bit, 1 if not.
+    """
+    sampler_class = SAMPLER_CLASSES[sampler_name]
+    sampler = f"{sampler_class}(seed={seed})"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def new_run(label: str, wrap: bool) -> Run:
+        run = Run(label, directory, f"demo-{label}", sampler_name, seed, n_trials, wrap)
+        run.remove_files()
+        return run
+
+    reference = new_run("reference", wrap=True)
+    checkpointed = new_run("checkpointed", wrap=True)
+    unwrapped = new_run("unwrapped", wrap=False)
+
+    print(f"optuna-checkpoint demo: {n_trials} trials per run, SQLite files in {directory}")
+    print(f"  reference:     CheckpointingSampler({sampler}), never interrupted")
+    print(f"  checkpointed:  the same script, killed {n_kills} times and run again after each")
+    print(f"  unwrapped:     plain {sampler}, killed in the same way (the control)")
+    print(flush=True)
+
+    started = time.perf_counter()
+    seconds = reference.run_to_end()
+    reference.say(f"{n_trials} trials complete in {seconds:.2f} s, never interrupted")
+    checkpointed.run(n_kills, random_kills(n_kills, n_trials, seconds))
+    kills = [outcome.kill for outcome in checkpointed.outcomes]
+    unwrapped.run(len(kills), lambda index, _: kills[index])
+    elapsed = time.perf_counter() - started
+
+    expected = reference.trials()
+    all_resumed = checkpointed.trials()
+    resumed = uninterrupted_trials(checkpointed.study())
+
+    print()
+    print("The reference run's trials beside the checkpointed run's, compared bit for bit")
+    print('(float.hex): = identical params and value, ≠ different. "retry of #n": a kill cut off')
+    print("attempt #n of the trial, and the resumed run ran it again.")
+    print()
+    print_table(expected, resumed, retry_notes(all_resumed, resumed, checkpointed))
+    print()
+
+    ok = print_verdict(expected, all_resumed, resumed, checkpointed, unwrapped, sampler_class)
+    print(f"\n(ran in {elapsed:.1f} s)", flush=True)
+    return 0 if ok else 1
+
+
+def print_verdict(
+    expected: Sequence[FrozenTrial],
+    all_resumed: Sequence[FrozenTrial],
+    resumed: Sequence[FrozenTrial],
+    checkpointed: Run,
+    unwrapped: Run,
+    sampler_class: str,
+) -> bool:
+    """Say whether each interrupted run followed the reference, and where it parted if not.
+
+    Args:
+        expected: The reference run's trials.
+        all_resumed: All trials of the checkpointed run's study.
+        resumed: The same without the interrupted attempts.
+        checkpointed: The run with CheckpointingSampler, killed.
+        unwrapped: The run with the plain sampler, killed in the same way.
+        sampler_class: The plain sampler's class name.
+
+    Returns:
+        Whether the checkpointed run is identical to the reference.
+    """
+    control = [t for t in unwrapped.trials() if t.state.is_finished()]
+    n = len(expected)
+    signals = [o.kill.signal.name for o in checkpointed.outcomes if o.landed]
+    if len(signals) > 5:
+        signals = [f"{signals.count(name)} {name}" for name in SIGNALS if name in signals]
+    kills_text = f"after {sum(o.landed for o in checkpointed.outcomes)} kills"
+    kills_text += f" ({', '.join(signals)})" if signals else ""
+    n_retried = len(all_resumed) - len(resumed)
+    control_label = f"unwrapped {sampler_class}:"
+    width = len(control_label) + 2
+
+    def report(label: str, *lines: str) -> None:
+        for text in lines:
+            print(f"{label:<{width}}{text}")
+            label = ""
+
+    same = identical_prefix(expected, resumed)
+    ok = same == n == len(resumed)
+    if ok:
+        report("resumed run:", f"{n}/{n} trials identical to the uninterrupted run, bit for bit,")
+    else:
+        why = why_different(resumed, same, checkpointed)
+        report("resumed run:", f"diverged at trial {same} ({why})", f"{same}/{n} identical")
+    report("", f"{kills_text} and {n_retried} retried trials")
+
+    same = identical_prefix(expected, control)
+    if same == n == len(control):
+        report(control_label, f"{n}/{n} trials identical too")
+    else:
+        report(
+            control_label,
+            f"diverged at trial {same} ({why_different(control, same, unwrapped)})",
+            f"{same}/{n} identical: a sampler rebuilt from its seed restarts its RNG",
+        )
+    return ok

@@ -1,0 +1,132 @@
+"""Recording a trial's checkpoint: capture -> encode -> seal -> save inside the trial's commit.
+
+From a trial's first hook until its state is captured, its store refuses to commit the trial's
+end without a checkpoint: a kill or Ctrl-C landing anywhere in between leaves the trial RUNNING,
+to be retried, instead of finished with the state of an earlier trial. The capture then rides
+in the very transaction in which Optuna stores the trial's end (stores with a commit hook), or
+is saved just before it (the others, whose resume rolls the trial forward from it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from optuna_checkpoint._faults import crash_point
+from optuna_checkpoint.exceptions import CheckpointError
+
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+    from optuna.trial import TrialState
+
+    from optuna_checkpoint.attach._attachment import Attachment
+    from optuna_checkpoint.record._retention import AmortizedPruning
+    from optuna_checkpoint.state._packing import CheckpointPacker
+    from optuna_checkpoint.stores._base import Checkpoint
+
+
+_logger = logging.getLogger(__name__)
+
+
+class TrialRecorder:
+    """Checkpoints each trial of an attachment, and checks that the checkpoint went out.
+
+    Args:
+        packer: Packs the sampler's (and pruner's) state into sealed checkpoints.
+        pruning: Deletes old checkpoints as :class:`~optuna_checkpoint.Retention` says, or
+            ``None`` to keep them all.
+    """
+
+    def __init__(self, packer: CheckpointPacker, pruning: AmortizedPruning | None) -> None:
+        self._packer = packer
+        self._pruning = pruning
+        # The trial each thread started last, settled when that thread starts its next one.
+        self._thread_last_trial = threading.local()
+        self._warned_concurrency = False
+
+    def settle_previous(self, attachment: Attachment) -> None:
+        """Check the trial this thread started last, now that it starts another; prune.
+
+        Its deferred checkpoint should have gone out with the commit of its end. Still pending
+        on a finished trial means Optuna stopped finishing trials the way the commit hook
+        expects: continuing would resume inexactly after the next kill, so the study stops.
+        Still pending on a RUNNING trial means that commit was refused; the marker goes.
+        Only this thread's own trial is looked at: the store's pending set is shared with
+        other threads (``n_jobs > 1``) and other samplers on the same storage, whose trials may
+        be between their capture and their commit right now.
+
+        Raises:
+            CheckpointError: The previous trial was stored as finished without its checkpoint.
+        """
+        trial_id = getattr(self._thread_last_trial, "trial_id", None)
+        self._thread_last_trial.trial_id = None
+        if attachment.atomic and trial_id in attachment.store.pending_trial_ids():
+            attachment.store.discard_pending(trial_id)
+            if attachment.storage.get_trial(trial_id).state.is_finished():
+                attachment.atomic = False
+                raise CheckpointError(
+                    f"trial id {trial_id} was stored as finished without its checkpoint: this "
+                    "Optuna version stores trial results in a way optuna-checkpoint does not "
+                    "recognise. Please report it with your Optuna version."
+                )
+        if self._pruning is not None:
+            self._pruning.checkpoint_committed(
+                attachment.store, attachment.stream, attachment.hidden.trial_ids
+            )
+
+    def begin(self, attachment: Attachment, trial: FrozenTrial) -> None:
+        """Note that ``trial`` started, and hold its end's commit until its checkpoint comes."""
+        if attachment.trials_in_progress and not self._warned_concurrency:
+            self._warned_concurrency = True
+            _logger.warning(
+                "Trials of this study are running concurrently in this process (n_jobs > 1 "
+                "or several asks before a tell): they are checkpointed, but a resume is not "
+                "guaranteed to be bit-identical, since Optuna reseeds samplers per thread "
+                "and the trials interleave differently on every run."
+            )
+        attachment.trials_in_progress.add(trial._trial_id)
+        self._thread_last_trial.trial_id = trial._trial_id
+        if attachment.atomic:
+            # From here until the state is captured, a commit of this trial's end is refused:
+            # a Ctrl-C landing anywhere in between must leave it RUNNING.
+            attachment.store.defer_save_to_trial_commit(
+                attachment.stream, trial._trial_id, None, attachment.owner.token
+            )
+
+    def capture(
+        self,
+        attachment: Attachment,
+        trial: FrozenTrial,
+        logical_number: int,
+        state: TrialState,
+        values: list[float] | None,
+    ) -> Checkpoint:
+        """The trial's checkpoint: the state right after the wrapped sampler's ``after_trial``.
+
+        Call it under the lock that keeps other threads from sampling meanwhile, so that the
+        checkpoint is a state that existed.
+        """
+        return self._packer.pack(
+            attachment.study_uid,
+            attachment.stream.name,
+            trial._trial_id,
+            logical_number,
+            state,
+            values,
+        )
+
+    def record(self, attachment: Attachment, trial: FrozenTrial, checkpoint: Checkpoint) -> None:
+        """Hand the checkpoint to the store, to be written with the trial's end."""
+        attachment.trials_in_progress.discard(trial._trial_id)
+        if attachment.atomic:
+            attachment.store.defer_save_to_trial_commit(
+                attachment.stream, trial._trial_id, checkpoint, attachment.owner.token
+            )
+        else:
+            attachment.store.save(
+                attachment.stream, checkpoint, attachment.owner.token, time.time()
+            )
+            crash_point("after_save")

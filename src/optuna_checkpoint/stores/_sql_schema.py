@@ -1,0 +1,205 @@
+"""The side tables of the SQL store: their layout, its format version, creation and upgrade.
+
+The tables have their own ``MetaData`` and are created on first use, so Optuna's schema, its
+alembic revision and ``optuna storage upgrade`` never see them. Their layout has a format version
+of its own (:data:`TABLES_FORMAT`), recorded in a table beside them and upgraded in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
+
+from optuna_checkpoint.exceptions import CheckpointError
+
+
+_logger = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+TABLES_FORMAT = 2
+"""The layout of the side tables. 1: releases 0.1 to 0.3, which had no format table. 2: this
+format table, and the checkpoints' ``versions`` column."""
+
+
+def _add_versions_column(engine: sa.Engine) -> None:
+    """Format 1 to 2: add the checkpoints' ``versions`` column, unless it is there already."""
+    column = checkpoints.c.versions
+
+    def present() -> bool:
+        return column.name in {c["name"] for c in sa.inspect(engine).get_columns(checkpoints.name)}
+
+    if present():
+        return
+    ddl = f"ALTER TABLE {checkpoints.name} ADD COLUMN {column.name} "
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(ddl + column.type.compile(dialect=engine.dialect))
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError):
+        # Another worker added it at the same moment.
+        if column.name not in {
+            c["name"] for c in sa.inspect(engine).get_columns(checkpoints.name)
+        }:
+            raise
+
+
+# Upgrades of the tables, by the format they start from. Each only adds (tables, columns), so
+# the rows of earlier releases stay readable, and each is idempotent.
+_UPGRADES: dict[int, Callable[[sa.Engine], None]] = {1: _add_versions_column}
+
+formats = sa.Table(
+    "optuna_checkpoint_format",
+    metadata,
+    sa.Column("component", sa.String(32), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+_TABLES = "tables"
+
+streams = sa.Table(
+    "optuna_checkpoint_streams",
+    metadata,
+    sa.Column("stream_id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.Integer, nullable=False, index=True),
+    sa.Column("study_uid", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("owner_token", sa.String(32)),
+    sa.Column("owner_host", sa.String(255)),
+    sa.Column("owner_boot_id", sa.String(64)),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("owner_pid_start", sa.String(32)),
+    # Double: MySQL's FLOAT is single precision, which rounds today's epoch to about a minute.
+    sa.Column("heartbeat_at", sa.Double, nullable=False),
+    sa.Column("first_trial_number", sa.Integer, nullable=False),
+    sa.UniqueConstraint("study_uid", "name"),
+)
+
+checkpoints = sa.Table(
+    "optuna_checkpoint_checkpoints",
+    metadata,
+    sa.Column("checkpoint_id", sa.Integer, primary_key=True),
+    sa.Column(
+        "stream_id",
+        sa.Integer,
+        sa.ForeignKey("optuna_checkpoint_streams.stream_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("trial_id", sa.Integer, nullable=False),
+    sa.Column("logical_number", sa.Integer, nullable=False),
+    sa.Column("trial_state", sa.String(16)),
+    sa.Column("trial_values", sa.Text),
+    sa.Column("adapter", sa.String(64), nullable=False),
+    # MySQL's BLOB stops at 64 KiB.
+    sa.Column("payload", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    # The writer's library versions (JSON); NULL in rows of releases before 0.4. Beside the
+    # payload rather than in it: PostgreSQL stores a payload in 2 KB chunks, and 90 bytes more
+    # of it cost 400 bytes of pages per TPE checkpoint.
+    sa.Column("versions", sa.Text),
+    sa.UniqueConstraint("stream_id", "trial_id"),
+    # A resume reads a stream's newest checkpoints: walked backwards along this index, the
+    # lookup stays flat; without it the database sorts every checkpoint of the stream.
+    sa.Index("ix_optuna_checkpoint_checkpoints_newest", "stream_id", "checkpoint_id"),
+)
+
+interrupted_trials = sa.Table(
+    "optuna_checkpoint_interrupted_trials",
+    metadata,
+    # Keyed by study too: SQLite reuses the trial ids of a deleted study.
+    sa.Column("study_uid", sa.String(32), primary_key=True),
+    sa.Column("trial_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("study_id", sa.Integer, nullable=False, index=True),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("logical_number", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("stream_id", sa.Integer),
+)
+
+trial_claims = sa.Table(
+    "optuna_checkpoint_trial_claims",
+    metadata,
+    # Keyed by study, like interruptions: SQLite reuses the trial ids of a deleted study.
+    sa.Column("study_uid", sa.String(32), primary_key=True),
+    sa.Column("trial_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("study_id", sa.Integer, nullable=False, index=True),
+    sa.Column("stream_id", sa.Integer, nullable=False),
+)
+
+
+# Optuna's own table of studies, named but never created or altered here (a separate MetaData).
+optuna_studies = sa.Table("studies", sa.MetaData(), sa.Column("study_id", sa.Integer))
+# Optuna's trial model, recognised by table name so that no private class is imported.
+OPTUNA_TRIALS_TABLE = "trials"
+
+
+def create_tables(engine: sa.Engine) -> bool:
+    """Create the missing tables; return whether the checkpoints table was among them."""
+    # One query finds the tables that exist, which is all of them after a study's start.
+    existing = set(sa.inspect(engine).get_table_names())
+    # Table by table: workers starting together race, and one that loses the race for the
+    # first table must still create the others rather than assume the winner has already.
+    for table in metadata.sorted_tables:
+        if table.name in existing:
+            continue
+        try:
+            table.create(engine, checkfirst=True)
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
+            # Another process created it between our check and our CREATE; fine if it exists.
+            if not sa.inspect(engine).has_table(table.name):
+                raise
+    return checkpoints.name not in existing
+
+
+def upgrade_tables(engine: sa.Engine, *, created: bool) -> None:
+    """Bring the tables to :data:`TABLES_FORMAT`; refuse tables of a newer format.
+
+    Args:
+        engine: The engine of the database holding the tables.
+        created: Whether this process has just created the checkpoints table, so that the
+            tables are of the current format already.
+
+    Raises:
+        CheckpointError: The tables are of a newer format than this release reads.
+    """
+    version = _tables_format(engine)
+    if version is None:
+        # Format 1 had no format table. If another worker records it first, its guess wins;
+        # a wrong guess of 1 only makes the (idempotent) upgrades run on current tables.
+        guess = TABLES_FORMAT if created else 1
+        try:
+            with engine.begin() as connection:
+                connection.execute(formats.insert().values(component=_TABLES, version=guess))
+        except sa_exc.IntegrityError:
+            pass
+        version = _tables_format(engine)
+    assert version is not None
+    if version > TABLES_FORMAT:
+        raise CheckpointError(
+            f"the optuna-checkpoint tables in this database have format {version}, written "
+            f"by a newer optuna-checkpoint; this release reads up to format {TABLES_FORMAT}. "
+            "Upgrade optuna-checkpoint on every worker of the study."
+        )
+    while version < TABLES_FORMAT:
+        _logger.info("Upgrading the optuna-checkpoint tables from format %d.", version)
+        # Each step is idempotent, so workers upgrading at once may all run it; the format
+        # is recorded only after the step (MySQL commits DDL at once, so not in one go).
+        _UPGRADES[version](engine)
+        with engine.begin() as connection:
+            connection.execute(
+                formats.update()
+                .where(formats.c.component == _TABLES, formats.c.version == version)
+                .values(version=version + 1)
+            )
+        version = _tables_format(engine) or version
+
+
+def _tables_format(engine: sa.Engine) -> int | None:
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.select(formats.c.version).where(formats.c.component == _TABLES)
+        ).scalar()
+    return None if found is None else int(found)

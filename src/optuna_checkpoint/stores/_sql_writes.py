@@ -1,0 +1,143 @@
+"""Writes to the SQL store's side tables that take more than a statement, and their retries.
+
+Each runs in a transaction of its own on the engine it is given. Those that workers starting
+together may run at once are retried when the server reports a deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Sequence
+import random
+import time
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._sql_queries import has_rows_of_deleted_studies
+from optuna_checkpoint.stores._sql_queries import of_deleted_studies
+from optuna_checkpoint.stores._sql_queries import where_streams_of_deleted_studies
+from optuna_checkpoint.stores._sql_rows import INITIAL_TRIAL_ID
+from optuna_checkpoint.stores._sql_schema import checkpoints
+from optuna_checkpoint.stores._sql_schema import interrupted_trials
+from optuna_checkpoint.stores._sql_schema import streams
+from optuna_checkpoint.stores._sql_schema import trial_claims
+
+
+_TRANSIENT_RETRIES = 5
+# Trial ids per DELETE statement: SQLite allows 32766 bound parameters per statement.
+_DELETE_CHUNK = 10000
+
+
+def _is_transient(error: sa_exc.OperationalError) -> bool:
+    """Whether the server asks for the transaction to be retried (deadlock, lock timeout)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)  # psycopg
+    code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+    return sqlstate in ("40001", "40P01") or code in (1205, 1213)  # PG; MySQL/MariaDB
+
+
+def transaction_with_retries(engine: sa.Engine, work: Callable[[sa.Connection], None]) -> None:
+    """Run ``work`` in a transaction, again in a new one if the server asks for a retry.
+
+    ``work`` may therefore run more than once, and must start from scratch each time.
+    """
+    # Workers starting together make MySQL/MariaDB and PostgreSQL report deadlocks on
+    # concurrent inserts into the same index range; the server's advice is to retry.
+    for attempt in range(_TRANSIENT_RETRIES + 1):
+        try:
+            with engine.begin() as connection:
+                work(connection)
+            return
+        except sa_exc.OperationalError as e:
+            if attempt == _TRANSIENT_RETRIES or not _is_transient(e):
+                raise
+            time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
+
+
+def remove_rows_of_deleted_studies(engine: sa.Engine, study_id: int, study_uid: str) -> None:
+    """Remove the rows of studies that ``optuna.delete_study`` deleted.
+
+    Our tables have no foreign key into Optuna's schema, so that Optuna's migrations and
+    ``delete_study`` never trip over them; the store removes rows of deleted studies instead,
+    whenever a stream is created (see :func:`._sql_queries.of_deleted_studies`). Nothing is
+    locked unless there is something to remove.
+    """
+    others = (interrupted_trials, trial_claims)
+    with engine.connect() as connection:
+        stale_streams = where_streams_of_deleted_studies(connection, study_id, study_uid)
+        if not stale_streams and not has_rows_of_deleted_studies(
+            connection, others, study_id, study_uid
+        ):
+            return
+
+    def remove(connection: sa.Connection) -> None:
+        # SQLite does not enforce the foreign key's cascade, so children go first.
+        connection.execute(checkpoints.delete().where(checkpoints.c.stream_id.in_(stale_streams)))
+        connection.execute(streams.delete().where(streams.c.stream_id.in_(stale_streams)))
+        for table in others:
+            stale = of_deleted_studies(table, study_id, study_uid)
+            connection.execute(table.delete().where(stale))
+
+    transaction_with_retries(engine, remove)
+
+
+def delete_checkpoints_of_trials(
+    engine: sa.Engine, stream_id: int, trial_ids: Collection[int]
+) -> int:
+    """Delete the trials' checkpoints in one transaction; return how many rows went.
+
+    The initial row is never deleted, even if its placeholder trial id is named.
+    """
+    ids = sorted({int(t) for t in trial_ids} - {INITIAL_TRIAL_ID})
+    deleted = 0
+
+    def delete(connection: sa.Connection) -> None:
+        nonlocal deleted
+        deleted = 0  # a retried transaction counts again
+        # Usually one statement; a very long list is cut to stay under SQLite's limit.
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            result = connection.execute(
+                checkpoints.delete().where(
+                    checkpoints.c.stream_id == stream_id,
+                    checkpoints.c.trial_id.in_(ids[start : start + _DELETE_CHUNK]),
+                )
+            )
+            deleted += result.rowcount
+
+    if ids:
+        transaction_with_retries(engine, delete)
+    return deleted
+
+
+def add_new_interruptions(
+    engine: sa.Engine, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
+) -> None:
+    """Record the interrupted trials the study has not recorded yet, in one transaction."""
+    if not interruptions:
+        return
+    with engine.begin() as connection:
+        known = set(
+            connection.execute(
+                sa.select(interrupted_trials.c.trial_id).where(
+                    interrupted_trials.c.study_uid == study_uid,
+                    interrupted_trials.c.trial_id.in_([i.trial_id for i in interruptions]),
+                )
+            ).scalars()
+        )
+        rows = [
+            {
+                "trial_id": i.trial_id,
+                "study_uid": study_uid,
+                "study_id": study_id,
+                "trial_number": i.trial_number,
+                "logical_number": i.logical_number,
+                "reason": i.reason[:255],
+                "stream_id": i.stream_id,
+            }
+            for i in interruptions
+            if i.trial_id not in known
+        ]
+        if rows:
+            connection.execute(interrupted_trials.insert(), rows)

@@ -1,0 +1,150 @@
+"""The kill-fuzz tiers select what they promise: every value covered, fixed, and never nothing.
+
+The functions of ``tests/kill_fuzz/tiers.py`` are checked on grids like the suite's; then the
+suite's own collection is checked, in a child pytest, so that a change of pytest or of a
+parametrisation cannot silently move every kill-fuzz case out of the default run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+from tests.kill_fuzz import tiers
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGNALS = ["SIGKILL", "SIGTERM", "SIGINT"]
+SAMPLERS = ["random", "tpe", "cmaes", "cmaes-sep", "cmaes-margin"]
+POINTS = ["before_trial", "after_resume", "sample_relative", "inside_commit", "objective"]
+
+
+def covered_values(cases: list[dict[str, object]], chosen: list[int]) -> set[tuple[str, object]]:
+    return {(name, value) for i in chosen for name, value in cases[i].items()}
+
+
+def test_every_value_of_every_parameter_is_in_the_fast_tier() -> None:
+    cases = tiers.grid(point=POINTS, sampler=["random", "tpe", "cmaes"])
+    chosen = tiers.fast_cases(cases)
+    assert covered_values(cases, chosen) == covered_values(cases, list(range(len(cases))))
+    assert tiers.cover_report(cases, chosen) == set()
+    # A cover, not the grid: the point is to leave cases to the soak tier.
+    assert len(chosen) == len(POINTS) < len(cases)
+
+
+def test_every_sampler_signal_pair_is_in_the_fast_tier() -> None:
+    cases = tiers.grid(sampler=SAMPLERS, sig=SIGNALS, kills=[1, 3])
+    chosen = tiers.fast_cases(cases)
+    pairs = {(cases[i]["sampler"], cases[i]["sig"]) for i in chosen}
+    assert pairs == {(s, g) for s in SAMPLERS for g in SIGNALS}
+    assert {cases[i]["kills"] for i in chosen} == {1, 3}
+    assert len(chosen) == len(SAMPLERS) * len(SIGNALS)  # the other kill count is soak
+
+
+def test_sampler_storage_and_signal_are_covered_together() -> None:
+    cases = tiers.grid(address=["grpc", "journal-file"], sampler=["tpe", "cmaes"], plan=[1, 2])
+    chosen = tiers.fast_cases(cases)
+    assert {(cases[i]["address"], cases[i]["sampler"]) for i in chosen} == {
+        ("grpc", "tpe"),
+        ("grpc", "cmaes"),
+        ("journal-file", "tpe"),
+        ("journal-file", "cmaes"),
+    }
+    assert tiers.cover_report(cases, chosen) == set()
+
+
+def test_a_leftover_case_is_reported_uncovered() -> None:
+    # The check the tests above rely on can fail.
+    cases = tiers.grid(sampler=["tpe", "cmaes"], sig=SIGNALS)
+    assert tiers.cover_report(cases, [0]) != set()
+
+
+def test_the_fast_tier_is_the_same_every_time_and_does_not_follow_the_collection_order() -> None:
+    cases = tiers.grid(point=POINTS, sampler=SAMPLERS)
+    first = tiers.fast_cases(cases)
+    assert tiers.fast_cases(cases) == first
+    # The choice among equally good covers is the seed's: another one may choose another.
+    others = {tuple(tiers.fast_cases(cases, seed=seed)) for seed in range(20)}
+    assert tuple(first) in others and len(others) > 1
+    assert all(tiers.cover_report(cases, list(c)) == set() for c in others)
+
+
+def test_pinned_cases_are_fast_and_a_pin_that_matches_nothing_is_an_error() -> None:
+    cases = tiers.grid(point=POINTS, sampler=["random", "tpe", "cmaes"])
+    chosen = tiers.fast_cases(cases, pins=[{"point": "inside_commit", "sampler": "cmaes"}])
+    assert cases.index({"point": "inside_commit", "sampler": "cmaes"}) in chosen
+    assert tiers.cover_report(cases, chosen) == set()
+    with pytest.raises(ValueError, match="matches none"):
+        tiers.fast_cases(cases, pins=[{"point": "nowhere"}])
+
+
+def test_one_case_is_always_fast() -> None:
+    assert tiers.fast_cases([{"sampler": "tpe"}]) == [0]
+    assert tiers.fast_cases([{}]) == [0]
+
+
+def test_signals_are_named_by_name() -> None:
+    import signal
+
+    assert tiers.value_key(signal.SIGINT) == "SIGINT"
+    assert tiers.value_key(["a", 1]) == "['a', 1]"
+    assert tiers.matches({"sig": "SIGINT"}, {"sig": signal.SIGINT})
+
+
+def test_the_soak_sample_is_fixed_by_the_seed_and_differs_between_seeds() -> None:
+    ids = [f"tests/kill_fuzz/test_x.py::test_y[case{i}]" for i in range(60)]
+    sample = tiers.soak_sample(ids, 12, seed=123)
+    assert len(sample) == 12 and set(sample) <= set(ids)
+    assert tiers.soak_sample(list(reversed(ids)), 12, seed=123) == sample
+    assert len({tuple(tiers.soak_sample(ids, 12, seed=s)) for s in range(10)}) == 10
+    assert tiers.soak_sample(ids, 100, seed=1) == sorted(ids)
+    assert tiers.soak_sample(ids, 0, seed=1) == []
+
+
+def test_kill_instants_follow_the_seed_and_the_case() -> None:
+    assert tiers.case_seed(0, "a") == tiers.case_seed(0, "a")
+    assert len({tiers.case_seed(0, "a"), tiers.case_seed(1, "a"), tiers.case_seed(0, "b")}) == 3
+
+
+# -- the suite's own collection ------------------------------------------------------------------
+
+
+def collect(*args: str) -> list[str]:
+    """The node ids a child pytest collects from ``tests/kill_fuzz`` with ``args``."""
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n0"]
+    result = subprocess.run(
+        [*command, "-p", "no:cacheprovider", "tests/kill_fuzz", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode in (0, 5), result.stdout[-3000:] + result.stderr[-3000:]
+    return [line for line in result.stdout.splitlines() if "::" in line]
+
+
+def function_of(node_id: str) -> str:
+    return node_id.partition("[")[0]
+
+
+def test_the_suite_splits_every_kill_fuzz_grid_between_the_tiers() -> None:
+    fast = collect()  # the default run: -m 'not soak'
+    soak = collect("-m", "soak")
+    assert fast and soak and not set(fast) & set(soak)
+    grids = {function_of(i) for i in soak if "[" in i}
+    # Every parametrised kill-fuzz test keeps at least one case in the default run, unless
+    # the whole test is a soak test.
+    whole_soak = {f for f in grids if not any(function_of(i) == f for i in fast)}
+    assert all("soak" in f.rpartition("::")[2] for f in whole_soak), whole_soak
+    # The main grid: every sampler with every signal, in the default run.
+    random_kills = "test_kill_fuzz.py::test_resume_after_random_kills_matches_uninterrupted_run"
+    assert len([i for i in fast if random_kills in i]) == 8 * 3
+
+    # --fuzz-sample keeps that many soak cases (which, the seed says: checked above).
+    sample = collect("-m", "soak", "--fuzz-sample", "5", "--fuzz-seed", "1")
+    assert len(sample) == 5 and set(sample) <= set(soak)
