@@ -7,10 +7,10 @@ of the trivial objective x**2 + y**2 over two float parameters, with ``study.opt
 arms of a pair use the same seed, so they must propose the same parameters; the script checks
 that they do. Plain and wrapped alternate in ABBA order over --repeats pairs, so slow drift of the
 machine hits both alike. Reported per sampler: the median ms/trial of each arm, the median of the
-per-pair ratios wrapped/plain and their min..max, and the median ratio of the CPU time of the
-study's process, which other processes on a busy machine disturb less than the wall time (but
-which misses the database server's work on PostgreSQL or MySQL). Under the table, a note says
-when other processes took more than 10 % of the CPUs during a measured run.
+per-pair ratios wrapped/plain and their min..max, and the median per-pair difference of the CPU
+time of the study's process per trial, which other processes on a busy machine disturb less
+than the wall time (it leaves out waits for the disk and the database server's own work). A
+note under the table says when other processes took more than 10 % of the CPUs meanwhile.
 
 Run from the repository root, in the project's virtualenv:
 
@@ -97,7 +97,7 @@ def main() -> None:
     rows = []
     for kind, runs in pairs.items():
         ratio, ratio_range = spread([p[True]["wall_s"] / p[False]["wall_s"] for p in runs])
-        cpu = statistics.median(p[True]["cpu_s"] / p[False]["cpu_s"] for p in runs)
+        cpu = statistics.median(p[True]["cpu_s"] - p[False]["cpu_s"] for p in runs)
         plain, wrapped = (
             statistics.median(p[arm]["wall_s"] for p in runs) / args.trials * 1e3
             for arm in (False, True)
@@ -110,7 +110,7 @@ def main() -> None:
                 f"{wrapped:.2f}",
                 f"{ratio:.3f}",
                 ratio_range,
-                f"{cpu:.3f}",
+                f"{cpu / args.trials * 1e3:+.2f}",
                 "yes" if same else "NO",
             ]
         )
@@ -123,7 +123,7 @@ def main() -> None:
             "wrapped ms/trial",
             "ratio",
             "min..max",
-            "CPU ratio",
+            "CPU ms/trial added",
             "same params",
         ],
         rows,

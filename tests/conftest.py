@@ -7,6 +7,8 @@
   marked ``soak`` and runs under ``pytest -m soak``. ``--fuzz-sample K`` keeps K of the soak
   cases, chosen by the seed (``pytest -m soak --fuzz-seed N --fuzz-sample K``).
 * A failing kill-fuzz case prints the command that runs it again with the same kill instants.
+* ``-n auto`` starts two xdist workers per CPU; ``--dist loadgroup`` keeps each
+  ``xdist_group`` (the tests that import torch) on one worker; ``tmp_path`` is on tmpfs.
 """
 
 from __future__ import annotations
@@ -100,7 +102,39 @@ def _resolve_seed(config: pytest.Config) -> int:
         ) from None
 
 
+TMPFS_ENV = "OPTUNA_CHECKPOINT_TEST_TMPFS"
+TMPFS = Path("/dev/shm")
+
+
+def _tmpfs_temp_root(config: pytest.Config) -> Path | None:
+    """Where ``tmp_path`` goes: tmpfs, unless the run chose otherwise or there is none.
+
+    The kill-fuzz children commit hundreds of SQLite transactions; on a disk each waits for an
+    fsync. A killed process loses nothing a tmpfs kept (only a machine's crash would, which no
+    test makes), so the default run uses it; ``OPTUNA_CHECKPOINT_TEST_TMPFS=0`` keeps the
+    system's temp folder (CI runs its soak sample so, on the disk). Workers take the folder the
+    controller chose.
+    """
+    if getattr(config, "workerinput", None) is not None or config.option.basetemp:
+        return None
+    if os.environ.get(TMPFS_ENV) == "0" or os.environ.get("PYTEST_DEBUG_TEMPROOT"):
+        return None
+    try:
+        mounts = Path("/proc/mounts").read_text().split("\n")
+        stats = os.statvfs(TMPFS)
+    except OSError:
+        return None
+    is_tmpfs = any(line.split()[1:3] == [str(TMPFS), "tmpfs"] for line in mounts if line)
+    if not is_tmpfs or not os.access(TMPFS, os.W_OK) or stats.f_bavail * stats.f_frsize < 2**31:
+        return None
+    return TMPFS
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    root = _tmpfs_temp_root(config)
+    if root is not None:
+        # pytest's documented variable; read when the first temporary folder is made.
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
     config.stash[_SEED] = _resolve_seed(config)
     config.stash[_FAST] = {}
     sample = config.getoption("fuzz_sample")
@@ -183,10 +217,12 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     sample = config.getoption("fuzz_sample")
+    temp_root = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
     return [
         f"kill-fuzz: --fuzz-seed {fuzz_seed(config)}"
         + ("" if sample is None else f", --fuzz-sample {sample} (soak cases kept)")
-        + "; default tier: a covering sample of each kill-fuzz grid, the rest is -m soak"
+        + "; default tier: a covering sample of each kill-fuzz grid, the rest is -m soak",
+        f"tmp_path under {temp_root} ({TMPFS_ENV}=0: the system's temp folder)",
     ]
 
 

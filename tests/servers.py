@@ -10,9 +10,10 @@ that CI and the development machines use:
 ==========================================  ===================================================
 
 The SQL URLs name a database the tests may connect to; each test creates a database of its own on
-that server and drops it at the end. A server that cannot be reached makes its tests
-skip with the reason, unless ``OPTUNA_CHECKPOINT_REQUIRE_SERVERS=1`` is set (as ``.ci/run``
-does): then they fail, so CI cannot go green by skipping them.
+that server (named after its xdist worker and a random suffix) and drops it at the end. A server
+that cannot be reached makes its tests skip with the reason, unless
+``OPTUNA_CHECKPOINT_REQUIRE_SERVERS=1`` is set (as ``.ci/run`` does): then they fail, so CI
+cannot go green by skipping them.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def unavailable(what: str, env: str, error: BaseException) -> None:
 
 def _scratch_database(env: str, what: str) -> Iterator[str]:
     admin_url = sa.make_url(server_url(env))
-    name = f"optuna_checkpoint_test_{uuid.uuid4().hex[:12]}"
+    # Unique across the xdist workers and runs sharing the server; the worker, for whoever
+    # finds one left behind.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"optuna_checkpoint_test_{worker}_{uuid.uuid4().hex[:12]}"
     try:
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with admin.connect() as connection:

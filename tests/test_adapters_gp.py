@@ -46,7 +46,11 @@ SPLIT = 5  # trials before the sampler is replaced by a restored one
 @pytest.fixture
 def torch() -> Any:
     pytest.importorskip("scipy", reason="GPSampler needs scipy: pip install scipy")
-    return pytest.importorskip("torch", reason="GPSampler needs torch: pip install torch")
+    return pytest.importorskip(
+        "torch",
+        reason="GPSampler needs torch, which is not installed (optional; the CPU build: "
+        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)",
+    )
 
 
 def single(trial: optuna.Trial) -> float:

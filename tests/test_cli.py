@@ -1,4 +1,9 @@
-"""The ``optuna-checkpoint`` command, run as a real process against real SQLite studies."""
+"""The ``optuna-checkpoint`` command against real SQLite studies.
+
+The command runs in this process, through click's test runner (a new interpreter per call cost
+more than the rest of the module); ``test_the_command_runs_as_a_real_process`` runs the installed
+console script and ``python -m optuna_checkpoint.cli`` as real processes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import importlib.metadata
 import json
 import os
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +29,7 @@ from optuna_checkpoint.cli._main import VERBS
 from optuna_checkpoint.cli._main import main
 from optuna_checkpoint.stores._sql import checkpoints
 from tests.checkpoint_rows import count_rows
+from tests.in_process import run_command
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -41,12 +48,19 @@ def params_hex(study: optuna.Study) -> list[tuple[str, int]]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command in this process, with what a process would give: code, stdout, stderr."""
+    # COLUMNS: wide enough that no cell is cut.
+    return run_command(main, list(args), prog_name="optuna-checkpoint", env={"COLUMNS": "120"})
+
+
+def cli_process(command: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (the console script, or ``python -m ...``) as a real process."""
     return subprocess.run(
-        [sys.executable, "-m", "optuna_checkpoint.cli", *args],
+        [*command, *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "COLUMNS": "120"},  # wide enough that no cell is cut
+        env={**os.environ, "COLUMNS": "120"},
     )
 
 
@@ -316,6 +330,19 @@ def test_every_verb_is_registered_once_and_the_version_is_the_package_s() -> Non
 
 
 def test_python_m_runs_the_command() -> None:
-    result = cli("--help")
+    result = cli_process([sys.executable, "-m", "optuna_checkpoint.cli"], "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: optuna-checkpoint [OPTIONS] COMMAND")
+
+
+def test_the_command_runs_as_a_real_process(url: str) -> None:
+    # The console script pip installed (beside this interpreter): a report, and a problem.
+    beside = Path(sys.executable).with_name("optuna-checkpoint")
+    script = str(beside) if beside.exists() else shutil.which("optuna-checkpoint")
+    assert script, "the optuna-checkpoint console script is not installed"
+    result = cli_process([script], "status", "--storage", url, "--study-name", "s", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["study_name"], report["trials"], report["resume_exact"]) == ("s", 10, True)
+    missing = cli_process([script], "status", "--storage", url, "--study-name", "nope")
+    assert missing.returncode == 1 and "nope" in missing.stderr

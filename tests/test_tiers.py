@@ -7,10 +7,12 @@ parametrisation cannot silently move every kill-fuzz case out of the default run
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -113,38 +115,84 @@ def test_kill_instants_follow_the_seed_and_the_case() -> None:
 # -- the suite's own collection ------------------------------------------------------------------
 
 
-def collect(*args: str) -> list[str]:
-    """The node ids a child pytest collects from ``tests/kill_fuzz`` with ``args``."""
-    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n0"]
+DUMP_PLUGIN = """
+import json
+import os
+
+import pytest
+
+from tests.kill_fuzz.tiers import value_key
+
+seen = {"kept": [], "deselected": []}
+
+
+def record(item):
+    callspec = getattr(item, "callspec", None)
+    params = {k: str(value_key(v)) for k, v in callspec.params.items()} if callspec else {}
+    soak = item.get_closest_marker("soak") is not None
+    return {"id": item.nodeid, "soak": soak, "params": params}
+
+
+def pytest_deselected(items):
+    seen["deselected"].extend(record(item) for item in items)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    seen["kept"] = [record(item) for item in items]
+
+
+def pytest_collection_finish(session):
+    with open(os.environ["TIER_DUMP"], "w") as out:
+        json.dump(seen, out)
+"""
+
+
+def collect(tmp_path: Path, *args: str) -> dict[str, list[dict[str, Any]]]:
+    """What a child pytest collecting ``tests/kill_fuzz`` with ``args`` kept and deselected."""
+    (tmp_path / "tier_dump.py").write_text(DUMP_PLUGIN)
+    dump = tmp_path / "tiers.json"
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n0", "-p", "tier_dump"]
     result = subprocess.run(
         [*command, "-p", "no:cacheprovider", "tests/kill_fuzz", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=300,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        env={**os.environ, "PYTHONPATH": path, "TIER_DUMP": str(dump)},
     )
     assert result.returncode in (0, 5), result.stdout[-3000:] + result.stderr[-3000:]
-    return [line for line in result.stdout.splitlines() if "::" in line]
+    found: dict[str, list[dict[str, Any]]] = json.loads(dump.read_text())
+    return found
 
 
 def function_of(node_id: str) -> str:
     return node_id.partition("[")[0]
 
 
-def test_the_suite_splits_every_kill_fuzz_grid_between_the_tiers() -> None:
-    fast = collect()  # the default run: -m 'not soak'
-    soak = collect("-m", "soak")
-    assert fast and soak and not set(fast) & set(soak)
-    grids = {function_of(i) for i in soak if "[" in i}
-    # Every parametrised kill-fuzz test keeps at least one case in the default run, unless
-    # the whole test is a soak test.
-    whole_soak = {f for f in grids if not any(function_of(i) == f for i in fast)}
-    assert all("soak" in f.rpartition("::")[2] for f in whole_soak), whole_soak
+def test_the_suite_splits_every_kill_fuzz_grid_between_the_tiers(tmp_path: Path) -> None:
+    # One collection of every case (-m ''), with a sample of the soak tier kept.
+    found = collect(tmp_path, "-m", "", "--fuzz-sample", "5", "--fuzz-seed", "1")
+    fast = [case for case in found["kept"] if not case["soak"]]
+    sample = [case for case in found["kept"] if case["soak"]]
+    soak = sample + found["deselected"]
+    assert all(case["soak"] for case in found["deselected"])
+    assert fast and len(sample) == 5
+    # Every value of every parameter of a parametrised test is in its fast tier, unless the
+    # whole test is a soak test.
+    grids: dict[str, list[dict[str, Any]]] = {}
+    for case in fast + soak:
+        if case["params"]:
+            grids.setdefault(function_of(case["id"]), []).append(case)
+    for function, cases in grids.items():
+        kept = [case for case in cases if not case["soak"]]
+        if not kept:
+            assert "soak" in function.rpartition("::")[2], f"{function} lost its fast tier"
+            continue
+        every = {(k, v) for case in cases for k, v in case["params"].items()}
+        assert every == {(k, v) for case in kept for k, v in case["params"].items()}, function
     # The main grid: every sampler with every signal, in the default run.
     random_kills = "test_kill_fuzz.py::test_resume_after_random_kills_matches_uninterrupted_run"
-    assert len([i for i in fast if random_kills in i]) == 8 * 3
-
-    # --fuzz-sample keeps that many soak cases (which, the seed says: checked above).
-    sample = collect("-m", "soak", "--fuzz-sample", "5", "--fuzz-seed", "1")
-    assert len(sample) == 5 and set(sample) <= set(soak)
+    pairs = {(c["params"]["sampler"], c["params"]["sig"]) for c in fast if random_kills in c["id"]}
+    assert len(pairs) == 8 * 3

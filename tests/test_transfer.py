@@ -8,11 +8,9 @@ from dataclasses import dataclass
 import gc
 import json
 import math
-import os
 from pathlib import Path
 import shutil
 import subprocess
-import sys
 from typing import Any
 
 from click.testing import CliRunner
@@ -43,6 +41,7 @@ from optuna_checkpoint.tools._transfer import ImportReport
 from optuna_checkpoint.tools._transfer import export_checkpoints
 from optuna_checkpoint.tools._transfer import import_checkpoints
 from optuna_checkpoint.tools._transfer import portable_place
+from tests.in_process import run_command
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -330,14 +329,9 @@ def test_signed_checkpoints_travel_signed(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != SIGNING_KEY_ENV}
-    return subprocess.run(
-        [sys.executable, "-m", "optuna_checkpoint.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    """The command, run in this process (click's runner), without a signing key in its env."""
+    env = {SIGNING_KEY_ENV: None}
+    return run_command(main, list(args), prog_name="optuna-checkpoint", env=env)
 
 
 def test_cli_round_trip(source: Path, tmp_path: Path) -> None:
