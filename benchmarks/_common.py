@@ -113,10 +113,11 @@ def connect(url: str | sa.URL, **engine_kwargs: Any) -> Iterator[sa.Connection]:
 class Databases:
     """Fresh SQLite files in a temporary directory, or ``bench_<random>`` databases made and
     dropped through an AUTOCOMMIT connection to the ``--storage`` URL; the ``with`` block's end,
-    also by an error or Ctrl-C, drops those left.
+    also by an error or Ctrl-C, drops those left. ``directory``: where the temporary directory
+    goes (default: the system's), e.g. a RAM disk when the disk's fsync is not what is measured.
     """
 
-    def __init__(self, storage: str) -> None:
+    def __init__(self, storage: str, directory: str | None = None) -> None:
         self._server = None if storage == "sqlite" else sa.make_url(storage)
         self._made: set[str] = set()
         self.name, self.backend = f"SQLite {sqlite3.sqlite_version}", "sqlite"
@@ -129,7 +130,7 @@ class Databases:
                 dialect = connection.dialect
             kind = "MariaDB" if getattr(dialect, "is_mariadb", False) else labels[self.backend]
             self.name = f"{kind} {'.'.join(map(str, dialect.server_version_info or ()))}"
-        self._dir = Path(tempfile.mkdtemp(prefix="optuna-checkpoint-bench-"))
+        self._dir = Path(tempfile.mkdtemp(prefix="optuna-checkpoint-bench-", dir=directory))
 
     def __enter__(self) -> Databases:
         return self
@@ -196,22 +197,82 @@ def _busy_cpu_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine() -> tuple[float, float, float]:
+    """Now: the machine's busy CPU seconds, the wall clock, and the CPU seconds of this process
+    and its waited-for children.
+    """
+    return _busy_cpu_s(), time.perf_counter(), sum(os.times()[:4])
+
+
+def _others_cpu(before: tuple[float, float, float]) -> float:
+    """The share of the machine's CPUs that other processes used since ``before``."""
+    (busy0, wall0, own0), (busy1, wall1, own1) = before, _machine()
+    others = busy1 - busy0 - (own1 - own0)  # own: this and its children
+    return max(0.0, others) / ((wall1 - wall0) * (os.cpu_count() or 1))
+
+
 def run_child(script: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run ``script --child spec`` in a fresh interpreter and return its JSON result.
 
     ``others_cpu`` in the result is the share of the machine's CPUs that other processes used
     meanwhile: the timings assume an otherwise idle machine, and this tells when it was not.
     """
-    busy0, wall0, own0 = _busy_cpu_s(), time.perf_counter(), os.times()
+    before = _machine()
     command = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    busy1, wall1, own1 = _busy_cpu_s(), time.perf_counter(), os.times()
     if proc.returncode != 0:
         raise RuntimeError(f"child {spec} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    others = busy1 - busy0 - (sum(own1[:4]) - sum(own0[:4]))  # own: this and its children
-    result["others_cpu"] = max(0.0, others) / ((wall1 - wall0) * (os.cpu_count() or 1))
+    result["others_cpu"] = _others_cpu(before)
     return result
+
+
+def run_children(
+    script: str, specs: Sequence[dict[str, Any]], timeout: float
+) -> list[dict[str, Any]]:
+    """Run ``script --child spec`` for every spec at once, each in a fresh interpreter, and
+    return their JSON results, each with the ``others_cpu`` of the whole run.
+
+    Every child calls ``start_together`` when its imports are done; all are released at once,
+    so that none runs alone while the others still start. If a child fails, or the run takes
+    more than ``timeout`` seconds, every child is killed and the error shows its stderr.
+    """
+    before, command = _machine(), [sys.executable, str(Path(script).resolve()), "--child"]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    procs = [subprocess.Popen([*command, json.dumps(s)], text=True, **pipes) for s in specs]
+    failed: subprocess.Popen[str] | None = None
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline() != "ready\n":
+                failed = proc
+                raise RuntimeError("a child exited before it was ready")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        deadline, outputs = time.monotonic() + timeout, []
+        for proc in procs:
+            failed = proc
+            outputs.append(proc.communicate(timeout=max(0.0, deadline - time.monotonic()))[0])
+            if proc.returncode != 0:
+                raise RuntimeError(f"exit status {proc.returncode}")
+    except (Exception, KeyboardInterrupt) as error:
+        for proc in procs:
+            proc.kill()
+        errors = [proc.communicate()[1] for proc in procs]  # and reap them all
+        index = 0 if failed is None else procs.index(failed)
+        spec, stderr = specs[index], errors[index][-3000:]
+        raise RuntimeError(f"child {spec} failed ({error!r}):\n{stderr}") from error
+    others = _others_cpu(before)
+    results = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
+    return [{**result, "others_cpu": others} for result in results]
+
+
+def start_together() -> None:
+    """In a child of ``run_children``: say that it is ready, and wait until every child is."""
+    print("ready", flush=True)
+    sys.stdin.readline()
 
 
 def abba(keys: Sequence[str], repeats: int) -> Iterator[tuple[int, str, tuple[bool, bool]]]:

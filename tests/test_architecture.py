@@ -40,6 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (f"{PACKAGE}.attach",),
     (f"{PACKAGE}.resume",),
     (f"{PACKAGE}.record",),
+    (f"{PACKAGE}.parallel",),
     (f"{PACKAGE}._pruner",),
     (f"{PACKAGE}._sampler",),
     (f"{PACKAGE}.tools",),

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+import pytest
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint.study import _trials
+from optuna_checkpoint.study._trials import cut_off_by_ctrl_c
 
 
 def test_optuna_still_has_the_per_trial_cache_that_the_resume_shares() -> None:
@@ -63,3 +66,29 @@ def test_a_resume_that_changes_a_trial_empties_the_cache(tmp_path: Path) -> None
     resumed.ask()
     assert resumed._storage.get_trial(trial_id).state == TrialState.FAIL
     assert resumed._thread_local.cached_all_trials is None
+
+
+def test_a_ctrl_c_in_the_objective_is_seen_in_after_trial() -> None:
+    # The deterministic mode tags a trial cut off by Ctrl-C from Optuna's own record of the
+    # exception (a local of optuna.study._optimize._run_trial). If Optuna changes that, this
+    # fails instead of the mode silently taking Ctrl-C for a genuine failure.
+    seen: list[bool | None] = []
+
+    class Spy(optuna.samplers.RandomSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            seen.append(cut_off_by_ctrl_c())
+
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number == 1:
+            raise KeyboardInterrupt
+        if trial.number == 2:
+            raise ValueError("a genuine failure")
+        return 0.0
+
+    study = optuna.create_study(sampler=Spy(seed=0))
+    study.optimize(objective, n_trials=1)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    study.optimize(objective, n_trials=1, catch=(ValueError,))
+    study.tell(study.ask(), 1.0)  # told by the user: no frame of Optuna's loop
+    assert seen == [False, True, False, None]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence
+import contextlib
 import threading
 from typing import TYPE_CHECKING
 from typing import Any
@@ -28,6 +29,8 @@ from optuna_checkpoint.attach._attacher import StreamAttacher
 from optuna_checkpoint.attach._attachment import released_on_failure
 from optuna_checkpoint.attach._worker import check_worker_id
 from optuna_checkpoint.attach._worker import worker_id_from_environment
+from optuna_checkpoint.parallel._mode import check_study_mode
+from optuna_checkpoint.parallel._trials import DeterministicTrials
 from optuna_checkpoint.record._recorder import TrialRecorder
 from optuna_checkpoint.record._retention import AmortizedPruning
 from optuna_checkpoint.resume._resumer import Resumer
@@ -113,6 +116,15 @@ class CheckpointingSampler(BaseSampler):
             :class:`~optuna_checkpoint.Retention` says (always the newest two, which a resume
             needs, and the initial one). Pruned every few trials, not after each one. Without
             it every checkpoint is kept. Not supported on ``JournalStorage`` (a warning says so).
+        deterministic_workers: Make a study run by several workers reproducible: with K, any
+            number of workers up to K (threads, processes, machines) give the same logical
+            trajectory on every run, also after kills and restarts. The trial at logical
+            position n draws from random streams derived from the seed and n, and is shown only
+            the finished trials at positions up to n - K, waiting for them if needed. Every
+            worker must use the same K and the same seeded sampler. The study's pruner is
+            wrapped in a :class:`CheckpointingPruner` in place, so that its decisions see the
+            same history. See "Deterministic parallel optimization" in the user guide for what
+            it costs and what it does not cover.
     """
 
     def __init__(
@@ -127,11 +139,16 @@ class CheckpointingSampler(BaseSampler):
         heartbeat_interval: float | None = None,
         signing_key: str | bytes | None = None,
         retention: Retention | None = None,
+        deterministic_workers: int | None = None,
     ) -> None:
         if isinstance(sampler, CheckpointingSampler):
             raise ValueError("the sampler is already a CheckpointingSampler; wrap it only once")
         if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries must be non-negative, got {max_retries}")
+        if deterministic_workers is not None and deterministic_workers < 1:
+            raise ValueError(
+                f"deterministic_workers must be at least 1, got {deterministic_workers}"
+            )
         self._sampler = sampler
         adapter = adapter_for(sampler, allow_pickle=allow_pickle)
         self._state = CheckpointState(adapter)
@@ -140,6 +157,13 @@ class CheckpointingSampler(BaseSampler):
         )
         # Described now, while the sampler is fresh: seeded RNGs still show their seed.
         self._fingerprint = sampler_fingerprint(sampler, adapter)
+        self._parallel = (
+            None
+            if deterministic_workers is None
+            else DeterministicTrials(
+                adapter, self._fingerprint, deterministic_workers, grace_period
+            )
+        )
         self._attacher = StreamAttacher(
             packer,
             self._fingerprint,
@@ -188,6 +212,8 @@ class CheckpointingSampler(BaseSampler):
         own current state and the count of reseeds, so a seeded study stays a function of its
         seed. A sampler whose generators cannot be found is reseeded its own way.
         """
+        if self._parallel is not None:
+            return  # every trial gets its own streams anyway
         with self._sampling_lock:
             self._reseeds += 1
             adapter = self._state.adapter
@@ -209,14 +235,17 @@ class CheckpointingSampler(BaseSampler):
             self._recorder.settle_previous(attachment)
             refresh_hidden_trials(attachment)
             self._recorder.begin(attachment, trial)
-        with self._sampling_lock:
+        if self._parallel is not None:
+            # Outside the lock: other threads' trials go on while this one waits.
+            self._parallel.start(attachment, study, trial)
+        with self._sampling_lock, self._own_state(trial):
             self._sampler.before_trial(*self._logical(attachment, study, trial))
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
         """Delegate with the logical view."""
-        with self._sampling_lock:
+        with self._sampling_lock, self._own_state(trial):
             return self._sampler.infer_relative_search_space(*self._logical_or_real(study, trial))
 
     def sample_relative(
@@ -225,7 +254,7 @@ class CheckpointingSampler(BaseSampler):
         """Delegate with the logical view."""
         crash_point("sample_relative")
         view, logical = self._logical_or_real(study, trial)
-        with self._sampling_lock:
+        with self._sampling_lock, self._own_state(trial):
             return self._sampler.sample_relative(view, logical, search_space)
 
     def sample_independent(
@@ -238,7 +267,7 @@ class CheckpointingSampler(BaseSampler):
         """Delegate with the logical view."""
         crash_point("sample_independent")
         view, logical = self._logical_or_real(study, trial)
-        with self._sampling_lock:
+        with self._sampling_lock, self._own_state(trial):
             return self._sampler.sample_independent(view, logical, param_name, param_distribution)
 
     def after_trial(
@@ -264,13 +293,17 @@ class CheckpointingSampler(BaseSampler):
                 self._sampler.after_trial(study, trial, state, values)
             return
         view, logical = self._logical(attachment, study, trial)
-        with self._sampling_lock:
+        if self._parallel is not None:
+            self._parallel.hide_if_cut_off(attachment, trial, logical.number, state)
+        with self._sampling_lock, self._own_state(trial):
             self._sampler.after_trial(view, logical, state, values)
             checkpoint = self._recorder.capture(
                 attachment, trial, logical.number, state, None if values is None else list(values)
             )
         crash_point("after_capture")
         self._recorder.record(attachment, trial, checkpoint)
+        if self._parallel is not None:
+            self._parallel.end(trial)
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -280,6 +313,12 @@ class CheckpointingSampler(BaseSampler):
         if attachment is not None:
             self._attacher.claim(attachment, trial)
             return attachment
+        workers = None if self._parallel is None else self._parallel.workers
+        check_study_mode(study, workers, self._fingerprint)
+        if workers is not None and not isinstance(study.pruner, CheckpointingPruner):
+            # Wrapped in place, so that its decisions see the trial's deterministic history
+            # rather than whichever trials have finished (raises for an unknown pruner).
+            study.pruner = CheckpointingPruner(study.pruner)
         pruner = study_pruner(study)
         if pruner is not None:
             pruner._attach(self, self._prune_logically)
@@ -295,7 +334,11 @@ class CheckpointingSampler(BaseSampler):
     def _logical(
         self, attachment: Attachment, study: Study, trial: FrozenTrial
     ) -> tuple[Study, FrozenTrial]:
-        view, logical = attachment.hidden.apply(study, trial)
+        fixed = None if self._parallel is None else self._parallel.view(trial)
+        if fixed is not None:
+            view, logical = fixed.apply(study, trial)
+        else:
+            view, logical = attachment.hidden.apply(study, trial)
         if self._pruner is not None:
             # Optuna shows samplers a per-bracket study under a bare Hyperband only.
             view = self._pruner.sampler_view(view, logical)
@@ -316,6 +359,14 @@ class CheckpointingSampler(BaseSampler):
         """
         with self._sampling_lock:
             attachment = self._attacher.attachment
-            if attachment is not None:
+            fixed = None if self._parallel is None else self._parallel.view(trial)
+            if fixed is not None:
+                study, trial = fixed.apply(study, trial)
+            elif attachment is not None:
                 study, trial = attachment.hidden.apply(study, trial)
-            return prune(study, trial)
+            with self._own_state(trial):
+                return prune(study, trial)
+
+    def _own_state(self, trial: FrozenTrial) -> contextlib.AbstractContextManager[None]:
+        """In deterministic mode, hold the trial's own random streams in the wrapped sampler."""
+        return contextlib.nullcontext() if self._parallel is None else self._parallel.active(trial)

@@ -65,8 +65,17 @@ class HiddenTrials:
         renumbered.number = logical
         return renumbered
 
-    def logical_trials(self, trials: list[FrozenTrial], *, copied: bool) -> list[FrozenTrial]:
-        """Drop hidden trials and renumber the rest; ``copied`` trials are renumbered in place."""
+    def logical_trials(
+        self,
+        trials: list[FrozenTrial],
+        *,
+        copied: bool,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        """Drop hidden trials and renumber the rest; ``copied`` trials are renumbered in place.
+
+        ``trials`` are already filtered by ``states``.
+        """
         result = []
         for trial in trials:
             if trial._trial_id in self.trial_ids:
@@ -88,6 +97,71 @@ class HiddenTrials:
         return self.view(study), self.logical_trial(trial)
 
 
+class Listing(Protocol):
+    """How a view lists the study's trials (:class:`HiddenTrials`, :class:`FixedHistory`)."""
+
+    def logical_trials(
+        self,
+        trials: list[FrozenTrial],
+        *,
+        copied: bool,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        """The view's trials, given the real study's, listed with the filter ``states``."""
+        ...
+
+
+class FixedHistory:
+    """The study as the trial at one position of a deterministic parallel run sees it.
+
+    Whatever the other workers have done meanwhile, it lists only the settled trials at positions
+    up to ``position - K`` (fixed when the trial started, numbered by position) and the trial
+    itself, numbered ``position``.
+    """
+
+    def __init__(self, history: list[FrozenTrial], trial_id: int, position: int) -> None:
+        self._history = history
+        self._trial_id = trial_id
+        self.position = position
+
+    def logical_trial(self, trial: FrozenTrial) -> FrozenTrial:
+        """Return the trial with its position as its number (a shallow copy if it changes)."""
+        if trial.number == self.position:
+            return trial
+        renumbered = copy.copy(trial)
+        renumbered.number = self.position
+        return renumbered
+
+    def logical_trials(
+        self,
+        trials: list[FrozenTrial],
+        *,
+        copied: bool,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        """The history with the states asked for, then the trial itself if ``trials`` has it.
+
+        The history is filtered here, not taken from ``trials``: Optuna's per-trial cache may
+        have read the study before the history settled.
+        """
+        result = [
+            copy.deepcopy(t) if copied else t
+            for t in self._history
+            if states is None or t.state in states
+        ]
+        current = next((t for t in trials if t._trial_id == self._trial_id), None)
+        if current is not None:
+            if current.number != self.position:
+                current = current if copied else copy.copy(current)
+                current.number = self.position
+            result.append(current)
+        return result
+
+    def apply(self, study: Study, trial: FrozenTrial) -> tuple[Study, FrozenTrial]:
+        """Return the view of ``study`` and ``trial`` at this position."""
+        return _LogicalStudy(study, self), self.logical_trial(trial)
+
+
 class _LogicalStudy(Study):
     """A study that lists only the trials of the uninterrupted run, with their logical numbers.
 
@@ -96,7 +170,7 @@ class _LogicalStudy(Study):
     by id, so samplers that write system attributes write them to the real trials.
     """
 
-    def __init__(self, study: Study, hidden: HiddenTrials) -> None:
+    def __init__(self, study: Study, hidden: Listing) -> None:
         # Not ``Study.__init__``: that would look the study up in storage again.
         self.__dict__.update(object.__getattribute__(study, "__dict__"))
         self._inner = study
@@ -110,13 +184,13 @@ class _LogicalStudy(Study):
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
         trials = self._inner._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        return self._hidden.logical_trials(trials, copied=deepcopy)
+        return self._hidden.logical_trials(trials, copied=deepcopy, states=states)
 
     def get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
         trials = self._inner.get_trials(deepcopy=deepcopy, states=states)
-        return self._hidden.logical_trials(trials, copied=deepcopy)
+        return self._hidden.logical_trials(trials, copied=deepcopy, states=states)
 
     def stop(self) -> None:
         self._inner.stop()
@@ -132,7 +206,7 @@ class _LogicalStorage:
     subclass: delegating by name keeps it complete whatever methods Optuna's storages gain.
     """
 
-    def __init__(self, storage: BaseStorage, study_id: int, hidden: HiddenTrials) -> None:
+    def __init__(self, storage: BaseStorage, study_id: int, hidden: Listing) -> None:
         self._real = storage
         self._study_id = study_id
         self._hidden = hidden
@@ -149,4 +223,4 @@ class _LogicalStorage:
         trials = self._real.get_all_trials(study_id, deepcopy=deepcopy, states=states)
         if study_id != self._study_id:
             return trials
-        return self._hidden.logical_trials(trials, copied=deepcopy)
+        return self._hidden.logical_trials(trials, copied=deepcopy, states=states)

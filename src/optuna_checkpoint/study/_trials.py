@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 from optuna.exceptions import UpdateFinishedTrialError
@@ -16,6 +17,8 @@ from optuna.trial import TrialState
 
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from optuna.storages import BaseStorage
     from optuna.study import Study
     from optuna.trial import FrozenTrial
@@ -79,3 +82,23 @@ def forget_trials_of_this_trial(study: Study) -> None:
     thread_local = getattr(study, "_thread_local", None)
     if thread_local is not None:
         thread_local.cached_all_trials = None
+
+
+def cut_off_by_ctrl_c() -> bool | None:
+    """Whether the trial Optuna is telling now failed by a ``KeyboardInterrupt`` (Ctrl-C).
+
+    Optuna catches it in ``optuna.study._optimize._run_trial``, tells the trial as an ordinary
+    FAIL (the sampler's ``after_trial`` runs then) and re-raises it afterwards; until then the
+    exception is only that frame's local ``func_err`` (private). Returns ``None`` when no such
+    frame is found: ``tell`` called by the user, or Optuna changed, which
+    ``test_optuna_internals`` reports.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if (
+            frame.f_code.co_name == "_run_trial"
+            and frame.f_globals.get("__name__") == "optuna.study._optimize"
+        ):
+            return isinstance(frame.f_locals.get("func_err"), KeyboardInterrupt)
+        frame = frame.f_back
+    return None

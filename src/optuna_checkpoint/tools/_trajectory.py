@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from optuna_checkpoint.stores._open import store_for
 from optuna_checkpoint.study._identity import study_uid
+from optuna_checkpoint.study._positions import DETERMINISTIC_ATTR
+from optuna_checkpoint.study._positions import logical_trajectory
 
 
 if TYPE_CHECKING:
@@ -20,7 +22,9 @@ def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
 
     These are the trials of the run that never stopped, in order: what a resumed study is
     guaranteed to match bit for bit. Trials keep their stored numbers; interrupted attempts are
-    the FAIL trials that optuna-checkpoint hid from the sampler and retried.
+    the FAIL trials that optuna-checkpoint hid from the sampler and retried. In a study run with
+    ``deterministic_workers``, they are ordered by logical position, one per position that has
+    finished, whichever worker ran it: the same list on every run.
 
     Args:
         study: A study that was optimized with a :class:`CheckpointingSampler`.
@@ -32,6 +36,8 @@ def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
     if not trials:
         return trials
     hidden = {i.trial_id for i in recorded_interruptions(study, trials[0])}
+    if DETERMINISTIC_ATTR in study._storage.get_study_system_attrs(study._study_id):
+        return logical_trajectory(trials, hidden)
     return [t for t in trials if t._trial_id not in hidden]
 
 

@@ -1,0 +1,148 @@
+"""Give each trial its logical position, and wait until the history it may see is settled.
+
+The trial at position n sees the settled trials at positions up to n - K. It takes the lowest
+*free* position below its number if there is one (a position whose attempt was interrupted), so
+that the trajectory closes its holes; otherwise the position equal to its number. It then waits
+until positions up to n - K are settled. While it waits, a free position among those is taken
+over by the waiting trial itself (its own position becomes free for the next trial): every
+worker may be waiting, and someone must run it. The lowest unsettled position is therefore
+always either run by a live process, whose history is complete, or taken by the next waiting or
+starting trial, so the study cannot deadlock while one worker lives.
+
+Two workers may take the same free position at the same instant. Both attempts then compute the
+same thing (that is the point of the design); the logical trajectory uses the first one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from optuna_checkpoint.attach._lease import lease_timing
+from optuna_checkpoint.parallel._liveness import Liveness
+from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.study._logical import FixedHistory
+from optuna_checkpoint.study._logical import HiddenTrials
+from optuna_checkpoint.study._positions import POSITION_ATTR
+from optuna_checkpoint.study._positions import PositionBook
+from optuna_checkpoint.study._trials import close_as_interrupted
+
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+    from optuna_checkpoint.attach._attachment import Attachment
+
+
+_logger = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.02
+"""Seconds between reads of the study while a trial waits (doubling up to MAX_POLL_INTERVAL)."""
+MAX_POLL_INTERVAL = 0.5
+ANNOUNCE_AFTER = 5.0
+"""A wait longer than this many seconds is logged (INFO), naming what the trial waits for."""
+
+
+class Scheduler:
+    """Places the trials of one process in a deterministic parallel study.
+
+    Args:
+        workers: K, the number of trials that may run at once without waiting.
+        grace_period: Seconds without a heartbeat after which another host's lease expires
+            (``None``: the storage's own, else the default; see ``attach._lease``).
+    """
+
+    def __init__(self, workers: int, grace_period: float | None) -> None:
+        self.workers = workers
+        self._grace_period = grace_period
+
+    def place(self, attachment: Attachment, study: Study, trial: FrozenTrial) -> FixedHistory:
+        """Choose ``trial``'s position, wait for its history, and return the view it sees."""
+        grace_period = lease_timing(attachment.storage, self._grace_period, None)[0]
+        position = trial.number
+        waited_since = time.monotonic()
+        announced = False
+        interval = POLL_INTERVAL
+        while True:
+            _refresh_hidden(attachment)
+            trials = attachment.storage.get_all_trials(attachment.study_id, deepcopy=False)
+            book = PositionBook.read(trials, attachment.hidden.trial_ids)
+            liveness = Liveness(attachment, trials, grace_period)
+            # A free position below the trial's own first: the trajectory has no holes, and the
+            # study cannot stall on a position nobody runs. If another trial took the same
+            # position at the same instant, the later-numbered one moves on if it can (staying
+            # would only repeat the same computation).
+            below = position
+            if book.rival(position, trial, liveness.alive):
+                below = trial.number + 1
+            free = [p for p in book.free(below, liveness.alive) if p != position]
+            if free:
+                position = self._take(attachment, trial, free[0], position, book, liveness)
+                continue  # read again: closing orphans changed the study
+            pending = book.unsettled(position - self.workers)
+            if not pending:
+                return FixedHistory(
+                    book.history(position - self.workers), trial._trial_id, position
+                )
+            if not announced and time.monotonic() - waited_since > ANNOUNCE_AFTER:
+                announced = True
+                _logger.info(
+                    "Trial %d (position %d) waits for position %d to finish, run by %s.",
+                    trial.number,
+                    position,
+                    pending[0],
+                    ", ".join(liveness.holder(t) for t in book.unfinished.get(pending[0], ()))
+                    or "no one yet",
+                )
+            time.sleep(interval)
+            interval = min(2 * interval, MAX_POLL_INTERVAL)
+
+    def _take(
+        self,
+        attachment: Attachment,
+        trial: FrozenTrial,
+        position: int,
+        previous: int,
+        book: PositionBook,
+        liveness: Liveness,
+    ) -> int:
+        """Move ``trial`` to a free ``position``.
+
+        The attempts that dead processes left there are closed first, as interrupted, so that
+        they are hidden and never counted as settled.
+        """
+        # The position first, so that no one else finds it free meanwhile.
+        if position != trial.number or POSITION_ATTR in trial.system_attrs:
+            attachment.storage.set_trial_system_attr(trial._trial_id, POSITION_ATTR, position)
+            # The Trial object Optuna is building holds this very FrozenTrial.
+            trial.system_attrs[POSITION_ATTR] = position
+        orphans = book.orphans(position, liveness.alive)
+        if orphans:
+            reason = "its process died while the trial ran"
+            attachment.store.add_interruptions(
+                attachment.study_id,
+                attachment.study_uid,
+                [Interruption(t._trial_id, t.number, position, reason, None) for t in orphans],
+            )
+            for orphan in orphans:
+                close_as_interrupted(attachment.storage, orphan._trial_id, reason)
+        _logger.info(
+            "Trial %d takes position %d, left by an interrupted attempt%s.",
+            trial.number,
+            position,
+            "" if previous == trial.number else f" (instead of position {previous})",
+        )
+        return position
+
+
+def _refresh_hidden(attachment: Attachment) -> None:
+    """Hide the trials any process recorded as interrupted.
+
+    They are read again unless the store's count of them shows nothing new.
+    """
+    store, uid = attachment.store, attachment.study_uid
+    hint = store.interruption_count_hint(uid)
+    if hint is None or hint != len(attachment.hidden.trial_ids):
+        attachment.hidden = HiddenTrials.of(store.where_interrupted(uid))

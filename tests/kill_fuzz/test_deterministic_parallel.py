@@ -1,0 +1,224 @@
+"""Deterministic parallel optimization: K workers give the same trajectory on every run.
+
+Each test runs a real study with several worker processes (or threads) whose trials sleep random
+times drawn from the operating system, so that trials finish in a different order on every run,
+and compares the logical trajectories (``uninterrupted_trials``: state, parameters, value and
+intermediate values, as ``float.hex``) of two runs bit for bit. The kill tests kill random
+workers with random signals at random instants and restart them. The controls run plain parallel
+Optuna the same way and show that its trajectories differ, so each comparison can fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import json
+from pathlib import Path
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import optuna
+import pytest
+
+from optuna_checkpoint import uninterrupted_trials
+from tests.kill_fuzz.harness import sqlite_url
+from tests.kill_fuzz.storages import open_storage
+
+
+CHILD = Path(__file__).with_name("deterministic_child.py")
+WORKERS = 4
+POSITIONS = 24
+DELAY = 0.02  # upper bound of each of the objective's three random sleeps, in seconds
+TIMEOUT = 120.0
+
+Trajectory = list[tuple[Any, ...]]
+
+
+def _config(
+    storage: str, sampler: str, *, deterministic: bool = True, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "storage": storage,
+        "sampler": sampler,
+        "seed": 11,
+        "workers": WORKERS,
+        "positions": POSITIONS,
+        "delay": DELAY,
+        "deterministic": deterministic,
+        **extra,
+    }
+
+
+def _start(config: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), json.dumps(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait(process: subprocess.Popen[str], deadline: float) -> tuple[int, str]:
+    """Wait for ``process`` to end; return its exit code and standard error."""
+    try:
+        _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        raise AssertionError(f"a worker did not finish in time:\n{stderr[-3000:]}") from None
+    return process.returncode, stderr
+
+
+def _finish(process: subprocess.Popen[str], deadline: float) -> None:
+    code, stderr = _wait(process, deadline)
+    assert code == 0, f"a worker failed:\n{stderr[-3000:]}"
+
+
+def _new_study(storage: str) -> None:
+    optuna.create_study(study_name="parallel", storage=open_storage(storage))
+
+
+def _trajectory(storage: str) -> Trajectory:
+    study = optuna.load_study(study_name="parallel", storage=open_storage(storage))
+    return [
+        (
+            t.state.name,
+            {name: value.hex() for name, value in sorted(t.params.items())},
+            None if t.value is None else t.value.hex(),
+            {step: value.hex() for step, value in sorted(t.intermediate_values.items())},
+        )
+        for t in uninterrupted_trials(study)
+    ]
+
+
+def run_processes(storage: str, sampler: str, *, deterministic: bool = True) -> Trajectory:
+    """Run the study with WORKERS worker processes to the end; return its trajectory."""
+    _new_study(storage)
+    deadline = time.monotonic() + TIMEOUT
+    processes = [
+        _start(_config(storage, sampler, deterministic=deterministic, worker_id=f"w{i}"))
+        for i in range(WORKERS)
+    ]
+    for process in processes:
+        _finish(process, deadline)
+    return _trajectory(storage)
+
+
+def run_threads(storage: str, sampler: str) -> Trajectory:
+    """Run the study in one process with WORKERS threads (``n_jobs``); return its trajectory."""
+    _new_study(storage)
+    _finish(_start(_config(storage, sampler, n_jobs=WORKERS)), time.monotonic() + TIMEOUT)
+    return _trajectory(storage)
+
+
+def run_with_kills(
+    storage: str, sampler: str, rng: random.Random, kills: int
+) -> tuple[Trajectory, list[str]]:
+    """Run WORKERS processes, killing a random one ``kills`` times and restarting it.
+
+    Each kill comes at a random instant after the victim has opened the study, when it is
+    running trials (or waiting to start one). Returns the trajectory and the signals that
+    landed (killed a worker that was still running).
+    """
+    _new_study(storage)
+    deadline = time.monotonic() + TIMEOUT
+    configs = [_config(storage, sampler, worker_id=f"w{i}") for i in range(WORKERS)]
+    processes = [_start(c) for c in configs]
+    landed = []
+    try:
+        for _ in range(kills):
+            victim = rng.randrange(WORKERS)
+            sig = rng.choice([signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+            process = processes[victim]
+            assert process.stdout is not None
+            process.stdout.readline()  # "ready", or nothing if it has finished
+            time.sleep(rng.uniform(0.05, 0.6))
+            if process.poll() is not None:
+                continue  # it finished: the study is complete
+            process.send_signal(sig)
+            process.communicate(timeout=30)
+            if process.returncode != 0:
+                landed.append(sig.name)
+            processes[victim] = _start(configs[victim])
+        for index in range(WORKERS):
+            code, stderr = _wait(processes[index], deadline)
+            while code != 0 and "database is locked" in stderr:
+                # Known, and the same with plain Optuna: a SIGINT that lands while SQLAlchemy
+                # returns a connection from a finalizer is swallowed there, and the connection
+                # can keep SQLite's lock until that process's next commit fails; other workers'
+                # reads time out meanwhile. Such a worker died like a killed one: restarted, it
+                # must resume like one.
+                processes[index] = _start(configs[index])
+                code, stderr = _wait(processes[index], deadline)
+            assert code == 0, f"a worker failed:\n{stderr[-3000:]}"
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return _trajectory(storage), landed
+
+
+def interrupted_attempts(storage: str) -> int:
+    """How many trials of the study were cut off and then run again at their position."""
+    study = optuna.load_study(study_name="parallel", storage=open_storage(storage))
+    return len(study.trials) - len(uninterrupted_trials(study))
+
+
+def first_difference(a: Trajectory, b: Trajectory) -> int | None:
+    """The first logical position where the two trajectories differ within POSITIONS."""
+    for position in range(POSITIONS):
+        if position >= len(a) or position >= len(b) or a[position] != b[position]:
+            return position
+    return None
+
+
+@pytest.fixture
+def two_urls(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    yield sqlite_url(tmp_path / "a.db"), sqlite_url(tmp_path / "b.db")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "tpe-liar", "cmaes", "random"])
+def test_two_runs_of_four_worker_processes_match(sampler: str, two_urls: tuple[str, str]) -> None:
+    first, second = (run_processes(url, sampler) for url in two_urls)
+    assert len(first) >= POSITIONS and len(second) >= POSITIONS
+    assert first_difference(first, second) is None
+    states = {state for state, *_ in first[:POSITIONS]}
+    if sampler != "random":
+        assert "PRUNED" in states, "the pruner never pruned: its decisions were not compared"
+
+
+def test_four_threads_match_four_processes(two_urls: tuple[str, str]) -> None:
+    processes, threads = run_processes(two_urls[0], "tpe"), run_threads(two_urls[1], "tpe")
+    assert first_difference(processes, threads) is None
+
+
+def test_control_plain_parallel_runs_differ(two_urls: tuple[str, str]) -> None:
+    first, second = (run_processes(url, "tpe", deterministic=False) for url in two_urls)
+    assert first_difference(first, second) is not None
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_runs_with_random_kills_and_restarts_match_an_uninterrupted_run(
+    sampler: str, two_urls: tuple[str, str], kill_rng: random.Random
+) -> None:
+    reference = run_processes(two_urls[0], sampler)
+    killed, landed = run_with_kills(two_urls[1], sampler, kill_rng, kills=4)
+    assert landed, "no kill landed: the test would prove nothing"
+    assert interrupted_attempts(two_urls[1]) > 0, "no kill cut a trial off"
+    assert first_difference(reference, killed) is None, f"kills: {landed}"
+
+
+def test_on_postgresql_two_runs_match(postgres_url: str, tmp_path: Path) -> None:
+    on_server = run_processes(postgres_url, "tpe")
+    on_file = run_processes(sqlite_url(tmp_path / "file.db"), "tpe")
+    assert first_difference(on_server, on_file) is None
+
+
+def test_on_a_journal_file_two_runs_match(tmp_path: Path) -> None:
+    on_journal = run_processes(f"journal-file://{tmp_path / 'journal.log'}", "tpe")
+    on_file = run_processes(sqlite_url(tmp_path / "file.db"), "tpe")
+    assert first_difference(on_journal, on_file) is None
