@@ -181,7 +181,14 @@ def two_urls(tmp_path: Path) -> Iterator[tuple[str, str]]:
     yield sqlite_url(tmp_path / "a.db"), sqlite_url(tmp_path / "b.db")
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "tpe-liar", "cmaes", "random"])
+# The default run keeps TPE and CMA-ES; the other samplers run under -m soak.
+SOAK = pytest.mark.soak
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    ["tpe", "cmaes", pytest.param("tpe-liar", marks=SOAK), pytest.param("random", marks=SOAK)],
+)
 def test_two_runs_of_four_worker_processes_match(sampler: str, two_urls: tuple[str, str]) -> None:
     first, second = (run_processes(url, sampler) for url in two_urls)
     assert len(first) >= POSITIONS and len(second) >= POSITIONS
@@ -201,7 +208,7 @@ def test_control_plain_parallel_runs_differ(two_urls: tuple[str, str]) -> None:
     assert first_difference(first, second) is not None
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+@pytest.mark.parametrize("sampler", ["tpe", pytest.param("cmaes", marks=SOAK)])
 def test_runs_with_random_kills_and_restarts_match_an_uninterrupted_run(
     sampler: str, two_urls: tuple[str, str], kill_rng: random.Random
 ) -> None:
