@@ -219,8 +219,12 @@ def test_runs_with_random_kills_and_restarts_match_an_uninterrupted_run(
     assert first_difference(reference, killed) is None, f"kills: {landed}"
 
 
-def test_on_postgresql_two_runs_match(postgres_url: str, tmp_path: Path) -> None:
-    on_server = run_processes(postgres_url, "tpe")
+@pytest.mark.parametrize("server", ["postgresql", "mysql"])
+def test_on_a_server_the_run_matches_one_on_a_file(
+    server: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("postgres_url" if server == "postgresql" else "mysql_url")
+    on_server = run_processes(url, "tpe")
     on_file = run_processes(sqlite_url(tmp_path / "file.db"), "tpe")
     assert first_difference(on_server, on_file) is None
 
@@ -229,3 +233,32 @@ def test_on_a_journal_file_two_runs_match(tmp_path: Path) -> None:
     on_journal = run_processes(f"journal-file://{tmp_path / 'journal.log'}", "tpe")
     on_file = run_processes(sqlite_url(tmp_path / "file.db"), "tpe")
     assert first_difference(on_journal, on_file) is None
+
+
+def test_a_worker_killed_for_good_is_replaced_by_the_others(
+    two_urls: tuple[str, str], kill_rng: random.Random
+) -> None:
+    # The killed worker never comes back: a live worker takes its position over (at once, since
+    # it died on this host) and the study ends as the uninterrupted run did.
+    reference = run_processes(two_urls[0], "tpe")
+    storage = two_urls[1]
+    _new_study(storage)
+    deadline = time.monotonic() + TIMEOUT
+    processes = [_start(_config(storage, "tpe", worker_id=f"w{i}")) for i in range(WORKERS)]
+    try:
+        victim = processes[kill_rng.randrange(WORKERS)]
+        assert victim.stdout is not None
+        victim.stdout.readline()
+        time.sleep(kill_rng.uniform(0.1, 0.6))
+        victim.kill()
+        victim.communicate()
+        for process in processes:
+            if process is not victim:
+                _finish(process, deadline)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert interrupted_attempts(storage) > 0, "the kill cut no trial off"
+    assert first_difference(reference, _trajectory(storage)) is None
