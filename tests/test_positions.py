@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import os
+import socket
+import time
 
 import optuna
 from optuna.distributions import FloatDistribution
@@ -12,6 +15,7 @@ import pytest
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint.exceptions import ConfigMismatchError
+from optuna_checkpoint.parallel._schedule import ANNOUNCE_AFTER
 from optuna_checkpoint.study._logical import FixedHistory
 from optuna_checkpoint.study._positions import POSITION_ATTR
 from optuna_checkpoint.study._positions import PositionBook
@@ -140,3 +144,29 @@ def test_one_worker_runs_the_same_trajectory_twice(tmp_path: object) -> None:
         return [t.params["x"].hex() for t in study.trials]
 
     assert run("a") == run("b")
+
+
+def test_a_long_wait_is_logged_naming_the_position_and_its_worker(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # K = 2 with two threads: position 2 may not start before position 0 has finished, and
+    # position 0 sleeps past the announcement delay.
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 0:
+            time.sleep(ANNOUNCE_AFTER + 1.0)
+        return x
+
+    study = _study(
+        f"sqlite:///{tmp_path}/s.db",
+        CheckpointingSampler(
+            optuna.samplers.RandomSampler(seed=1), deterministic_workers=2, worker_id="gpu-0"
+        ),
+    )
+    with caplog.at_level("INFO", logger="optuna_checkpoint"):
+        study.optimize(objective, n_trials=3, n_jobs=2)
+    waits = [r.getMessage() for r in caplog.records if "waits for position" in r.getMessage()]
+    assert waits == [
+        f"Trial 2 (position 2) waits for position 0 to finish, run by worker 'gpu-0' "
+        f"(pid {os.getpid()} on {socket.gethostname()})."
+    ]
