@@ -299,6 +299,26 @@ def _start_child(
     return _zygote.start(argv, env)
 
 
+SIGINT_REPEAT_AFTER = 1.0  # seconds a Ctrl-C'd child may take to stop before the next Ctrl-C
+
+
+def interrupt_again_if_ignored(process: subprocess.Popen[str] | _ForkedChild) -> None:
+    """Press Ctrl-C again, as a user would, while the child goes on after the first one.
+
+    Python swallows a KeyboardInterrupt raised inside a finalizer or weakref callback, printing
+    "Exception ignored in" (SQLAlchemy's ORM class registry runs such callbacks when garbage
+    collection frees the model classes alembic defines; plain Optuna is interrupted the same
+    way). The process then goes on as if never interrupted.
+    """
+    for _ in range(5):
+        deadline = time.monotonic() + SIGINT_REPEAT_AFTER
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+
+
 def run_child(
     config: dict[str, Any],
     *,
@@ -327,6 +347,8 @@ def run_child(
             if process.poll() is None:
                 process.send_signal(kill_signal)
                 killed_by_us = True
+                if kill_signal == signal.SIGINT:
+                    interrupt_again_if_ignored(process)
         _, stderr = process.communicate(timeout=CHILD_TIMEOUT)
         if ready and log is not None:
             log.seconds_after_ready.append(time.perf_counter() - ready_at)

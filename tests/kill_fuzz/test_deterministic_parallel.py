@@ -24,6 +24,7 @@ import optuna
 import pytest
 
 from optuna_checkpoint import uninterrupted_trials
+from tests.kill_fuzz.harness import interrupt_again_if_ignored
 from tests.kill_fuzz.harness import sqlite_url
 from tests.kill_fuzz.storages import open_storage
 
@@ -139,6 +140,8 @@ def run_with_kills(
             if process.poll() is not None:
                 continue  # it finished: the study is complete
             process.send_signal(sig)
+            if sig == signal.SIGINT:
+                interrupt_again_if_ignored(process)
             process.communicate(timeout=30)
             if process.returncode != 0:
                 landed.append(sig.name)
