@@ -220,10 +220,11 @@ def run_child(script: str, spec: dict[str, Any]) -> dict[str, Any]:
     before = _machine()
     command = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    others = _others_cpu(before)
     if proc.returncode != 0:
         raise RuntimeError(f"child {spec} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["others_cpu"] = _others_cpu(before)
+    result["others_cpu"] = others
     return result
 
 

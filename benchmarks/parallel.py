@@ -125,26 +125,28 @@ def quality(spec: dict[str, Any]) -> dict[str, Any]:
     return {"best": best}
 
 
-def measure(url: str, results: list[dict[str, Any]], trials: int) -> dict[str, Any]:
-    """Trials/s, waiting share and the first ``trials`` trials' parameters of a finished run."""
+def measure(url: str, results: list[dict[str, Any]], trials: int, det: bool) -> dict[str, Any]:
+    """Trials/s and waiting share of a finished run; in the deterministic arm, also the first
+    ``trials`` logical positions' parameters and how many attempts were interrupted and hidden.
+    """
     import optuna
+
+    from optuna_checkpoint import uninterrupted_trials
 
     storage = optuna.storages.RDBStorage(url)
     try:
-        study_id = storage.get_study_id_from_name(STUDY)
-        done = [t for t in storage.get_all_trials(study_id) if t.state.is_finished()]
+        study = optuna.load_study(study_name=STUDY, storage=storage)
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        logical = uninterrupted_trials(study) if det else done  # ordered by position
     finally:
         storage.engine.dispose()  # so that the database can be dropped
     timed = [t for t in done if "started" in t.user_attrs and t.datetime_complete is not None]
     waited = sum(t.user_attrs["started"] - t.datetime_start.timestamp() for t in timed)
     took = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in timed)
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
-    first = sorted(done, key=lambda t: t.number)[:trials]
-    return {
-        "rate": len(done) / wall,
-        "waiting": waited / took,
-        "params": [t.params for t in first],
-    }
+    params = [t.params for t in logical[:trials]]
+    rate, interrupted = len(done) / wall, len(done) - len(logical)
+    return {"rate": rate, "waiting": waited / took, "params": params, "interrupted": interrupted}
 
 
 def throughput(args: argparse.Namespace, dbs: Databases) -> None:
@@ -167,12 +169,12 @@ def throughput(args: argparse.Namespace, dbs: Databases) -> None:
             timeout = 120 + 20 * args.trials * args.median_duration
             results = run_children(__file__, specs, timeout)
             timed.append(results[0])
-            pair[det] = measure(url, results, args.trials)
+            pair[det] = measure(url, results, args.trials, det)
             dbs.drop(url)
             progress(
                 f"K={workers} pair {repeat + 1}/{args.repeats} "
                 f"{'deterministic' if det else 'plain'}: {pair[det]['rate']:.2f} trials/s, "
-                f"{pair[det]['waiting']:.1%} waiting"
+                f"{pair[det]['waiting']:.1%} waiting, {pair[det]['interrupted']} interrupted"
             )
         runs[workers].append(pair)
     rows = []

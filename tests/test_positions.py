@@ -55,6 +55,8 @@ def test_a_retry_takes_the_position_of_its_interrupted_attempt() -> None:
     assert book.settled[1].number == 3
     assert book.unsettled(3) == [3]  # left free by trial 3
     assert [t.number for t in logical_trajectory(trials, ())] == [0, 3, 2]
+    # Past a position not settled yet, nothing is listed: entry n is always position n.
+    assert [t.number for t in logical_trajectory(trials[:3], ())] == [0]
 
 
 def test_a_free_position_is_one_no_live_attempt_holds() -> None:
@@ -149,8 +151,8 @@ def test_one_worker_runs_the_same_trajectory_twice(tmp_path: object) -> None:
 def test_a_long_wait_is_logged_naming_the_position_and_its_worker(
     tmp_path: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # K = 2 with two threads: position 2 may not start before position 0 has finished, and
-    # position 0 sleeps past the announcement delay.
+    # K = 2 with two threads: the lag is 3, so position 3 may not start before position 0 has
+    # finished, and position 0 sleeps past the announcement delay.
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0, 1)
         if trial.number == 0:
@@ -164,9 +166,9 @@ def test_a_long_wait_is_logged_naming_the_position_and_its_worker(
         ),
     )
     with caplog.at_level("INFO", logger="optuna_checkpoint"):
-        study.optimize(objective, n_trials=3, n_jobs=2)
+        study.optimize(objective, n_trials=4, n_jobs=2)
     waits = [r.getMessage() for r in caplog.records if "waits for position" in r.getMessage()]
     assert waits == [
-        f"Trial 2 (position 2) waits for position 0 to finish, run by worker 'gpu-0' "
+        f"Trial 3 (position 3) waits for position 0 to finish, run by worker 'gpu-0' "
         f"(pid {os.getpid()} on {socket.gethostname()})."
     ]

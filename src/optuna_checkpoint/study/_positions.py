@@ -1,7 +1,8 @@
 """Logical positions of a deterministic parallel study, read from its trials.
 
 With ``deterministic_workers=K`` the trial at logical position n is computed from the sampler's
-configuration, n, and the settled trials at positions up to n - K only. Which worker runs it, when,
+configuration, n, and the settled trials at positions up to n - L only (the lag L is 2K - 1, see
+``parallel._schedule``). Which worker runs it, when,
 and how often therefore does not matter: every attempt at position n proposes the same
 parameters. A position is a property of the trial, not of the process that runs it:
 
@@ -130,6 +131,13 @@ class PositionBook:
 def logical_trajectory(
     trials: Iterable[FrozenTrial], hidden: Collection[int]
 ) -> list[FrozenTrial]:
-    """The settled attempt of each position, in position order, with their stored numbers."""
+    """The settled attempts of positions 0, 1, ... up to the first unsettled one.
+
+    Entry n is position n. Past an unsettled position only a few positions can be settled (the
+    later ones wait for it); they are listed once it is, so that no entry ever moves.
+    """
     book = PositionBook.read(trials, hidden)
-    return [book.settled[p] for p in sorted(book.settled)]
+    result: list[FrozenTrial] = []
+    while len(result) in book.settled:
+        result.append(book.settled[len(result)])
+    return result

@@ -23,8 +23,8 @@ def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
     These are the trials of the run that never stopped, in order: what a resumed study is
     guaranteed to match bit for bit. Trials keep their stored numbers; interrupted attempts are
     the FAIL trials that optuna-checkpoint hid from the sampler and retried. In a study run with
-    ``deterministic_workers``, they are ordered by logical position, one per position that has
-    finished, whichever worker ran it: the same list on every run.
+    ``deterministic_workers``, entry n is the trial at logical position n, whichever worker ran
+    it, up to the first position not finished yet: the same list on every run.
 
     Args:
         study: A study that was optimized with a :class:`CheckpointingSampler`.
