@@ -48,7 +48,7 @@ _logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.01
 """Seconds between reads of the study while a trial waits (doubling up to MAX_POLL_INTERVAL)."""
-MAX_POLL_INTERVAL = 0.2
+MAX_POLL_INTERVAL = 0.05
 ANNOUNCE_AFTER = 5.0
 """A wait longer than this many seconds is logged (INFO), naming what the trial waits for."""
 
