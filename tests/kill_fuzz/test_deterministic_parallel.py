@@ -184,21 +184,27 @@ def two_urls(tmp_path: Path) -> Iterator[tuple[str, str]]:
     yield sqlite_url(tmp_path / "a.db"), sqlite_url(tmp_path / "b.db")
 
 
-# The default run keeps TPE and CMA-ES; the other samplers run under -m soak.
-SOAK = pytest.mark.soak
-
-
-@pytest.mark.parametrize(
-    "sampler",
-    ["tpe", "cmaes", pytest.param("tpe-liar", marks=SOAK), pytest.param("random", marks=SOAK)],
-)
-def test_two_runs_of_four_worker_processes_match(sampler: str, two_urls: tuple[str, str]) -> None:
+def _two_runs_match(sampler: str, two_urls: tuple[str, str]) -> None:
     first, second = (run_processes(url, sampler) for url in two_urls)
     assert len(first) >= POSITIONS and len(second) >= POSITIONS
     assert first_difference(first, second) is None
     states = {state for state, *_ in first[:POSITIONS]}
     if sampler != "random":
         assert "PRUNED" in states, "the pruner never pruned: its decisions were not compared"
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_two_runs_of_four_worker_processes_match(sampler: str, two_urls: tuple[str, str]) -> None:
+    _two_runs_match(sampler, two_urls)
+
+
+# The default run keeps TPE and CMA-ES; these run under -m soak.
+@pytest.mark.soak
+@pytest.mark.parametrize("sampler", ["tpe-liar", "random"])
+def test_soak_two_runs_of_four_worker_processes_match(
+    sampler: str, two_urls: tuple[str, str]
+) -> None:
+    _two_runs_match(sampler, two_urls)
 
 
 def test_four_threads_match_four_processes(two_urls: tuple[str, str]) -> None:
@@ -211,8 +217,7 @@ def test_control_plain_parallel_runs_differ(two_urls: tuple[str, str]) -> None:
     assert first_difference(first, second) is not None
 
 
-@pytest.mark.parametrize("sampler", ["tpe", pytest.param("cmaes", marks=SOAK)])
-def test_runs_with_random_kills_and_restarts_match_an_uninterrupted_run(
+def _kills_and_restarts_match(
     sampler: str, two_urls: tuple[str, str], kill_rng: random.Random
 ) -> None:
     reference = run_processes(two_urls[0], sampler)
@@ -220,6 +225,19 @@ def test_runs_with_random_kills_and_restarts_match_an_uninterrupted_run(
     assert landed, "no kill landed: the test would prove nothing"
     assert interrupted_attempts(two_urls[1]) > 0, "no kill cut a trial off"
     assert first_difference(reference, killed) is None, f"kills: {landed}"
+
+
+def test_runs_with_random_kills_and_restarts_match_an_uninterrupted_run(
+    two_urls: tuple[str, str], kill_rng: random.Random
+) -> None:
+    _kills_and_restarts_match("tpe", two_urls, kill_rng)
+
+
+@pytest.mark.soak
+def test_soak_random_kills_and_restarts_with_cmaes_match_an_uninterrupted_run(
+    two_urls: tuple[str, str], kill_rng: random.Random
+) -> None:
+    _kills_and_restarts_match("cmaes", two_urls, kill_rng)
 
 
 @pytest.mark.parametrize("server", ["postgresql", "mysql"])
