@@ -390,19 +390,40 @@ def run_with_random_kills(
     max_delay: float,
     min_delay: float = 0.0,
 ) -> RunLog:
-    """Kill the child ``kills`` times at random instants, cycling ``signals``, then finish it."""
-    log = RunLog()
-    while log.kills_landed < kills and log.runs < MAX_RUNS:
-        sig = signals[log.kills_landed % len(signals)]
-        _, died = run_child(config, kill_after=rng.uniform(min_delay, max_delay), kill_signal=sig)
-        log.runs += 1
-        if died:
-            log.kills_landed += 1
-            log.signals.append(sig.name)
-        else:
-            break  # the study finished before the kill: nothing left to interrupt
+    """Kill the child ``kills`` times at random instants, cycling ``signals``, then finish it.
+
+    If the study on a SQLite file finished before the first kill (the machine ran it faster
+    than the window assumed), it starts again on a new file with half the window, up to
+    twice, so that a kill lands.
+    """
+    for _ in range(3):
+        log = RunLog()
+        while log.kills_landed < kills and log.runs < MAX_RUNS:
+            sig = signals[log.kills_landed % len(signals)]
+            delay = rng.uniform(min_delay, max_delay)
+            _, died = run_child(config, kill_after=delay, kill_signal=sig)
+            log.runs += 1
+            if died:
+                log.kills_landed += 1
+                log.signals.append(sig.name)
+            else:
+                break  # the study finished before the kill: nothing left to interrupt
+        if log.kills_landed or not _start_again(config):
+            break
+        max_delay = min_delay + (max_delay - min_delay) / 2
     run_to_completion(config, log)
     return log
+
+
+def _start_again(config: dict[str, Any]) -> bool:
+    """Delete the study's SQLite file, if it is on one; whether it was."""
+    storage = str(config["storage"])
+    if not storage.startswith("sqlite:///"):
+        return False
+    path = Path(storage.removeprefix("sqlite:///"))
+    for leftover in (path, path.with_name(path.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+    return True
 
 
 def run_with_crash_points(config: dict[str, Any], crash_plan: list[str]) -> RunLog:
