@@ -269,6 +269,21 @@ def start_script(script: Path, config: dict[str, Any], output: Path) -> ChildPro
     return _zygote.start(argv, dict(os.environ), main=script.stem, output=output)
 
 
+def start_piped(script: Path, config: dict[str, Any]) -> ChildProcess:
+    """Start ``script`` with ``config``, its stdout and stderr coming back as ``run_child``'s do.
+
+    Forked from the zygote (whose ``MAINS`` must name the script), or a fresh interpreter.
+    """
+    argv = [str(script), json.dumps(config)]
+    if not _use_zygote():
+        return subprocess.Popen(
+            [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    warm_up_zygote()
+    assert _zygote is not None
+    return _zygote.start(argv, dict(os.environ), main=script.stem)
+
+
 def _use_zygote() -> bool:
     return os.environ.get("KILL_FUZZ_ZYGOTE", "1") != "0"
 

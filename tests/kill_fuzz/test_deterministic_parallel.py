@@ -11,12 +11,10 @@ Optuna the same way and show that its trajectories differ, so each comparison ca
 from __future__ import annotations
 
 from collections.abc import Iterator
-import json
 from pathlib import Path
 import random
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -24,8 +22,10 @@ import optuna
 import pytest
 
 from optuna_checkpoint import uninterrupted_trials
+from tests.kill_fuzz.harness import ChildProcess
 from tests.kill_fuzz.harness import interrupt_again_if_ignored
 from tests.kill_fuzz.harness import sqlite_url
+from tests.kill_fuzz.harness import start_piped
 from tests.kill_fuzz.storages import open_storage
 
 
@@ -53,16 +53,11 @@ def _config(
     }
 
 
-def _start(config: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _start(config: dict[str, Any]) -> ChildProcess:
+    return start_piped(CHILD, config)
 
 
-def _wait(process: subprocess.Popen[str], deadline: float) -> tuple[int, str]:
+def _wait(process: ChildProcess, deadline: float) -> tuple[int, str]:
     """Wait for ``process`` to end; return its exit code and standard error."""
     try:
         _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
@@ -73,7 +68,7 @@ def _wait(process: subprocess.Popen[str], deadline: float) -> tuple[int, str]:
     return process.returncode, stderr
 
 
-def _finish(process: subprocess.Popen[str], deadline: float) -> None:
+def _finish(process: ChildProcess, deadline: float) -> None:
     code, stderr = _wait(process, deadline)
     assert code == 0, f"a worker failed:\n{stderr[-3000:]}"
 

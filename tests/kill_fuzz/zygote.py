@@ -6,14 +6,14 @@ migrations; SQLAlchemy configures its mappers), and the kill-fuzz tests start it
 times. This zygote does those imports once, and opens and runs a throwaway study of plain
 Optuna (no ``CheckpointingSampler``, so that no lease, stream or exit handler of the library
 exists before a fork); each run is then a ``fork`` of it that calls ``child.main()`` (or
-``worker_child.main()``). The children are still real processes with their own pid and start
-time, killed with real signals by the tests. What a fresh interpreter would do on its own is
-done here explicitly: the crash plan is read from the run's environment, stdout goes to a FIFO
-the test reads (or a file), stderr to a file, and on exit the ``atexit`` handlers run (they
-release checkpoint leases) before the process ends.
+``worker_child.main()``, ``deterministic_child.main()``). The children are still real processes
+with their own pid and start time, killed with real signals by the tests. What a fresh
+interpreter would do on its own is done here explicitly: the crash plan is read from the run's
+environment, stdout goes to a FIFO the test reads (or a file), stderr to a file, and on exit the
+``atexit`` handlers run (they release checkpoint leases) before the process ends.
 
 Protocol, one JSON object per line: the harness writes ``{"argv", "env", "stdout", "stderr",
-"main"}`` to stdin (``main``: ``child`` or ``worker_child``; ``stderr`` may be the ``stdout``
+"main"}`` to stdin (``main``: a name in ``MAINS``; ``stderr`` may be the ``stdout``
 file); the zygote answers ``{"pid": N}`` when the child runs and, whenever it ends, ``{"pid":
 N, "returncode": R}``, with ``R`` as :attr:`subprocess.Popen.returncode` gives it (``-signal``
 for a child killed by a signal). Several children may run at once (the workers' fleet); their
@@ -40,6 +40,7 @@ from typing import Any
 
 # Imported here, once, for every child: this is what the zygote is for.
 import child
+import deterministic_child
 import optuna
 import scenarios
 import sqlalchemy.dialects.mysql.pymysql
@@ -50,7 +51,11 @@ import worker_child
 from optuna_checkpoint import _faults
 
 
-MAINS = {"child": child.main, "worker_child": worker_child.main}
+MAINS = {
+    "child": child.main,
+    "worker_child": worker_child.main,
+    "deterministic_child": deterministic_child.main,
+}
 _wakeup: tuple[int, int] | None = None  # the pipe SIGCHLD wakes the main loop through
 
 
