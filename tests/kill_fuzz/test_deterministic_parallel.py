@@ -32,7 +32,8 @@ from tests.kill_fuzz.storages import open_storage
 CHILD = Path(__file__).with_name("deterministic_child.py")
 WORKERS = 4
 POSITIONS = 24
-DELAY = 0.02  # upper bound of each of the objective's three random sleeps, in seconds
+DELAY = 0.05  # upper bound of each of the objective's three random sleeps, in seconds
+ATTEMPTS = 3  # kill runs tried before a test gives up on a kill cutting a trial off
 TIMEOUT = 120.0
 
 Trajectory = list[tuple[Any, ...]]
@@ -131,7 +132,7 @@ def run_with_kills(
             process = processes[victim]
             assert process.stdout is not None
             process.stdout.readline()  # "ready", or nothing if it has finished
-            time.sleep(rng.uniform(0.05, 0.6))
+            time.sleep(rng.uniform(0.05, 0.4))
             if process.poll() is not None:
                 continue  # it finished: the study is complete
             process.send_signal(sig)
@@ -216,9 +217,14 @@ def _kills_and_restarts_match(
     sampler: str, two_urls: tuple[str, str], kill_rng: random.Random
 ) -> None:
     reference = run_processes(two_urls[0], sampler)
-    killed, landed = run_with_kills(two_urls[1], sampler, kill_rng, kills=4)
-    assert landed, "no kill landed: the test would prove nothing"
-    assert interrupted_attempts(two_urls[1]) > 0, "no kill cut a trial off"
+    # A kill may land between two trials, or after the study ended: then run it again.
+    for attempt in range(ATTEMPTS):
+        storage = two_urls[1].replace(".db", f"-{attempt}.db")
+        killed, landed = run_with_kills(storage, sampler, kill_rng, kills=4)
+        if interrupted_attempts(storage) > 0:
+            break
+    else:
+        raise AssertionError(f"in {ATTEMPTS} studies no kill cut a trial off")
     assert first_difference(reference, killed) is None, f"kills: {landed}"
 
 
@@ -257,15 +263,27 @@ def test_a_worker_killed_for_good_is_replaced_by_the_others(
     # The killed worker never comes back: a live worker takes its position over (at once, since
     # it died on this host) and the study ends as the uninterrupted run did.
     reference = run_processes(two_urls[0], "tpe")
-    storage = two_urls[1]
+    # A kill may land between two trials, or after the study ended: then run it again.
+    for attempt in range(ATTEMPTS):
+        storage = two_urls[1].replace(".db", f"-{attempt}.db")
+        _run_and_kill_one_for_good(storage, kill_rng)
+        if interrupted_attempts(storage) > 0:
+            break
+    else:
+        raise AssertionError(f"in {ATTEMPTS} studies the kill cut no trial off")
+    assert first_difference(reference, _trajectory(storage)) is None
+
+
+def _run_and_kill_one_for_good(storage: str, rng: random.Random) -> None:
+    """Run WORKERS processes, SIGKILL one at a random instant, and let the others finish."""
     _new_study(storage)
     deadline = time.monotonic() + TIMEOUT
     processes = [_start(_config(storage, "tpe", worker_id=f"w{i}")) for i in range(WORKERS)]
     try:
-        victim = processes[kill_rng.randrange(WORKERS)]
+        victim = processes[rng.randrange(WORKERS)]
         assert victim.stdout is not None
         victim.stdout.readline()
-        time.sleep(kill_rng.uniform(0.1, 0.6))
+        time.sleep(rng.uniform(0.05, 0.4))
         victim.kill()
         victim.communicate()
         for process in processes:
@@ -276,5 +294,3 @@ def test_a_worker_killed_for_good_is_replaced_by_the_others(
             if process.poll() is None:
                 process.kill()
                 process.communicate()
-    assert interrupted_attempts(storage) > 0, "the kill cut no trial off"
-    assert first_difference(reference, _trajectory(storage)) is None
