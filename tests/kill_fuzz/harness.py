@@ -376,14 +376,17 @@ def run_child(
     if code != 0 and not died:
         raise AssertionError(f"child failed on its own (exit {code}):\n{stderr}")
     # SIGINT surfaces as KeyboardInterrupt; any other traceback is a real error in the child,
-    # with one exception. A KeyboardInterrupt raised inside a finalizer is swallowed by Python
-    # ("Exception ignored in"); when that finalizer was returning a pooled SQLite connection,
-    # the connection can be left holding the database lock, and the process's next commit
-    # fails after the busy timeout with "database is locked". Plain Optuna does the same. The
-    # process has then died of our signal as surely as of a KeyboardInterrupt, and what matters,
-    # the resumed trajectory, is checked by the caller.
+    # with two exceptions, both the same with plain Optuna. A KeyboardInterrupt raised inside a
+    # finalizer is swallowed by Python ("Exception ignored in"); when that finalizer was
+    # returning a pooled SQLite connection, the connection can be left holding the database
+    # lock, and the process's next commit fails after the busy timeout with "database is
+    # locked". And one that lands inside SQLAlchemy's session bookkeeping can leave the session's
+    # identity map invalid, so that Optuna's next read fails ("identity map is no longer
+    # valid"). The process has then died of our signal as surely as of a KeyboardInterrupt, and
+    # what matters, the resumed trajectory, is checked by the caller.
     interrupted = kill_signal == signal.SIGINT and killed_by_us
-    swallowed = interrupted and "database is locked" in stderr
+    consequences = ("database is locked", "identity map is no longer valid")
+    swallowed = interrupted and any(text in stderr for text in consequences)
     if code != 0 and "Traceback" in stderr and "KeyboardInterrupt" not in stderr and not swallowed:
         raise AssertionError(f"child crashed with an unexpected error:\n{stderr}")
     return code, died
