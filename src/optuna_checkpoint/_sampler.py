@@ -336,11 +336,7 @@ class CheckpointingSampler(BaseSampler):
     def _logical(
         self, attachment: Attachment, study: Study, trial: FrozenTrial
     ) -> tuple[Study, FrozenTrial]:
-        fixed = None if self._parallel is None else self._parallel.view(trial)
-        if fixed is not None:
-            view, logical = fixed.apply(study, trial)
-        else:
-            view, logical = attachment.hidden.apply(study, trial)
+        view, logical = self._apply_view(attachment, study, trial)
         if self._pruner is not None:
             # Optuna shows samplers a per-bracket study under a bare Hyperband only.
             view = self._pruner.sampler_view(view, logical)
@@ -360,14 +356,24 @@ class CheckpointingSampler(BaseSampler):
         Under the sampling lock: the pruner's state is captured with the sampler's.
         """
         with self._sampling_lock:
-            attachment = self._attacher.attachment
-            fixed = None if self._parallel is None else self._parallel.view(trial)
-            if fixed is not None:
-                study, trial = fixed.apply(study, trial)
-            elif attachment is not None:
-                study, trial = attachment.hidden.apply(study, trial)
+            study, trial = self._apply_view(self._attacher.attachment, study, trial)
             with self._own_state(trial):
                 return prune(study, trial)
+
+    def _apply_view(
+        self, attachment: Attachment | None, study: Study, trial: FrozenTrial
+    ) -> tuple[Study, FrozenTrial]:
+        """Return the study and trial as the logical run has them.
+
+        That is the trial's fixed history in deterministic mode, else the study with its
+        interrupted trials hidden.
+        """
+        fixed = None if self._parallel is None else self._parallel.view(trial)
+        if fixed is not None:
+            return fixed.apply(study, trial)
+        if attachment is not None:
+            return attachment.hidden.apply(study, trial)
+        return study, trial
 
     def _own_state(self, trial: FrozenTrial) -> contextlib.AbstractContextManager[None]:
         """In deterministic mode, hold the trial's own random streams in the wrapped sampler."""

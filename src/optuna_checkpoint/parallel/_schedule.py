@@ -29,9 +29,9 @@ from optuna.trial import TrialState
 
 from optuna_checkpoint.attach._lease import lease_timing
 from optuna_checkpoint.parallel._liveness import Liveness
+from optuna_checkpoint.resume._resumer import refresh_hidden_trials
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.study._logical import FixedHistory
-from optuna_checkpoint.study._logical import HiddenTrials
 from optuna_checkpoint.study._positions import POSITION_ATTR
 from optuna_checkpoint.study._positions import PositionBook
 from optuna_checkpoint.study._trials import close_as_interrupted
@@ -80,7 +80,7 @@ class Scheduler:
         announced = False
         interval = POLL_INTERVAL
         while True:
-            _refresh_hidden(attachment)
+            refresh_hidden_trials(attachment, without_hint=True)
             trials = attachment.storage.get_all_trials(attachment.study_id, deepcopy=False)
             book = PositionBook.read(trials, attachment.hidden.trial_ids)
             liveness = Liveness(attachment, trials, grace_period)
@@ -152,14 +152,3 @@ class Scheduler:
             "" if previous == trial.number else f" (instead of position {previous})",
         )
         return position
-
-
-def _refresh_hidden(attachment: Attachment) -> None:
-    """Hide the trials any process recorded as interrupted.
-
-    They are read again unless the store's count of them shows nothing new.
-    """
-    store, uid = attachment.store, attachment.study_uid
-    hint = store.interruption_count_hint(uid)
-    if hint is None or hint != len(attachment.hidden.trial_ids):
-        attachment.hidden = HiddenTrials.of(store.where_interrupted(uid))

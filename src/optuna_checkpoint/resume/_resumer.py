@@ -191,14 +191,17 @@ class Resumer:
         return mine
 
 
-def refresh_hidden_trials(attachment: Attachment) -> None:
+def refresh_hidden_trials(attachment: Attachment, *, without_hint: bool = False) -> None:
     """Hide the trials other processes closed as interrupted since this one resumed.
 
     Another process may have closed a trial it created here while this one owned the stream
-    (it was refused); hide that trial too, as an uninterrupted run never had it.
+    (it was refused); hide that trial too, as an uninterrupted run never had it. The
+    interruptions are read again when the store's count of them, read in passing, differs from
+    what this process knows; a store that keeps no such count is read again only if
+    ``without_hint`` (the deterministic mode needs every process's interruptions at once).
     """
     hint = attachment.store.interruption_count_hint(attachment.study_uid)
-    if hint is not None and hint != len(attachment.hidden.trial_ids):
+    if without_hint if hint is None else hint != len(attachment.hidden.trial_ids):
         attachment.hidden = HiddenTrials.of(
             attachment.store.where_interrupted(attachment.study_uid)
         )

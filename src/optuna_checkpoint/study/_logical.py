@@ -25,6 +25,20 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 
+def renumbered(trial: FrozenTrial, number: int, *, in_place: bool = False) -> FrozenTrial:
+    """Return ``trial`` numbered ``number``.
+
+    That is ``trial`` itself if it is numbered so already, else a shallow copy, or ``trial``
+    itself renumbered if ``in_place`` (a copy the caller owns).
+    """
+    if trial.number == number:
+        return trial
+    if not in_place:
+        trial = copy.copy(trial)
+    trial.number = number
+    return trial
+
+
 class Interrupted(Protocol):
     """What hiding needs of a recorded interruption (the stores' ``Interruption``)."""
 
@@ -58,12 +72,7 @@ class HiddenTrials:
 
     def logical_trial(self, trial: FrozenTrial) -> FrozenTrial:
         """Return ``trial`` with its logical number (a shallow copy if the number changes)."""
-        logical = self.logical_number(trial.number)
-        if logical == trial.number:
-            return trial
-        renumbered = copy.copy(trial)
-        renumbered.number = logical
-        return renumbered
+        return renumbered(trial, self.logical_number(trial.number))
 
     def logical_trials(
         self,
@@ -78,14 +87,9 @@ class HiddenTrials:
         """
         result = []
         for trial in trials:
-            if trial._trial_id in self.trial_ids:
-                continue
-            logical = self.logical_number(trial.number)
-            if logical != trial.number:
-                if not copied:
-                    trial = copy.copy(trial)
-                trial.number = logical
-            result.append(trial)
+            if trial._trial_id not in self.trial_ids:
+                logical = self.logical_number(trial.number)
+                result.append(renumbered(trial, logical, in_place=copied))
         return result
 
     def view(self, study: Study) -> Study:
@@ -126,11 +130,7 @@ class FixedHistory:
 
     def logical_trial(self, trial: FrozenTrial) -> FrozenTrial:
         """Return the trial with its position as its number (a shallow copy if it changes)."""
-        if trial.number == self.position:
-            return trial
-        renumbered = copy.copy(trial)
-        renumbered.number = self.position
-        return renumbered
+        return renumbered(trial, self.position)
 
     def logical_trials(
         self,
@@ -151,10 +151,7 @@ class FixedHistory:
         ]
         current = next((t for t in trials if t._trial_id == self._trial_id), None)
         if current is not None:
-            if current.number != self.position:
-                current = current if copied else copy.copy(current)
-                current.number = self.position
-            result.append(current)
+            result.append(renumbered(current, self.position, in_place=copied))
         return result
 
     def apply(self, study: Study, trial: FrozenTrial) -> tuple[Study, FrozenTrial]:

@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterable
-import copy
 from dataclasses import dataclass
 from dataclasses import field
 
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from optuna_checkpoint.study._logical import renumbered
 from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 
 
@@ -116,16 +116,11 @@ class PositionBook:
 
     def history(self, last: int) -> list[FrozenTrial]:
         """The settled attempts at positions up to ``last``, renumbered to their positions."""
-        result = []
-        for position in range(last + 1):
-            trial = self.settled.get(position)
-            if trial is None:
-                continue
-            if trial.number != position:
-                trial = copy.copy(trial)
-                trial.number = position
-            result.append(trial)
-        return result
+        return [
+            renumbered(self.settled[position], position)
+            for position in range(last + 1)
+            if position in self.settled
+        ]
 
 
 def logical_trajectory(
