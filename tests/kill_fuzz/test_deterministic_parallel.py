@@ -10,13 +10,16 @@ Optuna the same way and show that its trajectories differ, so each comparison ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterator
+import contextlib
 from pathlib import Path
 import random
 import signal
 import subprocess
 import time
 from typing import Any
+from typing import TypeVar
 
 import optuna
 import pytest
@@ -37,6 +40,7 @@ ATTEMPTS = 3  # kill runs tried before a test gives up on a kill cutting a trial
 TIMEOUT = 120.0
 
 Trajectory = list[tuple[Any, ...]]
+_T = TypeVar("_T")
 
 
 def _config(
@@ -91,16 +95,41 @@ def _trajectory(storage: str) -> Trajectory:
     ]
 
 
+def _worker_configs(storage: str, sampler: str, **extra: Any) -> list[dict[str, Any]]:
+    return [_config(storage, sampler, worker_id=f"w{i}", **extra) for i in range(WORKERS)]
+
+
+@contextlib.contextmanager
+def _fleet(configs: list[dict[str, Any]]) -> Iterator[list[ChildProcess]]:
+    """Start a worker per configuration; kill those still running when the block ends.
+
+    The block may replace workers in the list (restarts): those are killed too.
+    """
+    processes = [_start(config) for config in configs]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def _still_running_after_a_random_instant(process: ChildProcess, rng: random.Random) -> bool:
+    """Wait until ``process`` has opened the study, then a random instant into its trials."""
+    assert process.stdout is not None
+    process.stdout.readline()  # "ready", or nothing if it has finished
+    time.sleep(rng.uniform(0.05, 0.4))
+    return process.poll() is None
+
+
 def run_processes(storage: str, sampler: str, *, deterministic: bool = True) -> Trajectory:
     """Run the study with WORKERS worker processes to the end; return its trajectory."""
     _new_study(storage)
     deadline = time.monotonic() + TIMEOUT
-    processes = [
-        _start(_config(storage, sampler, deterministic=deterministic, worker_id=f"w{i}"))
-        for i in range(WORKERS)
-    ]
-    for process in processes:
-        _finish(process, deadline)
+    with _fleet(_worker_configs(storage, sampler, deterministic=deterministic)) as processes:
+        for process in processes:
+            _finish(process, deadline)
     return _trajectory(storage)
 
 
@@ -122,18 +151,14 @@ def run_with_kills(
     """
     _new_study(storage)
     deadline = time.monotonic() + TIMEOUT
-    configs = [_config(storage, sampler, worker_id=f"w{i}") for i in range(WORKERS)]
-    processes = [_start(c) for c in configs]
+    configs = _worker_configs(storage, sampler)
     landed = []
-    try:
+    with _fleet(configs) as processes:
         for _ in range(kills):
             victim = rng.randrange(WORKERS)
             sig = rng.choice([signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
             process = processes[victim]
-            assert process.stdout is not None
-            process.stdout.readline()  # "ready", or nothing if it has finished
-            time.sleep(rng.uniform(0.05, 0.4))
-            if process.poll() is not None:
+            if not _still_running_after_a_random_instant(process, rng):
                 continue  # it finished: the study is complete
             process.send_signal(sig)
             if sig == signal.SIGINT:
@@ -153,11 +178,6 @@ def run_with_kills(
                 processes[index] = _start(configs[index])
                 code, stderr = _wait(processes[index], deadline)
             assert code == 0, f"a worker failed:\n{stderr[-3000:]}"
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
     return _trajectory(storage), landed
 
 
@@ -165,6 +185,20 @@ def interrupted_attempts(storage: str) -> int:
     """How many trials of the study were cut off and then run again at their position."""
     study = optuna.load_study(study_name="parallel", storage=open_storage(storage))
     return len(study.trials) - len(uninterrupted_trials(study))
+
+
+def with_a_trial_cut_off(storage: str, run: Callable[[str], _T]) -> tuple[str, _T]:
+    """Call ``run`` on new studies until its kills cut a trial off; return that study's URL
+    and what ``run`` returned.
+
+    A kill may land between two trials, or after the study has ended.
+    """
+    for attempt in range(ATTEMPTS):
+        url = storage.replace(".db", f"-{attempt}.db")
+        result = run(url)
+        if interrupted_attempts(url) > 0:
+            return url, result
+    raise AssertionError(f"in {ATTEMPTS} studies no kill cut a trial off")
 
 
 def first_difference(a: Trajectory, b: Trajectory) -> int | None:
@@ -217,14 +251,9 @@ def _kills_and_restarts_match(
     sampler: str, two_urls: tuple[str, str], kill_rng: random.Random
 ) -> None:
     reference = run_processes(two_urls[0], sampler)
-    # A kill may land between two trials, or after the study ended: then run it again.
-    for attempt in range(ATTEMPTS):
-        storage = two_urls[1].replace(".db", f"-{attempt}.db")
-        killed, landed = run_with_kills(storage, sampler, kill_rng, kills=4)
-        if interrupted_attempts(storage) > 0:
-            break
-    else:
-        raise AssertionError(f"in {ATTEMPTS} studies no kill cut a trial off")
+    _, (killed, landed) = with_a_trial_cut_off(
+        two_urls[1], lambda url: run_with_kills(url, sampler, kill_rng, kills=4)
+    )
     assert first_difference(reference, killed) is None, f"kills: {landed}"
 
 
@@ -263,14 +292,9 @@ def test_a_worker_killed_for_good_is_replaced_by_the_others(
     # The killed worker never comes back: a live worker takes its position over (at once, since
     # it died on this host) and the study ends as the uninterrupted run did.
     reference = run_processes(two_urls[0], "tpe")
-    # A kill may land between two trials, or after the study ended: then run it again.
-    for attempt in range(ATTEMPTS):
-        storage = two_urls[1].replace(".db", f"-{attempt}.db")
-        _run_and_kill_one_for_good(storage, kill_rng)
-        if interrupted_attempts(storage) > 0:
-            break
-    else:
-        raise AssertionError(f"in {ATTEMPTS} studies the kill cut no trial off")
+    storage, _ = with_a_trial_cut_off(
+        two_urls[1], lambda url: _run_and_kill_one_for_good(url, kill_rng)
+    )
     assert first_difference(reference, _trajectory(storage)) is None
 
 
@@ -278,19 +302,11 @@ def _run_and_kill_one_for_good(storage: str, rng: random.Random) -> None:
     """Run WORKERS processes, SIGKILL one at a random instant, and let the others finish."""
     _new_study(storage)
     deadline = time.monotonic() + TIMEOUT
-    processes = [_start(_config(storage, "tpe", worker_id=f"w{i}")) for i in range(WORKERS)]
-    try:
+    with _fleet(_worker_configs(storage, "tpe")) as processes:
         victim = processes[rng.randrange(WORKERS)]
-        assert victim.stdout is not None
-        victim.stdout.readline()
-        time.sleep(rng.uniform(0.05, 0.4))
+        _still_running_after_a_random_instant(victim, rng)
         victim.kill()
         victim.communicate()
         for process in processes:
             if process is not victim:
                 _finish(process, deadline)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
