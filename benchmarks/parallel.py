@@ -27,6 +27,7 @@ Run from the repository root, in the project's virtualenv:
 
     python benchmarks/parallel.py                 # K = 2, 4, 8; 64 trials; 3 pairs; 20 seeds
     python benchmarks/parallel.py --quick         # smoke test
+    python benchmarks/parallel.py --only quality  # one of the two tables
     python benchmarks/parallel.py \\
         --storage postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 """
@@ -238,6 +239,7 @@ def main() -> None:
         parser.add_argument("--median-duration", type=float, default=0.2, help="seconds (0.2)")
         parser.add_argument("--quality-trials", type=int, help="trials per quality study (60)")
         parser.add_argument("--seeds", type=int, help="seeds of the quality table (20)")
+        parser.add_argument("--only", choices=["throughput", "quality"], help="one table only")
 
     full = {"trials": 64, "repeats": 3, "workers": [2, 4, 8], "quality_trials": 60, "seeds": 20}
     quick = {**full, "trials": 16, "repeats": 1, "quality_trials": 12, "seeds": 2}
@@ -247,9 +249,11 @@ def main() -> None:
         print(json.dumps((worker if spec["role"] == "worker" else quality)(spec)))
         return
     quiet()  # the parent creates the throughput studies
-    with Databases(args.storage) as dbs:
-        throughput(args, dbs)
-    compare_quality(args)
+    if args.only != "quality":
+        with Databases(args.storage) as dbs:
+            throughput(args, dbs)
+    if args.only != "throughput":
+        compare_quality(args)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def make_sampler(config: dict[str, Any]) -> optuna.samplers.BaseSampler:
             seed=seed, n_startup_trials=5, multivariate=True, constant_liar=True
         ),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=3),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=6),
     }[config["sampler"]]()
     if config["deterministic"]:
         return CheckpointingSampler(

@@ -230,10 +230,12 @@ def test_two_runs_of_four_worker_processes_match(sampler: str, two_urls: tuple[s
 
 # The default run keeps TPE and CMA-ES; these run under -m soak.
 @pytest.mark.soak
-@pytest.mark.parametrize("sampler", ["tpe-liar", "random"])
+@pytest.mark.parametrize("sampler", ["tpe-liar", "random", "gp", "nsga2"])
 def test_soak_two_runs_of_four_worker_processes_match(
     sampler: str, two_urls: tuple[str, str]
 ) -> None:
+    if sampler == "gp":
+        pytest.importorskip("torch", reason="GPSampler needs PyTorch (pip install torch)")
     _two_runs_match(sampler, two_urls)
 
 

@@ -1,6 +1,8 @@
 """Give each trial its logical position, and wait until the history it may see is settled.
 
-The trial at position n sees the settled trials at positions up to n - L, the *lag* L being
+The trial at position n sees the settled trials at positions up to n - L and what the trials at
+positions n - L + 1 .. n - 1 proposed when they started (see ``study._positions``), the *lag* L
+being
 2K - 1 for K workers (:func:`history_lag`). L = K would show more, but then a trial would often
 wait for the straggler among the K - 1 trials started just before it: with objective durations
 log-normal with sigma 0.5, a simulation puts the workers' busy share at 0.76 for K = 4 and 0.65
@@ -8,7 +10,8 @@ for K = 8, against 0.95 and 0.92 with L = 2K - 1. K = 1 keeps L = 1: a sequentia
 
 A trial takes the lowest *free* position below its number if there is one (a position whose
 attempt was interrupted), so that the trajectory closes its holes; otherwise the position equal
-to its number. It then waits until positions up to n - L are settled. While it waits, a free
+to its number. It then waits until positions up to n - L are settled and the later ones have
+proposed (a worker that took a position proposes at once). While it waits, a free
 position among those is taken over by the waiting trial itself (its own position becomes free
 for the next trial): every worker may be waiting, and someone must run it. The lowest
 unsettled position is therefore always either run by a live process, whose history is complete,
@@ -95,17 +98,28 @@ class Scheduler:
             if free:
                 position = self._take(attachment, trial, free[0], position, book, liveness)
                 continue  # read again: the study changed
-            pending = book.unsettled(position - self.lag)
-            if not pending:
-                return FixedHistory(book.history(position - self.lag), trial._trial_id, position)
+            seen = position - self.lag  # the last position whose result the trial sees
+            unsettled = book.unsettled(seen)
+            unproposed = book.unproposed(seen + 1, position - 1)
+            if not unsettled and not unproposed:
+                return FixedHistory(
+                    book.history(seen),
+                    book.proposals(seen + 1, position - 1),
+                    trial._trial_id,
+                    position,
+                )
             if not announced and time.monotonic() - waited_since > ANNOUNCE_AFTER:
                 announced = True
+                awaited, event = (
+                    (unsettled[0], "finish") if unsettled else (unproposed[0], "start")
+                )
                 _logger.info(
-                    "Trial %d (position %d) waits for position %d to finish, run by %s.",
+                    "Trial %d (position %d) waits for position %d to %s, run by %s.",
                     trial.number,
                     position,
-                    pending[0],
-                    ", ".join(liveness.holder(t) for t in book.unfinished.get(pending[0], ()))
+                    awaited,
+                    event,
+                    ", ".join(liveness.holder(t) for t in book.unfinished.get(awaited, ()))
                     or "no one yet",
                 )
             time.sleep(interval)
