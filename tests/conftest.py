@@ -41,10 +41,16 @@ _NODE_ID = pytest.StashKey[str]()  # as collected, before xdist adds "@group" fo
 
 @pytest.fixture(autouse=True)
 def _quiet_optuna() -> Iterator[None]:
-    """Keep Optuna's per-trial INFO lines out of the test output."""
+    """Keep Optuna's per-trial INFO lines out of the test output, and show caplog Optuna's tree.
+
+    The library logs in Optuna's logger tree, whose root does not propagate: without
+    propagation, pytest's ``caplog`` (a handler on the root logger) would see none of its lines.
+    """
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.enable_propagation()
     yield
+    optuna.logging.disable_propagation()
     optuna.logging.set_verbosity(previous)
 
 

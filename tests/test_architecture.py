@@ -33,7 +33,7 @@ SRC = ROOT / "src" / PACKAGE
 # it, except PACKAGE itself, which covers only the package's own __init__ (the public API). Every
 # module must be covered by exactly one entry: place a new module here when adding it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    (f"{PACKAGE}.exceptions", f"{PACKAGE}._faults", f"{PACKAGE}._version"),
+    (f"{PACKAGE}.exceptions", f"{PACKAGE}._faults", f"{PACKAGE}._logging", f"{PACKAGE}._version"),
     (f"{PACKAGE}.study",),
     (f"{PACKAGE}.stores",),
     (f"{PACKAGE}.state",),  # with state.adapters

@@ -19,6 +19,7 @@ import pytest
 
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import ConfigMismatchError
+from optuna_checkpoint._logging import ROOT_LOGGER_NAME
 from optuna_checkpoint.state._fingerprint import describe
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import digest
@@ -184,7 +185,7 @@ def test_start_new_stream_resumes_from_the_sampler_as_given(
     )
     control.optimize(objective, n_trials=2)
 
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         study = resume(url, TPESampler(seed=11, n_startup_trials=3), start_new_stream=True)
     study.optimize(objective, n_trials=1)
 

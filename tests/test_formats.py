@@ -25,6 +25,7 @@ import optuna_checkpoint
 from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import VersionMismatchError
+from optuna_checkpoint._logging import ROOT_LOGGER_NAME
 from optuna_checkpoint.state._versions import library_versions
 from optuna_checkpoint.stores._sql_schema import TABLES_FORMAT
 from optuna_checkpoint.stores._sql_schema import checkpoints
@@ -185,12 +186,12 @@ def test_a_resume_under_other_versions_warns_naming_each_change(
     plain = optuna.create_study(sampler=TPESampler(seed=3))
     plain.optimize(objective, n_trials=6)
     release(run(url, 3))
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         release(run(url, 1))  # control: same versions, no warning
     assert "library versions" not in caplog.text
 
     rewrite_checkpoints(url, written_under({"optuna": "4.9.0", "numpy": "1.26.4"}))
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         resumed = run(url, 2)
 
     assert f"optuna 4.9.0 -> {optuna.__version__}" in caplog.text

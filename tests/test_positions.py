@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 import pytest
 
 from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint._logging import ROOT_LOGGER_NAME
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.parallel._schedule import ANNOUNCE_AFTER
 from optuna_checkpoint.study._logical import FixedHistory
@@ -215,7 +216,7 @@ def test_a_long_wait_is_logged_naming_the_position_and_its_worker(
             optuna.samplers.RandomSampler(seed=1), deterministic_workers=2, worker_id="gpu-0"
         ),
     )
-    with caplog.at_level("INFO", logger="optuna_checkpoint"):
+    with caplog.at_level("INFO", logger=ROOT_LOGGER_NAME):
         study.optimize(objective, n_trials=4, n_jobs=2)
     waits = [r.getMessage() for r in caplog.records if "waits for position" in r.getMessage()]
     assert waits == [

@@ -39,6 +39,7 @@ from optuna_checkpoint import UnsupportedPrunerError
 from optuna_checkpoint import load_sampler_state_dict
 from optuna_checkpoint import sampler_state_dict
 from optuna_checkpoint import uninterrupted_trials
+from optuna_checkpoint._logging import ROOT_LOGGER_NAME
 from optuna_checkpoint.state._fingerprint import describe
 from optuna_checkpoint.state.adapters._pruners import pruner_adapter_for
 
@@ -327,7 +328,7 @@ def test_checkpoint_written_without_a_checkpointing_pruner_still_loads(
     # Such checkpoints (earlier releases, or a bare pruner) have no pruner part.
     url = sqlite_url(tmp_path, "s.db")
     optimize(url, CheckpointingSampler(tpe()), HyperbandPruner(), n_trials=4)
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         study = reopen(url, CheckpointingPruner(HyperbandPruner()))
     assert "written without a CheckpointingPruner" in caplog.text
     assert len(study.trials) == 5
@@ -336,16 +337,16 @@ def test_checkpoint_written_without_a_checkpointing_pruner_still_loads(
 def test_bare_pruner_is_reported_unless_it_resumes_exactly_without_the_wrapper(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         optimize(InMemoryStorage(), CheckpointingSampler(RandomSampler(seed=SEED)), MedianPruner())
     assert "CheckpointingPruner" not in caplog.text
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         optimize(
             InMemoryStorage(), CheckpointingSampler(RandomSampler(seed=SEED)), HyperbandPruner()
         )
     assert caplog.text.count("pruner=CheckpointingPruner(HyperbandPruner(...))") == 1
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         optimize(InMemoryStorage(), CheckpointingSampler(RandomSampler(seed=SEED)), NeverPruner())
     assert "cannot tell whether the study's pruner NeverPruner" in caplog.text
 

@@ -17,6 +17,7 @@ import pytest
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import Retention
 from optuna_checkpoint import uninterrupted_trials
+from optuna_checkpoint._logging import ROOT_LOGGER_NAME
 from optuna_checkpoint.record._retention import checkpoints_to_delete
 from optuna_checkpoint.record._retention import prune_stream
 from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
@@ -236,7 +237,7 @@ def test_retention_is_ignored_with_a_warning_on_a_journal(
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
     sampler = CheckpointingSampler(TPESampler(seed=5), retention=Retention(keep_last=2))
     study = optuna.create_study(storage=storage, sampler=sampler)
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         study.optimize(objective, n_trials=10, catch=(GenuineFailure,))
     warnings = [r.getMessage() for r in caplog.records if "retention is ignored" in r.getMessage()]
     assert len(warnings) == 1 and "not supported for JournalStorage" in warnings[0]

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import UnsupportedSamplerError
 from optuna_checkpoint import uninterrupted_trials
+from optuna_checkpoint._logging import ROOT_LOGGER_NAME
 from optuna_checkpoint.stores._sql import checkpoints
 from optuna_checkpoint.stores._sql import interrupted_trials
 from optuna_checkpoint.stores._sql import streams
@@ -423,7 +424,7 @@ def test_unknown_sampler_with_allow_pickle_is_transparent_and_resumes(
 def test_in_memory_storage_works_with_a_warning_and_resumes_within_the_process(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="optuna_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         study = optuna.create_study(sampler=CheckpointingSampler(TPESampler(seed=SEED)))
         study.optimize(objective, n_trials=12, catch=(GenuineFailure,))
     assert "The study is in memory" in caplog.text

@@ -17,13 +17,13 @@ See ``docs/pruners.md`` for why the pruner is wrapped explicitly.
 from __future__ import annotations
 
 from collections.abc import Callable
-import logging
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Protocol
 
 from optuna.pruners import BasePruner
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 CONFIG = "config"  # the pruner's description when it was constructed
 STATE = "state"  # its adapter's state dict

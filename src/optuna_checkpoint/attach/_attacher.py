@@ -11,7 +11,6 @@ is the next stage's job.
 from __future__ import annotations
 
 from dataclasses import replace
-import logging
 import time
 from typing import TYPE_CHECKING
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.attach._attachment import Attachment
 from optuna_checkpoint.attach._attachment import live_attachment
 from optuna_checkpoint.attach._lease import Heartbeat
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Stream
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 CLAIM_WINDOW = 5.0
 """Seconds after its creation within which a live process claims its trial for its stream.

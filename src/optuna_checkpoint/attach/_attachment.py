@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import contextlib
 from dataclasses import dataclass
 from dataclasses import field
-import logging
 from typing import TYPE_CHECKING
 from typing import Any
 import weakref
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.study._logical import HiddenTrials
 
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Stream
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 
 @dataclass(eq=False)

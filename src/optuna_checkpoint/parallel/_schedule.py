@@ -1,16 +1,22 @@
 """Give each trial its logical position, and wait until the history it may see is settled.
 
-The trial at position n sees the settled trials at positions up to n - L and what the trials at
-positions n - L + 1 .. n - 1 proposed when they started (see ``study._positions``), the *lag* L
-being
+The trial at position n sees the settled trials at positions up to n - L, the *lag* L being
 2K - 1 for K workers (:func:`history_lag`). L = K would show more, but then a trial would often
 wait for the straggler among the K - 1 trials started just before it: with objective durations
 log-normal with sigma 0.5, a simulation puts the workers' busy share at 0.76 for K = 4 and 0.65
 for K = 8, against 0.95 and 0.92 with L = 2K - 1. K = 1 keeps L = 1: a sequential run.
 
+It also sees what the trials at positions n - L + 1 .. n - K *proposed* when they started (see
+``study._positions``), as running trials. Not those after n - K: a trial's proposal is computed
+from the proposals before it, so showing position n - 1 would make every trial's sampling wait
+for the previous one's, one at a time across all workers (a slow sampler such as GP would then
+bound the study's throughput). Positions n - K + 1 .. n - 1 are about the trials that run beside
+it; n - K and the trials before it started about one trial's duration earlier, so a trial seldom
+waits for a proposal.
+
 A trial takes the lowest *free* position below its number if there is one (a position whose
 attempt was interrupted), so that the trajectory closes its holes; otherwise the position equal
-to its number. It then waits until positions up to n - L are settled and the later ones have
+to its number. It then waits until positions up to n - L are settled and those up to n - K have
 proposed (a worker that took a position proposes at once). While it waits, a free
 position among those is taken over by the waiting trial itself (its own position becomes free
 for the next trial): every worker may be waiting, and someone must run it. The lowest
@@ -24,12 +30,12 @@ same thing (that is the point of the design); the logical trajectory uses the fi
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.attach._lease import lease_timing
 from optuna_checkpoint.parallel._liveness import Liveness
 from optuna_checkpoint.resume._resumer import refresh_hidden_trials
@@ -47,7 +53,7 @@ if TYPE_CHECKING:
     from optuna_checkpoint.attach._attachment import Attachment
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 POLL_INTERVAL = 0.01
 """Seconds between reads of the study while a trial waits (doubling up to MAX_POLL_INTERVAL)."""
@@ -100,11 +106,12 @@ class Scheduler:
                 continue  # read again: the study changed
             seen = position - self.lag  # the last position whose result the trial sees
             unsettled = book.unsettled(seen)
-            unproposed = book.unproposed(seen + 1, position - 1)
+            shown = position - self.workers  # the last position whose proposal it sees
+            unproposed = book.unproposed(seen + 1, shown)
             if not unsettled and not unproposed:
                 return FixedHistory(
                     book.history(seen),
-                    book.proposals(seen + 1, position - 1),
+                    book.proposals(seen + 1, shown),
                     trial._trial_id,
                     position,
                 )

@@ -9,12 +9,12 @@ is saved just before it (the others, whose resume rolls the trial forward from i
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import TYPE_CHECKING
 
 from optuna_checkpoint._faults import crash_point
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Checkpoint
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 
 class TrialRecorder:

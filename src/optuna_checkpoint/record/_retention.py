@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import dataclass
-import logging
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
 from optuna_checkpoint.stores._base import ALL_CHECKPOINTS
@@ -25,7 +25,7 @@ from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Stream
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 # The sampler prunes once every this many trials at least. A pruning is a listing plus a write
 # transaction of its own: about 1.7 ms on SQLite (measured with RandomSampler), some 10 % of a

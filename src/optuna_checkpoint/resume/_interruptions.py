@@ -11,12 +11,12 @@ from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Sequence
 import datetime
-import logging
 import time
 from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.study._logical import HiddenTrials
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 RETRIES_EXHAUSTED = "retries exhausted; kept as a genuine failure"
 

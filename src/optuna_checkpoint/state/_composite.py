@@ -7,11 +7,11 @@ the sampler's transaction and needs nothing new from the stores. Checkpoints wit
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Protocol
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from optuna_checkpoint.state.adapters import StateAdapter
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 PRUNER_STATE_KEY = "optuna_checkpoint:pruner"
 """The key of the pruner's part in a checkpoint's state dict; no sampler adapter uses it."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import functools
-import logging
 import platform
 import sys
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import VersionMismatchError
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 _PYTHON = "python"
 _THIS_PACKAGE = "optuna-checkpoint"

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import replace
-import logging
 import os
 import time
 from typing import Any
@@ -43,6 +42,7 @@ from optuna.storages.journal import BaseJournalBackend
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal import JournalRedisBackend
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.stores._base import Checkpoint
@@ -67,7 +67,7 @@ from optuna_checkpoint.stores._record_log import RedisRecordLog
 from optuna_checkpoint.stores._record_log import Transaction
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 SIDE_FILE_SUFFIX = ".optuna-checkpoint"
 _RELEASE_TIMEOUT = 0.2

@@ -7,7 +7,6 @@ storage that has never held a checkpoint.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ from optuna.storages import InMemoryStorage
 from optuna.storages.journal import JournalFileBackend
 import sqlalchemy as sa
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.stores._attrs import AttributeCheckpointStore
 from optuna_checkpoint.stores._journal import SIDE_FILE_SUFFIX
 from optuna_checkpoint.stores._journal import JournalCheckpointStore
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import CheckpointStore
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 
 def store_for(storage: BaseStorage) -> CheckpointStore:

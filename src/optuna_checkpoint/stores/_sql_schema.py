@@ -8,16 +8,16 @@ of its own (:data:`TABLES_FORMAT`), recorded in a table beside them and upgraded
 from __future__ import annotations
 
 from collections.abc import Callable
-import logging
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 metadata = sa.MetaData()
 

@@ -8,12 +8,13 @@ uses, so Optuna's helpers read our retries as their own.
 from __future__ import annotations
 
 import inspect
-import logging
 import sys
 from typing import TYPE_CHECKING
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
+
+from optuna_checkpoint._logging import get_logger
 
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 INTERRUPTED_ATTR = "optuna_checkpoint:interrupted"
 """System attribute set on a trial that was interrupted (and retried, unless it says not)."""

@@ -21,19 +21,19 @@ and the resumed worker skips the points its interrupted trials drew.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from optuna.samplers import QMCSampler
 from optuna.storages import BaseStorage
 
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
 from optuna_checkpoint.state.adapters._registry import adapter_of_held
 from optuna_checkpoint.state.adapters._registry import register
 
 
-_logger = logging.getLogger(__name__)
+_logger = get_logger(__name__)
 
 SEED = "seed"  # QMCSampler._seed
 INDEPENDENT_ADAPTER = "independent_adapter"  # the independent sampler's adapter name
