@@ -200,10 +200,13 @@ class StreamAttacher:
         explicit = self._worker_id is not None
         existing = {s.name: s for s in store.list_streams(uid)}
         names = iter([self._worker_id]) if self._worker_id is not None else slot_names()
+        main_held: Stream | None = None  # "main", if a live process holds it
         for name in names:
             assert name is not None
             stream = existing.get(name)
             if stream is None:
+                if main_held is not None and existing.keys() == {MAIN_WORKER}:
+                    _warn_main_held(main_held, study, name)
                 stream = store.create_stream(
                     study._study_id,
                     uid,
@@ -222,9 +225,11 @@ class StreamAttacher:
                 assert stream is not None
             verdict = self._judge(stream, me, grace_period)
             if verdict.may_take_over and store.take_over(stream, me, time.time()):
-                _logger.info("Took over checkpoint stream %r: %s.", name, verdict.reason)
+                _logger.debug("Took over checkpoint stream %r: %s.", name, verdict.reason)
                 return stream, False, existing.keys() <= {name}
             if not explicit:
+                if name == MAIN_WORKER and not verdict.may_take_over:
+                    main_held = stream
                 continue  # a busy slot: try the next one
             if verdict.may_take_over:
                 raise StreamOwnedError(
@@ -312,6 +317,32 @@ class StreamAttacher:
             "start_new_stream=True to CheckpointingSampler to discard the checkpoints and "
             "continue with this configuration."
         )
+
+
+def _warn_main_held(main: Stream, study: Study, name: str) -> None:
+    """Warn that this run becomes a second worker because a live process holds ``main``.
+
+    Only when the study had ``main`` alone: that is a re-run meeting a leftover process (an idle
+    notebook kernel, a hung job, a double launch) as often as a first parallel launch, and only
+    the user knows which. The single reproducible run is ``main``'s, so say so once.
+    """
+    holder = "a live process"
+    if main.owner is not None:
+        age = max(0.0, time.time() - main.heartbeat_at)
+        holder = f"pid {main.owner.pid} on {main.owner.host} (heartbeat {age:.0f} s ago)"
+    _logger.warning(
+        "Checkpoint stream %r of study %r is held by %s, so this process joins the study as "
+        "worker %r, with random streams of its own: it is not an exact resume of %r. If that "
+        "process is a leftover, stop it and run again; to fail instead of joining, pass "
+        "worker_id=%r to CheckpointingSampler. (Starting several workers on purpose? Then this "
+        "is expected.)",
+        MAIN_WORKER,
+        study.study_name,
+        holder,
+        name,
+        MAIN_WORKER,
+        MAIN_WORKER,
+    )
 
 
 def claim_trial(store: CheckpointStore, stream: Stream, study_id: int, trial: FrozenTrial) -> None:

@@ -157,20 +157,23 @@ def mark_retry(
     interrupted: list[Interruption],
     stream_id: int,
     restored_after: int,
-) -> None:
+) -> list[Interruption]:
     """Tell the current trial which interrupted attempts it repeats, as Optuna's retries do.
 
     Those are the stream's attempts after ``restored_after``, the number of the trial whose
     checkpoint was restored (``-1`` for the initial one): each started from that same state.
+
+    Returns:
+        Those attempts, oldest first.
     """
-    previous = [
-        i.trial_number
-        for i in interrupted
-        if i.stream_id == stream_id and i.trial_number > restored_after
+    repeated = [
+        i for i in interrupted if i.stream_id == stream_id and i.trial_number > restored_after
     ]
+    previous = [i.trial_number for i in repeated]
     if not previous:
-        return
+        return repeated
     for key, value in ((FAILED_TRIAL_ATTR, previous[0]), (RETRY_HISTORY_ATTR, previous)):
         storage.set_trial_system_attr(current._trial_id, key, value)
         # The Trial object Optuna is building holds this very FrozenTrial.
         current.system_attrs[key] = value
+    return repeated

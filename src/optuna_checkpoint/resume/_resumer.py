@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from optuna.trial import TrialState
 
 from optuna_checkpoint._faults import crash_point
+from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.attach._attacher import CLAIM_WINDOW
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.resume._interruptions import RETRIES_EXHAUSTED
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Checkpoint
     from optuna_checkpoint.stores._base import Interruption
 
+
+_logger = get_logger(__name__)
 
 RESUME_LOOKBACK = 2
 """How many of a stream's newest checkpoints a resume may need: the ``limit`` it passes to
@@ -136,8 +139,13 @@ class Resumer:
             )
         checkpoint = restorable[0]
         self._packer.unpack(checkpoint, attachment.study_uid, attachment.stream.name)
-        restored_after = -1 if checkpoint.trial_id is None else trials[checkpoint.trial_id].number
-        mark_retry(storage, current, interrupted, attachment.stream.stream_id, restored_after)
+        restored = None if checkpoint.trial_id is None else trials[checkpoint.trial_id]
+        restored_after = -1 if restored is None else restored.number
+        repeated = mark_retry(
+            storage, current, interrupted, attachment.stream.stream_id, restored_after
+        )
+        if restored is not None or repeated:
+            _logger.info(resume_line(attachment, study, current, restored, repeated))
         crash_point("after_resume")
         if changed:
             # What the wrapped sampler reads next must be what is stored now.
@@ -189,6 +197,40 @@ class Resumer:
             if store.claim_trial(stream, attachment.study_id, trial._trial_id):
                 mine.add(trial._trial_id)
         return mine
+
+
+def resume_line(
+    attachment: Attachment,
+    study: Study,
+    current: FrozenTrial,
+    restored: FrozenTrial | None,
+    repeated: list[Interruption],
+) -> str:
+    """The line that tells the user what a resume did: from where, and what is retried."""
+    stream = attachment.stream
+    if restored is None:
+        source = "from its initial state"
+    else:
+        source = f"after trial {restored.number}"
+        if restored.datetime_complete is not None:
+            source += f", finished {restored.datetime_complete:%Y-%m-%d %H:%M:%S}"
+        if stream.owner is not None:  # the process that held the stream last, unless it let go
+            source += f" by pid {stream.owner.pid} on {stream.owner.host}"
+    logical = attachment.hidden.logical_number(current.number)
+    if repeated:
+        first = repeated[0]
+        next_trial = (
+            f"trial {current.number} retries trial {first.trial_number}, interrupted: "
+            f"{first.reason}"
+        )
+    elif logical != current.number:
+        next_trial = f"trial {current.number} is trial {logical} of the uninterrupted run"
+    else:
+        next_trial = f"trial {current.number} continues the run"
+    return (
+        f"Resumed study {study.study_name!r} exactly (checkpoint stream {stream.name!r}, "
+        f"{source}): {next_trial}."
+    )
 
 
 def refresh_hidden_trials(attachment: Attachment, *, without_hint: bool = False) -> None:
