@@ -6,9 +6,11 @@ from collections.abc import Callable
 import logging
 import pathlib
 import shutil
+import sqlite3
 import subprocess
 import sys
 
+import numpy as np
 import optuna
 from optuna.samplers import BaseSampler
 from optuna.samplers import CmaEsSampler
@@ -20,6 +22,8 @@ import pytest
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import ConfigMismatchError
 from optuna_checkpoint._logging import ROOT_LOGGER_NAME
+from optuna_checkpoint.state._fingerprint import _rng_digest
+from optuna_checkpoint.state._fingerprint import comparable
 from optuna_checkpoint.state._fingerprint import describe
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import digest
@@ -145,8 +149,31 @@ def test_resume_with_other_n_startup_trials_raises_config_mismatch_naming_the_di
 def test_resume_with_other_seed_raises_config_mismatch(url: str) -> None:
     first_run(url, TPESampler(seed=11))
 
-    with pytest.raises(ConfigMismatchError, match=r"_rng: was \"seeded:[0-9a-f]+\", now"):
+    with pytest.raises(ConfigMismatchError, match=r"_rng: was seed 11, now seed 12"):
         resume(url, TPESampler(seed=12))
+
+
+def test_a_stream_that_recorded_its_seed_as_a_digest_still_resumes(tmp_path: pathlib.Path) -> None:
+    # Releases up to 0.4 recorded every seeded generator as a digest of its state.
+    url = f"sqlite:///{tmp_path}/old.db"
+    first_run(url, TPESampler(seed=11))
+    old_form = _rng_digest(np.random.RandomState(11))
+    with sqlite3.connect(tmp_path / "old.db") as connection:
+        changed = connection.execute(
+            "UPDATE optuna_checkpoint_streams SET fingerprint = replace(fingerprint, ?, ?)",
+            ('"seed:11"', f'"{old_form}"'),
+        ).rowcount
+    assert changed == 1
+
+    with pytest.raises(
+        ConfigMismatchError, match="was a seed recorded only as a digest, now seed 12"
+    ):
+        resume(url, TPESampler(seed=12))
+    study = resume(url, TPESampler(seed=11))  # the refused run's trial was closed as FAIL
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
 
 
 def test_resume_with_other_sampler_class_raises_config_mismatch(url: str) -> None:
@@ -285,4 +312,5 @@ FINGERPRINTS_OF_0_2 = {
 @pytest.mark.parametrize("name", list(FINGERPRINTS_OF_0_2))
 def test_streams_written_by_0_2_still_resume(name: str) -> None:
     expected, make = FINGERPRINTS_OF_0_2[name]
-    assert digest(fingerprint(make())) == expected
+    # Seeds are recorded as "seed:<n>" since 0.5; compared, they are the digests 0.2 recorded.
+    assert digest(comparable(fingerprint(make()))) == expected

@@ -31,6 +31,7 @@ from optuna_checkpoint.attach._worker import slot_names
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state._fingerprint import same_configuration
 from optuna_checkpoint.state._spawn import spawn_rng_states
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._open import store_for
@@ -306,7 +307,7 @@ class StreamAttacher:
         return reset
 
     def _check_fingerprint(self, stream: Stream, study: Study) -> None:
-        if stream.fingerprint == self._fingerprint:
+        if same_configuration(stream.fingerprint, self._fingerprint):
             return
         lines = differences(stream.fingerprint, self._fingerprint)
         shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")

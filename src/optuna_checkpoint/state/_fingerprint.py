@@ -17,6 +17,7 @@ import hashlib
 import json
 import types
 from typing import Any
+from typing import cast
 
 import numpy as np
 from optuna.samplers import BaseSampler
@@ -39,17 +40,56 @@ def _qualname(obj: Any) -> str:
 
 
 def describe_rng(lazy: LazyRandomState) -> str:
-    """Describe an RNG by how it was seeded: a digest of its state, or ``"unseeded"``.
+    """Describe an RNG by how it was seeded: ``"seed:42"``, a digest, or ``"unseeded"``.
 
-    Called on a freshly constructed sampler, the digest identifies the seed it was given.
+    Called on a freshly constructed sampler. A generator seeded with an integer, as samplers'
+    ``seed=`` arguments are, is described by that integer, so that a mismatch can show the
+    seeds; any other seeding by a digest of the state (``"seeded:<digest>"``, which is also how
+    releases up to 0.4 described every seeded generator: :func:`same_configuration` treats the
+    two forms of one seed as equal).
     """
     rng = lazy._rng
     if rng is None:
         return "unseeded"
+    seed = _integer_seed(rng)
+    return f"seed:{seed}" if seed is not None else _rng_digest(rng)
+
+
+def _rng_digest(rng: np.random.RandomState) -> str:
     _, key, pos, has_gauss, cached = rng.get_state(legacy=True)
     digest = hashlib.sha256(np.asarray(key, dtype=np.uint32).tobytes())
     digest.update(f"{pos}/{has_gauss}/{float(cached).hex()}".encode())
     return "seeded:" + digest.hexdigest()[:16]
+
+
+def _integer_seed(rng: np.random.RandomState) -> int | None:
+    """The integer ``rng`` was seeded with and has not drawn from since, if it was one.
+
+    Seeding with an integer s puts s first in the Mersenne Twister's key (numpy's
+    ``init_genrand``), so one candidate is enough to check.
+    """
+    _, key, pos, has_gauss, _ = rng.get_state(legacy=True)
+    if pos != 624 or has_gauss:
+        return None
+    candidate = int(key[0])
+    expected = cast("tuple[Any, ...]", np.random.RandomState(candidate).get_state(legacy=True))
+    return candidate if np.array_equal(key, expected[1]) else None
+
+
+def comparable(description: Any) -> Any:
+    """``description`` with every ``"seed:<n>"`` in its digest form, for comparing."""
+    if isinstance(description, str) and description.startswith("seed:"):
+        return _rng_digest(np.random.RandomState(int(description[len("seed:") :])))
+    if isinstance(description, dict):
+        return {key: comparable(value) for key, value in description.items()}
+    if isinstance(description, list):
+        return [comparable(value) for value in description]
+    return description
+
+
+def same_configuration(stored: Any, current: Any) -> bool:
+    """Whether two fingerprints describe the same configuration (old and new seed forms alike)."""
+    return bool(stored == current or comparable(stored) == comparable(current))
 
 
 def sampler_fingerprint(sampler: BaseSampler, adapter: StateAdapter) -> dict[str, Any]:
@@ -209,7 +249,7 @@ def differences(stored: Any, current: Any, path: str = "") -> list[str]:
         for i, (a, b) in enumerate(zip(stored, current, strict=True)):
             lines.extend(differences(a, b, f"{path}[{i}]"))
         return lines
-    if stored != current:
+    if stored != current and comparable(stored) != comparable(current):
         return [f"{path or '<root>'}: was {_short(stored)}, now {_short(current)}"]
     return []
 
@@ -221,5 +261,9 @@ def _is_float(value: Any) -> bool:
 def _short(value: Any) -> str:
     if _is_float(value):
         return repr(float.fromhex(value["float"]))
+    if isinstance(value, str) and value.startswith("seed:"):
+        return f"seed {value[len('seed:') :]}"
+    if isinstance(value, str) and value.startswith("seeded:"):
+        return "a seed recorded only as a digest"
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 80 else text[:77] + "..."
