@@ -48,6 +48,7 @@ class Attachment:
         hidden: The interrupted trials hidden from the wrapped sampler.
         trials_in_progress: Trials between their ``before_trial`` and their checkpoint.
         superseded: Another sampler of this process took the stream over.
+        lineage: The lineage of the sampler holding it (shared with that sampler's copies).
     """
 
     storage: BaseStorage
@@ -61,6 +62,7 @@ class Attachment:
     hidden: HiddenTrials = field(default_factory=HiddenTrials)
     trials_in_progress: set[int] = field(default_factory=set)
     superseded: bool = False
+    lineage: str = ""
     _finalizer: weakref.finalize[Any, Any] | None = None
 
     def of(self, storage: BaseStorage, study_id: int) -> bool:
