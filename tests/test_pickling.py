@@ -168,3 +168,35 @@ def test_tell_and_optimize_in_another_process(tmp_path: pathlib.Path) -> None:
     study.optimize(objective, n_trials=N)
     assert len(study.trials) == 2 + 2 * N
     assert stream_owners(url)["main"] == os.getpid()
+
+
+def fresh_sampler_runs_a_trial(url: str) -> dict[str, int | None]:
+    sampler = CheckpointingSampler(RandomSampler(seed=9))  # a sampler of its own, not a copy
+    study = optuna.load_study(study_name="s", storage=url, sampler=sampler)
+    study.optimize(objective, n_trials=1)
+    return stream_owners(url)
+
+
+def release_inherited_lease(study: Study) -> None:
+    study.sampler._attachment.release()  # type: ignore[attr-defined]
+
+
+def test_forked_process_neither_takes_over_nor_releases_the_parents_lease(
+    tmp_path: pathlib.Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(
+        study_name="s", storage=url, sampler=CheckpointingSampler(RandomSampler(seed=1))
+    )
+    study.optimize(objective, n_trials=1)  # idle now: a sampler of this process may take over
+    with fork_pool() as pool:
+        owners = pool.submit(fresh_sampler_runs_a_trial, url).result()
+    assert owners["main"] == os.getpid()
+    child = multiprocessing.get_context("fork").Process(
+        target=release_inherited_lease, args=(study,)
+    )
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    assert stream_owners(url)["main"] == os.getpid()
+    study.optimize(objective, n_trials=1)

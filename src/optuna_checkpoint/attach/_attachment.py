@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import dataclass
 from dataclasses import field
 import logging
+import os
 from typing import TYPE_CHECKING
 from typing import Any
 import weakref
@@ -96,9 +97,14 @@ _live: weakref.WeakSet[Attachment] = weakref.WeakSet()
 
 
 def live_attachment(token: str) -> Attachment | None:
-    """The attachment of this process holding the lease ``token``, if any."""
+    """The attachment of this process holding the lease ``token``, if any.
+
+    Not one inherited through ``fork``: the lease is the parent's, which lives on.
+    """
+    pid = os.getpid()
     for attachment in list(_live):
-        if attachment.owner.token == token and not attachment.superseded:
+        owner = attachment.owner
+        if owner.token == token and owner.pid == pid and not attachment.superseded:
             return attachment
     return None
 
@@ -119,6 +125,8 @@ def released_on_failure(attachment: Attachment) -> Iterator[Attachment]:
 
 def _release(attachment: Attachment) -> None:
     _live.discard(attachment)
+    if attachment.owner.pid != os.getpid():
+        return  # inherited through fork (a ProcessPoolExecutor worker): the parent's lease
     if attachment.heartbeat is not None:
         attachment.heartbeat.stop()
     try:
