@@ -262,15 +262,21 @@ def run_then_abandon_a_trial(
 
 
 @pytest.mark.parametrize("kind", [NSGAIISampler, NSGAIIISampler])
-def test_adapter_is_picked_for_both_samplers_but_not_for_a_subclass(
+def test_adapter_is_picked_for_both_samplers_and_a_subclass_adding_no_attributes(
     kind: type[NSGAIISampler] | type[NSGAIIISampler],
 ) -> None:
     class Derived(kind):  # type: ignore[valid-type, misc]
         pass
 
+    class WithState(kind):  # type: ignore[valid-type, misc]
+        def __init__(self, seed: int) -> None:
+            super().__init__(seed=seed)
+            self._generations = 0
+
     assert type(adapter_for(kind(seed=1))) is NSGASamplerAdapter
-    with pytest.raises(UnsupportedSamplerError, match="no state adapter for"):
-        adapter_for(Derived(seed=1))
+    assert type(adapter_for(Derived(seed=1))) is NSGASamplerAdapter
+    with pytest.raises(UnsupportedSamplerError, match=r"adds attributes .*: _generations"):
+        adapter_for(WithState(seed=1))
 
 
 @pytest.mark.parametrize("kind", [NSGAIISampler, NSGAIIISampler])

@@ -183,7 +183,11 @@ def test_corrupt_kernel_cache_is_reported_as_corrupt(torch: Any) -> None:
 
 
 class _UnknownSampler(optuna.samplers.RandomSampler):
-    """A subclass no adapter matches."""
+    """A subclass no adapter matches: it adds an attribute to RandomSampler's."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._draws = 0
 
 
 def test_independent_sampler_nothing_can_capture_is_refused_at_construction() -> None:

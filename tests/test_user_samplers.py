@@ -211,6 +211,68 @@ def test_sampler_state_dict_refuses_a_sampler_it_cannot_capture_without_pickles(
         sampler_state_dict(PlainWalk(seed=0))
 
 
+# -- subclasses of Optuna's samplers ---------------------------------------------------------
+
+
+class MyTPE(TPESampler):
+    pass
+
+
+class QuickTPE(TPESampler):
+    """Other defaults and an overridden hook, but no attribute of its own."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed, n_startup_trials=2)
+
+    def sample_independent(self, *args: Any, **kwargs: Any) -> Any:
+        return super().sample_independent(*args, **kwargs)
+
+
+class CountingTPE(TPESampler):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._told = 0
+        self._history: list[float] = []
+
+
+class SlottedRandom(RandomSampler):
+    __slots__ = ("_last",)
+
+
+class ForgetfulTPE(TPESampler):
+    def __init__(self) -> None:  # never calls TPESampler.__init__
+        self._rng = None
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: MyTPE(seed=5), lambda: QuickTPE(seed=5)], ids=["MyTPE", "QuickTPE"]
+)
+def test_subclass_without_attributes_of_its_own_resumes_exactly_with_its_bases_adapter(
+    make: Any, tmp_path: pathlib.Path
+) -> None:
+    wrapped = CheckpointingSampler(make())
+    assert type(wrapped._state.adapter).__name__ == "TPESamplerAdapter"
+    resumed = resume_in_two_parts(make, tmp_path)
+    assert exact(uninterrupted_trials(resumed)) == exact(uninterrupted(make).trials)
+    assert adapter_names(f"sqlite:///{tmp_path / 'study.db'}") == {"TPESampler"}
+
+
+def test_subclass_adding_attributes_is_refused_naming_them_and_both_ways_forward() -> None:
+    with pytest.raises(UnsupportedSamplerError) as raised:
+        CheckpointingSampler(CountingTPE(seed=0))
+    message = str(raised.value)
+    assert "CountingTPE adds attributes to TPESampler" in message
+    assert "_history, _told." in message
+    assert "state_dict() and load_state_dict() on CountingTPE" in message
+    assert "allow_pickle=True" in message
+    pickled = CheckpointingSampler(CountingTPE(seed=0), allow_pickle=True)
+    assert isinstance(pickled._state.adapter, PickleAdapter)
+    with pytest.raises(UnsupportedSamplerError, match=r"SlottedRandom adds attributes .*: _last"):
+        CheckpointingSampler(SlottedRandom(seed=0))
+    with pytest.raises(UnsupportedSamplerError, match="ForgetfulTPE lacks attributes"):
+        CheckpointingSampler(ForgetfulTPE())
+
+
 # -- allow_pickle ----------------------------------------------------------------------------
 
 

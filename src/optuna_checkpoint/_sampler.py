@@ -16,9 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Sequence
 import contextlib
+from dataclasses import dataclass
 import threading
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import NamedTuple
+import uuid
 
 from optuna.samplers import BaseSampler
 
@@ -51,6 +54,75 @@ if TYPE_CHECKING:
 
     from optuna_checkpoint.attach._attachment import Attachment
     from optuna_checkpoint.record._retention import Retention
+    from optuna_checkpoint.state.adapters import StateAdapter
+
+
+# Keys of what a copy carries (``__getstate__``).
+_SAMPLER = "sampler"
+_ADAPTER = "adapter_type"
+_OPTIONS = "options"
+_FINGERPRINT = "fingerprint"
+_RESEEDS = "reseeds"
+_LINEAGE = "lineage"
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The constructor's options, as checked; a copy of the sampler carries them."""
+
+    allow_pickle: bool
+    start_new_stream: bool
+    worker_id: str | None  # as given: None is resolved in the process that attaches
+    max_retries: int | None
+    grace_period: float | None
+    heartbeat_interval: float | None
+    sealer: Sealer
+    retention: Retention | None
+    deterministic_workers: int | None
+
+
+class _Stages(NamedTuple):
+    """The stages a trial passes through, built for one sampler from its options."""
+
+    state: CheckpointState
+    parallel: DeterministicTrials | None
+    attacher: StreamAttacher
+    resumer: Resumer
+    recorder: TrialRecorder
+
+    @classmethod
+    def build(
+        cls, adapter: StateAdapter, options: _Options, fingerprint: dict[str, Any], lineage: str
+    ) -> _Stages:
+        state = CheckpointState(adapter)
+        packer = CheckpointPacker(state, options.sealer, allow_pickle=options.allow_pickle)
+        workers = options.deterministic_workers
+        parallel = (
+            None
+            if workers is None
+            else DeterministicTrials(adapter, fingerprint, workers, options.grace_period)
+        )
+        attacher = StreamAttacher(
+            packer,
+            fingerprint,
+            # None: take the first free slot of the study when attaching.
+            worker_id=(
+                options.worker_id
+                if options.worker_id is not None
+                else worker_id_from_environment()
+            ),
+            start_new_stream=options.start_new_stream,
+            grace_period=options.grace_period,
+            heartbeat_interval=options.heartbeat_interval,
+            lineage=lineage,
+        )
+        resumer = Resumer(packer, max_retries=options.max_retries, arrivals=attacher.arrivals)
+        recorder = TrialRecorder(
+            packer,
+            None if options.retention is None else AmortizedPruning(options.retention),
+            concurrency_is_exact=parallel is not None,
+        )
+        return cls(state, parallel, attacher, resumer, recorder)
 
 
 class CheckpointingSampler(BaseSampler):
@@ -66,6 +138,10 @@ class CheckpointingSampler(BaseSampler):
 
     Without interruptions the wrapper is transparent: it proposes exactly what the wrapped
     sampler alone proposes.
+
+    Like a plain sampler it pickles and deep-copies with its study. A copy carries the wrapped
+    sampler's state and the configuration (the signing key too), and attaches afresh on its
+    first trial, never to a stream that a live sampler holds (docs/guarantee.md, "Copies").
 
     Example:
 
@@ -149,48 +225,57 @@ class CheckpointingSampler(BaseSampler):
             raise ValueError(
                 f"deterministic_workers must be at least 1, got {deterministic_workers}"
             )
-        self._sampler = sampler
-        adapter = adapter_for(sampler, allow_pickle=allow_pickle)
-        self._state = CheckpointState(adapter)
-        packer = CheckpointPacker(
-            self._state, Sealer.from_option(signing_key), allow_pickle=allow_pickle
-        )
-        # Described now, while the sampler is fresh: seeded RNGs still show their seed.
-        self._fingerprint = sampler_fingerprint(sampler, adapter)
-        self._parallel = (
-            None
-            if deterministic_workers is None
-            else DeterministicTrials(
-                adapter, self._fingerprint, deterministic_workers, grace_period
-            )
-        )
-        self._attacher = StreamAttacher(
-            packer,
-            self._fingerprint,
-            # None: take the first free slot of the study when attaching.
-            worker_id=(
-                check_worker_id(worker_id)
-                if worker_id is not None
-                else worker_id_from_environment()
-            ),
+        options = _Options(
+            allow_pickle=allow_pickle,
             start_new_stream=start_new_stream,
+            worker_id=None if worker_id is None else check_worker_id(worker_id),
+            max_retries=max_retries,
             grace_period=grace_period,
             heartbeat_interval=heartbeat_interval,
+            sealer=Sealer.from_option(signing_key),
+            retention=retention,
+            deterministic_workers=deterministic_workers,
         )
-        self._resumer = Resumer(packer, max_retries=max_retries, arrivals=self._attacher.arrivals)
-        self._recorder = TrialRecorder(
-            packer,
-            None if retention is None else AmortizedPruning(retention),
-            concurrency_is_exact=self._parallel is not None,
+        adapter = adapter_for(sampler, allow_pickle=allow_pickle)
+        # Shared by this sampler and its copies, which never take each other's streams.
+        self._lineage = uuid.uuid4().hex
+        # Described now, while the sampler is fresh: seeded RNGs still show their seed.
+        self._assemble(adapter, options, sampler_fingerprint(sampler, adapter), reseeds=0)
+
+    def _assemble(
+        self, adapter: StateAdapter, options: _Options, fingerprint: dict[str, Any], reseeds: int
+    ) -> None:
+        """Build the stages around the adapter's sampler: on construction, and in a copy."""
+        self._sampler = adapter.sampler
+        self._options, self._fingerprint, self._reseeds = options, fingerprint, reseeds
+        self._state, self._parallel, self._attacher, self._resumer, self._recorder = _Stages.build(
+            adapter, options, fingerprint, self._lineage
         )
         # One lock for attaching and settling trials; another around every call into the
         # wrapped sampler and every capture, so that with n_jobs > 1 a checkpoint is a state
         # that existed.
         self._lock = threading.RLock()
         self._sampling_lock = threading.RLock()
-        self._reseeds = 0
         # The study's CheckpointingPruner, whose state goes into this sampler's checkpoints.
         self._pruner: CheckpointingPruner | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy carries: the wrapped sampler as it is now, and the configuration."""
+        return {
+            _SAMPLER: self._sampler,
+            # The type, not the object: an adapter may hold what the study bound it to.
+            _ADAPTER: type(self._state.adapter),
+            _OPTIONS: self._options,
+            _FINGERPRINT: self._fingerprint,
+            _RESEEDS: self._reseeds,
+            _LINEAGE: self._lineage,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuild the stages around the copied sampler, unattached (see the class docstring)."""
+        self._lineage = state[_LINEAGE]
+        adapter = state[_ADAPTER](state[_SAMPLER])
+        self._assemble(adapter, state[_OPTIONS], state[_FINGERPRINT], state[_RESEEDS])
 
     @property
     def sampler(self) -> BaseSampler:

@@ -7,7 +7,8 @@ start the kernel fit from the previous trial's hyperparameters (the cache a resu
 of ``docs/adapters.md`` (imported from ``docs/examples``, so the documented code is what is
 killed), and a sampler that wraps a ``TPESampler``, once captured through ``Stateful`` with
 :func:`optuna_checkpoint.sampler_state_dict` and once, without any such method, with
-``allow_pickle=True`` (the test passes that option in the child's config).
+``allow_pickle=True`` (the test passes that option in the child's config); and ``class
+MyTPE(TPESampler): pass``, captured by TPESampler's adapter.
 """
 
 from __future__ import annotations
@@ -165,6 +166,10 @@ class StatefulTPEWithRandomTrials(TPEWithRandomTrials):
         self._started = state_dict["started"]
 
 
+class MyTPE(TPESampler):
+    """A subclass that adds no attribute: TPESampler's adapter captures its whole state."""
+
+
 def floats_objective(trial: optuna.Trial, delay: float) -> float:
     """Two linear floats (all the local-search sampler handles); fails for some parameters."""
     x = trial.suggest_float("x", -3.0, 3.0)
@@ -200,6 +205,12 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "user-tpe-wrapper-stateful": Scenario(
         sampler=lambda seed: StatefulTPEWithRandomTrials(seed),
+        objective=floats_objective,
+        catch=(UserScenarioFailure,),
+    ),
+    "user-tpe-subclass": Scenario(
+        # Independent: the crash plan kills inside sample_independent, after the start-up trials.
+        sampler=lambda seed: MyTPE(seed=seed, n_startup_trials=3, multivariate=False),
         objective=floats_objective,
         catch=(UserScenarioFailure,),
     ),

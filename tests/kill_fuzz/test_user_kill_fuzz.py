@@ -2,10 +2,11 @@
 
 The samplers (``user-*`` scenarios of ``scenarios_user.py``): the documented local-search
 example, which is ``Stateful``; a user's sampler wrapping ``TPESampler`` that is ``Stateful``
-through :func:`optuna_checkpoint.sampler_state_dict`; and the same sampler without those methods,
-checkpointed with ``allow_pickle=True``. Their state is in memory only (a generator and a best
-point; two inner samplers and a trial counter), so a bare restart diverges, which the controls
-check.
+through :func:`optuna_checkpoint.sampler_state_dict`; the same sampler without those methods,
+checkpointed with ``allow_pickle=True``; and ``class MyTPE(TPESampler): pass``, checkpointed by
+TPESampler's adapter. Their state is in memory only (a generator and a best point; two inner
+samplers and a trial counter; TPE's two generators), so a bare restart diverges, which the
+controls check.
 
 The plan kills inside the objective of the 5th trial (after its parameters were sampled), then,
 in the resumed run, inside sampling, and between a trial's capture and its commit.
@@ -37,9 +38,10 @@ SCENARIOS = {
     "user-local-search": {},
     "user-tpe-wrapper-stateful": {},
     "user-tpe-wrapper-pickled": {"allow_pickle": True},
+    "user-tpe-subclass": {},
 }
-# Both wrapper scenarios run the same sampler unwrapped.
-CONTROLS = ["user-local-search", "user-tpe-wrapper-stateful"]
+# Both wrapper scenarios run the same sampler unwrapped; the subclass is a seeded TPE.
+CONTROLS = ["user-local-search", "user-tpe-wrapper-stateful", "user-tpe-subclass"]
 
 
 def _config(scenario: str, storage: str, **extra: Any) -> dict[str, Any]:

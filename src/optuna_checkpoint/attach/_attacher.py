@@ -75,6 +75,9 @@ class StreamAttacher:
         start_new_stream: Discard the stream's checkpoints and start it again.
         grace_period: As given to the sampler (``None``: the storage's own, else the default).
         heartbeat_interval: Likewise.
+        lineage: Shared by a sampler and its copies: an idle sampler of this process is taken
+            over by a sampler of another lineage (the same study opened again), never by its
+            own copy, which takes a stream of its own as a new process would.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class StreamAttacher:
         start_new_stream: bool,
         grace_period: float | None,
         heartbeat_interval: float | None,
+        lineage: str,
     ) -> None:
         self._packer = packer
         self._adapter = packer.state.adapter
@@ -94,6 +98,7 @@ class StreamAttacher:
         self._start_new_stream = start_new_stream
         self._grace_period = grace_period
         self._heartbeat_interval = heartbeat_interval
+        self._lineage = lineage
         self.attachment: Attachment | None = None
         # Trials whose first hook has begun in this process but which are not claimed yet:
         # while one thread attaches, the trials other threads just created are live, not left
@@ -168,6 +173,7 @@ class StreamAttacher:
             owner=me,
             heartbeat=heartbeat,
             atomic=store.supports_commit_hook,
+            lineage=self._lineage,
         )
 
     def install(self, attachment: Attachment, *, holder: object) -> None:
@@ -247,12 +253,11 @@ class StreamAttacher:
             )
         raise AssertionError("unreachable: slot names never run out")
 
-    @staticmethod
-    def _judge(stream: Stream, me: Owner, grace_period: float) -> LeaseVerdict:
+    def _judge(self, stream: Stream, me: Owner, grace_period: float) -> LeaseVerdict:
         verdict = judge_lease(stream.owner, stream.heartbeat_at, time.time(), me, grace_period)
         if not verdict.may_take_over and stream.owner is not None:
             other = live_attachment(stream.owner.token)
-            if other is not None and other.idle():
+            if other is not None and other.idle() and other.lineage != self._lineage:
                 # The same study opened again in this process (e.g. a notebook cell run twice).
                 other.supersede()
                 verdict = LeaseVerdict(True, "an idle sampler in this process held it")

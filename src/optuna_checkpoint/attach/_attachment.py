@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import contextlib
 from dataclasses import dataclass
 from dataclasses import field
+import os
 from typing import TYPE_CHECKING
 from typing import Any
 import weakref
@@ -48,6 +49,7 @@ class Attachment:
         hidden: The interrupted trials hidden from the wrapped sampler.
         trials_in_progress: Trials between their ``before_trial`` and their checkpoint.
         superseded: Another sampler of this process took the stream over.
+        lineage: The lineage of the sampler holding it (shared with that sampler's copies).
     """
 
     storage: BaseStorage
@@ -61,6 +63,7 @@ class Attachment:
     hidden: HiddenTrials = field(default_factory=HiddenTrials)
     trials_in_progress: set[int] = field(default_factory=set)
     superseded: bool = False
+    lineage: str = ""
     _finalizer: weakref.finalize[Any, Any] | None = None
 
     def of(self, storage: BaseStorage, study_id: int) -> bool:
@@ -94,9 +97,14 @@ _live: weakref.WeakSet[Attachment] = weakref.WeakSet()
 
 
 def live_attachment(token: str) -> Attachment | None:
-    """The attachment of this process holding the lease ``token``, if any."""
+    """The attachment of this process holding the lease ``token``, if any.
+
+    Not one inherited through ``fork``: the lease is the parent's, which lives on.
+    """
+    pid = os.getpid()
     for attachment in list(_live):
-        if attachment.owner.token == token and not attachment.superseded:
+        owner = attachment.owner
+        if owner.token == token and owner.pid == pid and not attachment.superseded:
             return attachment
     return None
 
@@ -117,6 +125,8 @@ def released_on_failure(attachment: Attachment) -> Iterator[Attachment]:
 
 def _release(attachment: Attachment) -> None:
     _live.discard(attachment)
+    if attachment.owner.pid != os.getpid():
+        return  # inherited through fork (a ProcessPoolExecutor worker): the parent's lease
     if attachment.heartbeat is not None:
         attachment.heartbeat.stop()
     try:

@@ -61,6 +61,9 @@ class TrialRecorder:
         on a finished trial means Optuna stopped finishing trials the way the commit hook
         expects: continuing would resume inexactly after the next kill, so the study stops.
         Still pending on a RUNNING trial means that commit was refused; the marker goes.
+        Finished although its ``after_trial`` never ran here, it was told by another process
+        (a copy of the study, say in a ``ProcessPoolExecutor``): this process has no end to
+        checkpoint, and its next trial's checkpoint carries the state on.
         Only this thread's own trial is looked at: the store's pending set is shared with
         other threads (``n_jobs > 1``) and other samplers on the same storage, whose trials may
         be between their capture and their commit right now.
@@ -68,21 +71,34 @@ class TrialRecorder:
         Raises:
             CheckpointError: The previous trial was stored as finished without its checkpoint.
         """
-        trial_id = getattr(self._thread_last_trial, "trial_id", None)
+        trial_id: int | None = getattr(self._thread_last_trial, "trial_id", None)
         self._thread_last_trial.trial_id = None
-        if attachment.atomic and trial_id in attachment.store.pending_trial_ids():
-            attachment.store.discard_pending(trial_id)
-            if attachment.storage.get_trial(trial_id).state.is_finished():
-                attachment.atomic = False
-                raise CheckpointError(
-                    f"trial id {trial_id} was stored as finished without its checkpoint: this "
-                    "Optuna version stores trial results in a way optuna-checkpoint does not "
-                    "recognise. Please report it with your Optuna version."
-                )
+        if trial_id is not None:
+            self._settle(attachment, trial_id)
         if self._pruning is not None:
             self._pruning.checkpoint_committed(
                 attachment.store, attachment.stream, attachment.hidden.trial_ids
             )
+
+    @staticmethod
+    def _settle(attachment: Attachment, trial_id: int) -> None:
+        pending = attachment.atomic and trial_id in attachment.store.pending_trial_ids()
+        if pending:
+            attachment.store.discard_pending(trial_id)
+        told_elsewhere = trial_id in attachment.trials_in_progress
+        if not (pending or told_elsewhere):
+            return
+        if not attachment.storage.get_trial(trial_id).state.is_finished():
+            return
+        if told_elsewhere:
+            attachment.trials_in_progress.discard(trial_id)
+            return
+        attachment.atomic = False
+        raise CheckpointError(
+            f"trial id {trial_id} was stored as finished without its checkpoint: this Optuna "
+            "version stores trial results in a way optuna-checkpoint does not recognise. "
+            "Please report it with your Optuna version."
+        )
 
     def begin(self, attachment: Attachment, trial: FrozenTrial) -> None:
         """Note that ``trial`` started, and hold its end's commit until its checkpoint comes."""

@@ -234,12 +234,18 @@ class TrialCommitHook:
 
     def _finishing_trials(self, session: Session) -> list[int]:
         # Optuna loads the trial row ``for_update`` and sets its state before committing; find
-        # those rows in the session rather than importing Optuna's private model class.
+        # those rows in the session rather than importing Optuna's private model class. Only a
+        # state set in this transaction counts: a read that loads a trial another process
+        # finished (told from a copy of the study) finishes nothing here.
         found = []
         for obj in list(session.identity_map.values()):
             if getattr(obj, "__tablename__", None) != OPTUNA_TRIALS_TABLE:
                 continue
             state = getattr(obj, "state", None)
-            if isinstance(state, TrialState) and state.is_finished():
+            if (
+                isinstance(state, TrialState)
+                and state.is_finished()
+                and sa.inspect(obj).attrs["state"].history.added
+            ):
                 found.append(int(getattr(obj, "trial_id")))  # noqa: B009 - untyped ORM row
         return found

@@ -14,7 +14,7 @@ from optuna_checkpoint.state.adapters._random import GeneratorAdapter
 from optuna_checkpoint.state.adapters._registry import register
 
 
-@register(GridSampler)
+@register(GridSampler, reference=lambda: GridSampler({}))
 class GridSamplerAdapter(GeneratorAdapter):
     """Captures ``GridSampler._rng``."""
 

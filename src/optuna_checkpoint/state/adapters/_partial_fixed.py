@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from optuna.samplers import PartialFixedSampler
+from optuna.samplers import RandomSampler
 
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
@@ -20,7 +21,7 @@ BASE_ADAPTER = "base_adapter"  # the name of the base sampler's adapter, checked
 BASE_SAMPLER = "base_sampler"  # PartialFixedSampler._base_sampler
 
 
-@register(PartialFixedSampler)
+@register(PartialFixedSampler, reference=lambda: PartialFixedSampler({}, RandomSampler()))
 class PartialFixedSamplerAdapter(StateAdapter):
     """Delegates to the adapter of ``PartialFixedSampler._base_sampler``."""
 

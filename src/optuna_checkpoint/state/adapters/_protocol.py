@@ -164,6 +164,17 @@ class ExactTypeRegistry(Generic[_AdapterT]):
         """Return the adapter class registered for ``type(obj)``, if any."""
         return self._adapters.get(type(obj))
 
+    def nearest_base(self, obj: object) -> type | None:
+        """Return the nearest proper base class of ``type(obj)`` that has an adapter, if any."""
+        for base in type(obj).__mro__[1:]:
+            if base in self._adapters:
+                return base
+        return None
+
+    def lookup_type(self, kind: type) -> type[_AdapterT]:
+        """Return the adapter class registered for exactly ``kind``."""
+        return self._adapters[kind]
+
     def adapter_types(self) -> list[type[_AdapterT]]:
         """Return each registered adapter class once."""
         return list(dict.fromkeys(self._adapters.values()))
