@@ -15,7 +15,7 @@ An attempt *settles* its position when it finishes (COMPLETE, PRUNED, or a genui
 not an interrupted attempt. A position is *free* when it has neither a settled attempt nor one
 that a live process runs (or that waits in Optuna's queue).
 
-The positions n - L + 1 .. n - K are shown to the trial at n as RUNNING trials with the
+The positions n - L + 1 .. n - J are shown to the trial at n as RUNNING trials with the
 parameters they *proposed*: what the sampler's relative sampling gave them when they started
 (:data:`PROPOSAL_ATTR`), which is as fixed as the rest of their computation. A constant-liar
 sampler (Optuna 5's default TPE, GP) thus steers away from the points of the trials whose results
