@@ -169,11 +169,23 @@ def test_a_stream_that_recorded_its_seed_as_a_digest_still_resumes(tmp_path: pat
         ConfigMismatchError, match="was a seed recorded only as a digest, now seed 12"
     ):
         resume(url, TPESampler(seed=12))
-    study = resume(url, TPESampler(seed=11))  # the refused run's trial was closed as FAIL
+    study = resume(url, TPESampler(seed=11))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [
         TrialState.FAIL,
         TrialState.COMPLETE,
     ]
+
+
+def test_a_refused_resume_closes_its_trial_at_once_saying_why(url: str) -> None:
+    first_run(url, TPESampler(seed=11))
+    with pytest.raises(ConfigMismatchError):
+        resume(url, TPESampler(seed=12))
+    refused = optuna.load_study(study_name=STUDY, storage=url).trials[-1]
+    assert refused.state == TrialState.FAIL  # not left RUNNING for the next run to misread
+    reason = refused.system_attrs["optuna_checkpoint:interrupted"]
+    assert reason == "refused: the sampler is configured differently from the stream's"
+    study = resume(url, TPESampler(seed=11))
+    assert "failed_trial" not in study.trials[-1].system_attrs  # it retries nothing
 
 
 def test_resume_with_other_sampler_class_raises_config_mismatch(url: str) -> None:

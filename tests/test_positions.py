@@ -172,6 +172,10 @@ def test_every_worker_of_a_deterministic_study_must_be_alike(tmp_path: object) -
     for sampler, message in others:
         with pytest.raises(ConfigMismatchError, match=message):
             _study(url, sampler).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+        # The trial the refused worker had just created is closed at once, saying why.
+        refused = optuna.load_study(study_name="s", storage=url).trials[-1]
+        assert refused.state == TrialState.FAIL
+        assert refused.system_attrs[INTERRUPTED_ATTR].startswith("refused: ")
 
 
 def test_the_default_pruner_is_wrapped_in_place(tmp_path: object) -> None:

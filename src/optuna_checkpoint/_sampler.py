@@ -412,7 +412,7 @@ class CheckpointingSampler(BaseSampler):
             self._attacher.claim(attachment, trial)
             return attachment
         workers = None if self._parallel is None else self._parallel.workers
-        check_study_mode(study, workers, self._fingerprint)
+        check_study_mode(study, trial, workers, self._fingerprint)
         if workers is not None and not isinstance(study.pruner, CheckpointingPruner):
             # Wrapped in place, so that its decisions see the trial's deterministic history
             # rather than whichever trials have finished (raises for an unknown pruner).

@@ -156,7 +156,7 @@ class StreamAttacher:
             if self._start_new_stream and not created:
                 stream = self._restart_stream(store, stream, me, study, trial, uid, pristine)
             else:
-                self._check_fingerprint(stream, study)
+                self._check_fingerprint(stream, study, trial)
             self._adapter.bind_study(storage, study._study_id, sole_stream=sole_stream)
         except BaseException:
             store.release(stream.stream_id, me.token)
@@ -243,7 +243,7 @@ class StreamAttacher:
                     f"another process took over checkpoint stream {name!r} of study "
                     f"{study.study_name!r} at the same moment; run one process per worker id."
                 )
-            _close_refused_trial(store, stream, study, trial)
+            refuse_trial(study, trial, "refused: another live process holds its worker id")
             raise StreamOwnedError(
                 f"worker id {name!r} of study {study.study_name!r} is in use: "
                 f"{verdict.reason}. Two live processes must not share a worker id. Stop the "
@@ -311,11 +311,14 @@ class StreamAttacher:
         )
         return reset
 
-    def _check_fingerprint(self, stream: Stream, study: Study) -> None:
+    def _check_fingerprint(self, stream: Stream, study: Study, trial: FrozenTrial) -> None:
         if same_configuration(stream.fingerprint, self._fingerprint):
             return
         lines = differences(stream.fingerprint, self._fingerprint)
         shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
+        refuse_trial(
+            study, trial, "refused: the sampler is configured differently from the stream's"
+        )
         raise ConfigMismatchError(
             f"study {study.study_name!r} was checkpointed by a sampler configured differently "
             f"from this one:\n  {shown}\nResume with the sampler constructed exactly as before "
@@ -391,17 +394,22 @@ def first_trial_of_new_stream(storage: BaseStorage, study_id: int, current: Froz
     return number
 
 
-def _close_refused_trial(
-    store: CheckpointStore, stream: Stream, study: Study, trial: FrozenTrial
-) -> None:
-    # Left RUNNING, it would be a pending trial to the owner's constant-liar TPE; recorded as
-    # interrupted, the owner hides it on its next trial, like any interrupted attempt.
-    hidden = HiddenTrials.of(store.where_interrupted(stream.study_uid))
-    reason = "refused: another live process holds its worker id"
+def refuse_trial(study: Study, trial: FrozenTrial, reason: str) -> None:
+    """Close ``trial``, which this process had just created, because it refuses to run it.
+
+    Left RUNNING, it would be a pending trial to other workers' constant-liar TPE, and the next
+    run of this worker would take it for its own interrupted trial and retry it, saying its
+    process died. Recorded as an interruption that no stream ran, it is hidden from every
+    sampler, retried by no one, and shows ``reason``.
+    """
+    storage, study_id = study._storage, study._study_id
+    store = store_for(storage)
+    uid = study_uid(study_id, study.study_name, first_trial(storage, study_id))
+    store.open_study(study_id, uid)
+    hidden = HiddenTrials.of(store.where_interrupted(uid))
+    logical = hidden.logical_number(trial.number)
     store.add_interruptions(
-        study._study_id,
-        stream.study_uid,
-        [Interruption(trial._trial_id, trial.number, hidden.logical_number(trial.number), reason)],
+        study_id, uid, [Interruption(trial._trial_id, trial.number, logical, reason)]
     )
-    study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

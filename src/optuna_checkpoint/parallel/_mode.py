@@ -5,27 +5,40 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from typing import Any
 
+from optuna_checkpoint.attach._attacher import refuse_trial
 from optuna_checkpoint.exceptions import ConfigMismatchError
+from optuna_checkpoint.state._fingerprint import comparable
 from optuna_checkpoint.state._fingerprint import digest
 from optuna_checkpoint.study._positions import DETERMINISTIC_ATTR
 
 
 if TYPE_CHECKING:
     from optuna.study import Study
+    from optuna.trial import FrozenTrial
 
 
-def check_study_mode(study: Study, workers: int | None, fingerprint: Any) -> None:
+def check_study_mode(
+    study: Study, trial: FrozenTrial, workers: int | None, fingerprint: Any
+) -> None:
     """Record the study's deterministic configuration, or check this worker's against it.
 
     The first worker of a deterministic study records K and its sampler's fingerprint in the
     study's system attributes; a worker with another K, another sampler configuration, or
     without ``deterministic_workers`` is refused, since its trials would not be those of the
-    deterministic run.
+    deterministic run. So is ``trial``, which the worker had just created: it is closed at once.
 
     Raises:
         ConfigMismatchError: This worker does not match the study's configuration, or Optuna's
             heartbeat is enabled on the storage.
     """
+    try:
+        _check_study_mode(study, workers, fingerprint)
+    except ConfigMismatchError:
+        refuse_trial(study, trial, "refused: the worker does not match the study's mode")
+        raise
+
+
+def _check_study_mode(study: Study, workers: int | None, fingerprint: Any) -> None:
     storage, study_id = study._storage, study._study_id
     recorded = storage.get_study_system_attrs(study_id).get(DETERMINISTIC_ATTR)
     get_interval = getattr(storage, "get_heartbeat_interval", None)
@@ -46,7 +59,8 @@ def check_study_mode(study: Study, workers: int | None, fingerprint: Any) -> Non
                 f"with CheckpointingSampler(..., deterministic_workers={recorded['workers']})"
             )
         return
-    mine: dict[str, Any] = {"workers": workers, "sampler": digest(fingerprint)}
+    # The comparable form: the same digest whichever way the fingerprint records seeds.
+    mine: dict[str, Any] = {"workers": workers, "sampler": digest(comparable(fingerprint))}
     if recorded is None:
         storage.set_study_system_attr(study_id, DETERMINISTIC_ATTR, mine)
     elif recorded["workers"] != workers:
