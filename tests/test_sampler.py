@@ -429,3 +429,44 @@ def test_in_memory_storage_works_with_a_warning_and_resumes_within_the_process(
     plain = optuna.create_study(sampler=TPESampler(seed=SEED))
     plain.optimize(objective, n_trials=20, catch=(GenuineFailure,))
     assert trajectory(study) == trajectory(plain)
+
+
+CTRL_C_SCRIPT = """
+import os, signal, sys, time
+import optuna
+from optuna_checkpoint import CheckpointingSampler
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in an interactive shell
+
+def objective(trial):
+    x = trial.suggest_float("x", 0, 1)
+    if trial.number == 1:
+        for _ in range(100):  # Ctrl-C, pressed again if Python swallowed it somewhere
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    return x
+
+sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0))
+study = optuna.create_study(study_name="s", storage=sys.argv[1], load_if_exists=True,
+                            sampler=sampler)
+study.optimize(objective, n_trials=3)
+"""
+
+
+def test_a_trial_cut_off_by_ctrl_c_is_tagged_interrupted(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    run = [sys.executable, "-c", CTRL_C_SCRIPT, url]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert "KeyboardInterrupt" in done.stderr
+    study = optuna.load_study(study_name="s", storage=url)
+    cut = study.trials[1]
+    assert cut.state == TrialState.FAIL
+    assert cut.system_attrs.get("optuna_checkpoint:interrupted") == (
+        "Ctrl-C (KeyboardInterrupt) cut it off"
+    )
+    # Run again: the tagged attempt is hidden and retried, as a killed one is.
+    subprocess.run([*run[:3], url], capture_output=True, text=True, timeout=60)
+    retried = optuna.load_study(study_name="s", storage=url).trials[2]
+    assert retried.params == cut.params and retried.system_attrs["failed_trial"] == 1

@@ -391,8 +391,8 @@ class CheckpointingSampler(BaseSampler):
                 self._sampler.after_trial(study, trial, state, values)
             return
         view, logical = self._logical(attachment, study, trial)
-        if self._parallel is not None:
-            self._parallel.hide_if_cut_off(attachment, trial, logical.number, state)
+        hide = self._parallel is not None
+        self._recorder.mark_if_cut_off(attachment, trial, logical.number, state, hide=hide)
         with self._sampling_lock, self._own_state(trial):
             self._sampler.after_trial(view, logical, state, values)
             checkpoint = self._recorder.capture(

@@ -6,8 +6,8 @@ relative sampling at once, and :meth:`~DeterministicTrials.publish` records it f
 after it. Every hook into the wrapped sampler runs inside :meth:`~DeterministicTrials.active`
 with :meth:`~DeterministicTrials.view` (Optuna's own, lazy, relative sampling gets the proposal:
 :meth:`~DeterministicTrials.proposal`); ``after_trial``:
-:meth:`~DeterministicTrials.hide_if_cut_off` before the capture, :meth:`~DeterministicTrials.end`
-after the record.
+:meth:`~DeterministicTrials.end` after the record (a trial that Ctrl-C cut off is hidden before
+the capture by the recorder, ``TrialRecorder.mark_if_cut_off``).
 """
 
 from __future__ import annotations
@@ -19,15 +19,10 @@ import threading
 from typing import TYPE_CHECKING
 from typing import Any
 
-from optuna.trial import TrialState
-
 from optuna_checkpoint.parallel._schedule import Scheduler
 from optuna_checkpoint.parallel._trial_states import TrialStates
-from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.study._positions import PROPOSAL_ATTR
 from optuna_checkpoint.study._positions import proposal
-from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
-from optuna_checkpoint.study._trials import cut_off_by_ctrl_c
 
 
 if TYPE_CHECKING:
@@ -112,25 +107,6 @@ class DeterministicTrials:
         """Hold ``trial``'s random streams in the wrapped sampler (under the sampling lock)."""
         with self._states.active(trial._trial_id):
             yield
-
-    def hide_if_cut_off(
-        self, attachment: Attachment, trial: FrozenTrial, position: int, state: TrialState
-    ) -> None:
-        """Mark a trial that Ctrl-C cut off as interrupted, before Optuna stores it as FAIL.
-
-        Otherwise other workers would take the FAIL for the trial's genuine result, and its
-        position would never run again.
-        """
-        if state != TrialState.FAIL or not cut_off_by_ctrl_c():
-            return
-        reason = "Ctrl-C (KeyboardInterrupt) cut it off"
-        stream_id = attachment.stream.stream_id
-        attachment.store.add_interruptions(
-            attachment.study_id,
-            attachment.study_uid,
-            [Interruption(trial._trial_id, trial.number, position, reason, stream_id)],
-        )
-        attachment.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
 
     def end(self, trial: FrozenTrial) -> None:
         """Forget a finished trial."""

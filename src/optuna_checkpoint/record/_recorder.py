@@ -13,14 +13,18 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from optuna.trial import TrialState
+
 from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
+from optuna_checkpoint.study._trials import cut_off_by_ctrl_c
 
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
-    from optuna.trial import TrialState
 
     from optuna_checkpoint.attach._attachment import Attachment
     from optuna_checkpoint.record._retention import AmortizedPruning
@@ -118,6 +122,30 @@ class TrialRecorder:
             attachment.store.defer_save_to_trial_commit(
                 attachment.stream, trial._trial_id, None, attachment.owner.token
             )
+
+    @staticmethod
+    def mark_if_cut_off(
+        attachment: Attachment, trial: FrozenTrial, position: int, state: TrialState, *, hide: bool
+    ) -> None:
+        """Tag a trial that Ctrl-C cut off as interrupted, before Optuna stores it as FAIL.
+
+        Optuna tells it as an ordinary FAIL, and a finished trial can no longer be tagged, so
+        this is the last moment. With ``hide`` (the deterministic mode) the interruption is also
+        recorded at once: other workers would otherwise take the FAIL for the trial's genuine
+        result, and its position would never run again. Without, the next resume of the stream
+        hides it (its rule for a stream's newest FAIL).
+        """
+        if state != TrialState.FAIL or not cut_off_by_ctrl_c():
+            return
+        reason = "Ctrl-C (KeyboardInterrupt) cut it off"
+        if hide:
+            stream_id = attachment.stream.stream_id
+            attachment.store.add_interruptions(
+                attachment.study_id,
+                attachment.study_uid,
+                [Interruption(trial._trial_id, trial.number, position, reason, stream_id)],
+            )
+        attachment.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
 
     def capture(
         self,
