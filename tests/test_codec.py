@@ -369,3 +369,10 @@ def test_a_payload_tells_whether_it_holds_pickles_without_unpickling_them() -> N
     info = _codec.inspect_payload(payload)  # no allow_pickle needed: nothing is unpickled
     assert info == _codec.PayloadInfo(_codec.FORMAT_VERSION, pickled=True)
     assert not _codec.inspect_payload(_codec.encode({"x": 1.5})).pickled
+
+
+def test_bytes_round_trip_as_blobs() -> None:
+    state = {"raw": b"\x00\xffOCKP", "nested": [bytearray(b"ab"), (b"",)]}
+    decoded = _codec.decode(_codec.encode(state))
+    assert decoded == {"raw": b"\x00\xffOCKP", "nested": [b"ab", (b"",)]}
+    assert type(decoded["nested"][0]) is bytes

@@ -28,6 +28,8 @@ from optuna_checkpoint.tools._trajectory import uninterrupted_trials
 from optuna_checkpoint.tools._transfer import ImportReport
 from optuna_checkpoint.tools._transfer import export_checkpoints
 from optuna_checkpoint.tools._transfer import import_checkpoints
+from optuna_checkpoint.tools._trial_checkpoint import TrialCheckpoint
+from optuna_checkpoint.tools._trial_checkpoint import trial_checkpoint
 from optuna_checkpoint.tools._verify import VerificationReport
 from optuna_checkpoint.tools._verify import verify
 
@@ -47,6 +49,7 @@ __all__ = [
     "Stateful",
     "StreamOwnedError",
     "StudyNotFoundError",
+    "TrialCheckpoint",
     "UnsafeCheckpointError",
     "UnsupportedPrunerError",
     "UnsupportedSamplerError",
@@ -60,6 +63,7 @@ __all__ = [
     "load_sampler_state_dict",
     "sampler_state_dict",
     "seed_everything",
+    "trial_checkpoint",
     "trial_seed",
     "uninterrupted_trials",
     "verify",

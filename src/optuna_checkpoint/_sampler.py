@@ -36,6 +36,7 @@ from optuna_checkpoint.parallel._mode import check_study_mode
 from optuna_checkpoint.parallel._trials import DeterministicTrials
 from optuna_checkpoint.record._recorder import TrialRecorder
 from optuna_checkpoint.record._retention import AmortizedPruning
+from optuna_checkpoint.record._trial_states import TrialStates
 from optuna_checkpoint.resume._resumer import Resumer
 from optuna_checkpoint.resume._resumer import refresh_hidden_trials
 from optuna_checkpoint.state._composite import CheckpointState
@@ -201,6 +202,10 @@ class CheckpointingSampler(BaseSampler):
             wrapped in a :class:`CheckpointingPruner` in place, so that its decisions see the
             same history. See "Deterministic parallel optimization" in the user guide for what
             it costs and what it does not cover.
+        keep_trial_checkpoints: Keep the state each trial saved with
+            :func:`~optuna_checkpoint.trial_checkpoint` after the trial finishes. By default
+            it is deleted then, in the transaction that stores the trial's end, so the
+            database holds only the states of unfinished trials.
     """
 
     def __init__(
@@ -216,6 +221,7 @@ class CheckpointingSampler(BaseSampler):
         signing_key: str | bytes | None = None,
         retention: Retention | None = None,
         deterministic_workers: int | None = None,
+        keep_trial_checkpoints: bool = False,
     ) -> None:
         if isinstance(sampler, CheckpointingSampler):
             raise ValueError("the sampler is already a CheckpointingSampler; wrap it only once")
@@ -250,6 +256,10 @@ class CheckpointingSampler(BaseSampler):
         self._options, self._fingerprint, self._reseeds = options, fingerprint, reseeds
         self._state, self._parallel, self._attacher, self._resumer, self._recorder = _Stages.build(
             adapter, options, fingerprint, self._lineage
+        )
+        # The states objectives save through trial_checkpoint, sealed as checkpoints are.
+        self._trial_states = TrialStates(
+            packer.sealer, deterministic=self._parallel is not None, keep=keep_trial_checkpoints
         )
         # One lock for attaching and settling trials; another around every call into the
         # wrapped sampler and every capture, so that with n_jobs > 1 a checkpoint is a state
@@ -378,8 +388,10 @@ class CheckpointingSampler(BaseSampler):
         """Delegate, then checkpoint the wrapped sampler's state.
 
         Runs after the objective returns and before Optuna stores the trial's final state. The
-        checkpoint is handed to the store to be written in that same transaction. Since
-        ``before_trial`` the store has been told that this trial's checkpoint is coming, so if
+        checkpoint is handed to the store to be written in that same transaction, and so is the
+        deletion of the state the trial saved with ``trial_checkpoint`` (unless Ctrl-C cut the
+        trial off: its retry needs it). Since ``before_trial`` the store has been told that this
+        trial's checkpoint is coming, so if
         this method does not finish (an exception, or Ctrl-C anywhere before the capture), the
         store refuses the trial's final commit: the trial stays RUNNING and is retried on resume
         rather than stored as finished with the state of an earlier trial.
@@ -400,6 +412,7 @@ class CheckpointingSampler(BaseSampler):
             )
         crash_point("after_capture")
         self._recorder.record(attachment, trial, checkpoint)
+        self._trial_states.trial_finished(attachment, trial._trial_id, state)
         if self._parallel is not None:
             self._parallel.end(trial)
 

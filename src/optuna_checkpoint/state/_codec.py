@@ -1,10 +1,11 @@
 """Encode a sampler state dict to bytes and back, without executing anything on the way back.
 
 A payload is ``MAGIC | format version (1 byte) | header length (4 bytes, little endian) | header |
-blobs``. The header is UTF-8 JSON describing the state tree; numpy arrays and (only when the user
-opted in) cloudpickled objects are stored as raw blobs that the header points to. Decoding accepts
-an allow-list of array dtypes and refuses pickles unless told otherwise, so a tampered row cannot
-run code. Floats are stored as ``float.hex`` strings so they round-trip bit for bit.
+blobs``. The header is UTF-8 JSON describing the state tree; bytes, numpy arrays and (only when
+the user opted in) cloudpickled objects are stored as raw blobs that the header points to.
+Decoding accepts an allow-list of array dtypes and refuses pickles unless told otherwise, so a
+tampered row cannot run code. Floats are stored as ``float.hex`` strings so they round-trip bit
+for bit. Bytes (``$bytes``) came with trial states; earlier releases never read those.
 
 The format version is 1, unchanged since release 0.1. A release that changes the format will
 read every earlier version and write the newest; a payload of a newer version than a release
@@ -42,6 +43,7 @@ _FLOAT = "$float"
 _ARRAY = "$array"
 _PICKLE = "$pickle"
 _TUPLE = "$tuple"
+_BYTES = "$bytes"
 
 
 class PickledValue:
@@ -67,7 +69,7 @@ class PayloadInfo:
 
 
 def encode(state: dict[str, Any], *, allow_pickle: bool = False) -> bytes:
-    """Encode a state dict of plain values, tuples, numpy arrays and :class:`PickledValue`.
+    """Encode a state dict of plain values, tuples, bytes, numpy arrays and :class:`PickledValue`.
 
     Args:
         state: The state dict returned by a state adapter.
@@ -96,6 +98,9 @@ def encode(state: dict[str, Any], *, allow_pickle: bool = False) -> bytes:
                 raise TypeError(f"arrays of dtype {array.dtype} cannot be checkpointed")
             blobs.append(array.tobytes())
             return {_ARRAY: len(blobs) - 1, "dtype": array.dtype.str, "shape": list(array.shape)}
+        if isinstance(value, (bytes, bytearray)):
+            blobs.append(bytes(value))
+            return {_BYTES: len(blobs) - 1}
         if isinstance(value, tuple):
             return {_TUPLE: [to_tree(v) for v in value]}
         if isinstance(value, list):
@@ -188,6 +193,8 @@ def _decode(
             return float.fromhex(node[_FLOAT])
         if _TUPLE in node:
             return tuple(from_tree(v) for v in node[_TUPLE])
+        if _BYTES in node:
+            return blobs[node[_BYTES]]
         if _ARRAY in node:
             # Checked as text first: np.dtype() parses its argument, which is untrusted here.
             if node["dtype"] not in _ALLOWED_DTYPES:

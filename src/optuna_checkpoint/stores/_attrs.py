@@ -7,7 +7,10 @@ For storages this package cannot reach beneath, above all :class:`optuna.storage
 * study attribute ``optuna_checkpoint:stream:<name>``: the stream (id, fingerprint, lease) and
   its newest few checkpoints, the payload in base64;
 * study attribute ``optuna_checkpoint:interrupted:<trial id>``: one interrupted trial;
-* trial attribute ``optuna_checkpoint:stream``: the stream that claimed the trial.
+* trial attribute ``optuna_checkpoint:stream``: the stream that claimed the trial;
+* study attribute ``optuna_checkpoint:trial_state:<logical trial>``: a logical trial's saved
+  state (``trial_checkpoint``), the payload in base64; ``None`` once deleted, since Optuna's API
+  cannot delete an attribute. One attribute write replaces it whole.
 
 Only the initial and the newest :data:`KEPT_CHECKPOINTS` checkpoints of a stream are kept, so the
 attributes stay small and a resume reads a bounded amount whatever the study's size. Optuna's
@@ -41,6 +44,7 @@ from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
+from optuna_checkpoint.stores._base import TrialStateRecord
 
 
 KEPT_CHECKPOINTS = 4
@@ -49,6 +53,7 @@ KEPT_CHECKPOINTS = 4
 _STREAM_PREFIX = "optuna_checkpoint:stream:"
 _INTERRUPTED_PREFIX = "optuna_checkpoint:interrupted:"
 _CLAIM_ATTR = "optuna_checkpoint:stream"
+_TRIAL_STATE_PREFIX = "optuna_checkpoint:trial_state:"
 
 
 def _stream_id(study_uid: str, name: str) -> int:
@@ -93,6 +98,9 @@ class AttributeCheckpointStore(CheckpointStore):
     """
 
     kept_checkpoints = KEPT_CHECKPOINTS
+    # Every read of a study's attributes carries the live trial states (base64, a third more),
+    # and GrpcStorageProxy's messages stop at 4 MiB.
+    trial_state_limit = 1 << 20
     _registry: ClassVar[StoreRegistry[AttributeCheckpointStore]] = StoreRegistry()
 
     def __init__(self, storage: BaseStorage) -> None:
@@ -204,7 +212,9 @@ class AttributeCheckpointStore(CheckpointStore):
         # reused id, are blanked instead (readers skip records of other uids anyway).
         for key, value in self._storage.get_study_system_attrs(study_id).items():
             stale = isinstance(value, dict) and value.get("study_uid") != study_uid
-            if stale and key.startswith((_STREAM_PREFIX, _INTERRUPTED_PREFIX)):
+            if stale and key.startswith(
+                (_STREAM_PREFIX, _INTERRUPTED_PREFIX, _TRIAL_STATE_PREFIX)
+            ):
                 self._storage.set_study_system_attr(study_id, key, None)
 
     def _swap_owner(self, stream: Stream, changes: dict[str, Any]) -> dict[str, Any] | None:
@@ -372,3 +382,48 @@ class AttributeCheckpointStore(CheckpointStore):
             if stream_id is not None:
                 found[trial_id] = int(stream_id)
         return found
+
+    # -- trial states ------------------------------------------------------------------------
+
+    def save_trial_state(
+        self, stream: Stream, token: str, study_id: int, record: TrialStateRecord
+    ) -> None:
+        """Replace the logical trial's saved state with one attribute write (lease checked)."""
+        with self._lock:
+            data = self._read(stream.study_uid, stream.name)
+            if data is None or data["owner"] is None or data["owner"]["token"] != token:
+                raise StreamOwnedError(
+                    "this process lost the checkpoint stream's lease to another process while "
+                    "its trial ran, so the trial's state was not saved; run one process per "
+                    "worker id."
+                )
+            self._storage.set_study_system_attr(
+                study_id,
+                f"{_TRIAL_STATE_PREFIX}{record.logical_trial}",
+                {
+                    "study_uid": stream.study_uid,
+                    "trial_id": record.trial_id,
+                    "payload": base64.b64encode(record.payload).decode(),
+                    "checksum": record.checksum,
+                },
+            )
+
+    def find_trial_state(self, study_uid: str, logical_trial: int) -> TrialStateRecord | None:
+        """Return the logical trial's saved state, or ``None``."""
+        attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
+        data = _of_study(attrs.get(f"{_TRIAL_STATE_PREFIX}{logical_trial}"), study_uid)
+        if data is None:
+            return None
+        return TrialStateRecord(
+            logical_trial, data["trial_id"], base64.b64decode(data["payload"]), data["checksum"]
+        )
+
+    def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
+        """Blank the logical trial's attribute; whether it held a state."""
+        with self._lock:
+            if self.find_trial_state(study_uid, logical_trial) is None:
+                return False
+            self._storage.set_study_system_attr(
+                self._study_id(study_uid), f"{_TRIAL_STATE_PREFIX}{logical_trial}", None
+            )
+            return True

@@ -8,6 +8,10 @@ which unfinished trials were its own and never touches another worker's. Indepen
 streams, a store records which trials were *interrupted* (their process died) so that every
 process hides them from the sampler in the same way.
 
+Beside the streams, a store keeps the states that objectives save for their logical trials
+(``trial_checkpoint``): one per logical trial, replaced by each save, so that a retried attempt
+continues where an interrupted one saved.
+
 Each study is identified by a ``study_uid`` derived from the study (see
 ``optuna_checkpoint._sampler.study_uid``), not by its id: SQLite reuses the ids of deleted
 studies, and a recreated study must not see old checkpoints.
@@ -129,6 +133,30 @@ class StreamSummary:
     payload_bytes: int
     newest_trial_id: int | None
     newest_logical_number: int | None
+
+
+@dataclass(frozen=True)
+class TrialStateRecord:
+    """The state an objective saved for one logical trial, through ``trial_checkpoint``.
+
+    Attributes:
+        logical_trial: Which logical trial: its position in a deterministic parallel study,
+            else the number of its first attempt.
+        trial_id: The attempt (Optuna trial) that saved it.
+        payload: The encoded state and the intermediate values reported before the save (see
+            :mod:`optuna_checkpoint.record._trial_states`).
+        checksum: The seal, bound to the study, the logical trial and the attempt.
+    """
+
+    logical_trial: int
+    trial_id: int
+    payload: bytes
+    checksum: str
+
+
+TRIAL_STATE_LIMIT = 8 << 20
+"""The default bound on an encoded trial state, in bytes: well under MySQL's default
+``max_allowed_packet`` (16 MiB), which a larger row would exceed."""
 
 
 _StoreT = TypeVar("_StoreT", bound="CheckpointStore")
@@ -345,6 +373,50 @@ class CheckpointStore(abc.ABC):
     def discard_pending(self, trial_id: int) -> None:
         """Forget a deferred checkpoint whose trial's commit will not come."""
         raise NotImplementedError
+
+    # -- trial states ----------------------------------------------------------------------
+
+    trial_states_unsupported: str | None = None
+    """Why the trial-state methods cannot work on this store, or ``None`` when they can."""
+
+    trial_state_limit: int = TRIAL_STATE_LIMIT
+    """The largest encoded trial state this store takes, in bytes."""
+
+    @abc.abstractmethod
+    def save_trial_state(
+        self, stream: Stream, token: str, study_id: int, record: TrialStateRecord
+    ) -> None:
+        """Replace the saved state of ``record.logical_trial`` in one transaction.
+
+        Called from the objective, while the trial runs. A kill at any instant leaves either
+        the previous state or ``record`` for the next attempt to find, never neither.
+        Conditional on ``token`` owning ``stream``, like a checkpoint.
+
+        Raises:
+            StreamOwnedError: ``token`` no longer owns the stream.
+            CheckpointError: The store keeps no trial states (:attr:`trial_states_unsupported`).
+        """
+
+    @abc.abstractmethod
+    def find_trial_state(self, study_uid: str, logical_trial: int) -> TrialStateRecord | None:
+        """Return the logical trial's saved state, or ``None`` if it has none."""
+
+    @abc.abstractmethod
+    def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
+        """Delete the logical trial's saved state; whether there was one."""
+
+    def delete_trial_state_with_trial_end(
+        self, study_uid: str, trial_id: int, logical_trial: int
+    ) -> None:
+        """Delete the logical trial's state when Optuna stores the end of attempt ``trial_id``.
+
+        Called from the sampler's ``after_trial`` of a trial that finished (not one cut off).
+        Stores with a commit hook delete it in the transaction that stores the trial's end, so
+        a kill before that commit leaves the state for the retry. The others delete it now,
+        after the trial's checkpoint was saved: a kill between the two then costs the retry
+        its saved state, not its correctness.
+        """
+        self.delete_trial_state(study_uid, logical_trial)
 
     def interruption_count_hint(self, study_uid: str) -> int | None:
         """The study's number of interruptions as last seen in passing, if the store tracks it.

@@ -50,6 +50,7 @@ from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
+from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._journal_catalog import CHECKPOINT_KEY
 from optuna_checkpoint.stores._journal_catalog import Catalog
 from optuna_checkpoint.stores._journal_catalog import Entry
@@ -113,6 +114,27 @@ class JournalCheckpointStore(JournalReads):
         "studies' checkpoints, or run studies whose checkpoints you want to prune on an RDB "
         "storage (SQLite, PostgreSQL, MySQL)."
     )
+
+    trial_states_unsupported = (
+        "trial_checkpoint is not supported on JournalStorage yet: a trial's state is replaced "
+        "at every save, and the journal's side record is append-only, so it would grow by "
+        "every state ever saved. Run studies that use trial_checkpoint on an RDB storage "
+        "(a SQLite file such as sqlite:///study.db, PostgreSQL or MySQL)."
+    )
+
+    def save_trial_state(
+        self, stream: Stream, token: str, study_id: int, record: TrialStateRecord
+    ) -> None:
+        """Not supported here (:attr:`trial_states_unsupported`)."""
+        raise CheckpointError(self.trial_states_unsupported)
+
+    def find_trial_state(self, study_uid: str, logical_trial: int) -> TrialStateRecord | None:
+        """Not supported here (:attr:`trial_states_unsupported`)."""
+        raise CheckpointError(self.trial_states_unsupported)
+
+    def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
+        """Not supported here (:attr:`trial_states_unsupported`)."""
+        raise CheckpointError(self.trial_states_unsupported)
 
     def delete_checkpoints(self, stream_id: int, trial_ids: Collection[int]) -> int:
         """Refuse: the side record is append-only (see :attr:`deletion_unsupported`)."""

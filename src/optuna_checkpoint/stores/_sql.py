@@ -31,11 +31,13 @@ from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
+from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._sql_commit import INSERT_CLAIM
 from optuna_checkpoint.stores._sql_commit import CreationClaimer
 from optuna_checkpoint.stores._sql_commit import DeferredSave
 from optuna_checkpoint.stores._sql_commit import TrialCommitHook
 from optuna_checkpoint.stores._sql_queries import find_stream_by_name
+from optuna_checkpoint.stores._sql_queries import find_trial_state
 from optuna_checkpoint.stores._sql_queries import summarize_stream
 from optuna_checkpoint.stores._sql_queries import where_claimed
 from optuna_checkpoint.stores._sql_queries import where_interrupted
@@ -49,10 +51,12 @@ from optuna_checkpoint.stores._sql_schema import create_tables
 from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import streams
 from optuna_checkpoint.stores._sql_schema import trial_claims
+from optuna_checkpoint.stores._sql_schema import trial_states
 from optuna_checkpoint.stores._sql_schema import upgrade_tables
 from optuna_checkpoint.stores._sql_writes import add_new_interruptions
 from optuna_checkpoint.stores._sql_writes import delete_checkpoints_of_trials
 from optuna_checkpoint.stores._sql_writes import remove_rows_of_deleted_studies
+from optuna_checkpoint.stores._sql_writes import replace_trial_state
 from optuna_checkpoint.stores._sql_writes import transaction_with_retries
 
 
@@ -68,6 +72,7 @@ __all__ = [
     "resolve_rdb_storage",
     "streams",
     "trial_claims",
+    "trial_states",
 ]
 
 _RELEASE_BUSY_TIMEOUT_MS = 200
@@ -335,3 +340,37 @@ class SQLCheckpointStore(CheckpointStore):
     def claim_trials_at_creation(self, stream: Stream, study_id: int) -> None:
         """Claim the study's trials created by this process from now on, as they are created."""
         self._hook.claim_new_trials(study_id, CreationClaimer(stream.study_uid, stream.stream_id))
+
+    def save_trial_state(
+        self, stream: Stream, token: str, study_id: int, record: TrialStateRecord
+    ) -> None:
+        """Replace the logical trial's saved state in one transaction, if ``token`` owns it."""
+        if not replace_trial_state(
+            self._engine, stream.stream_id, token, stream.study_uid, study_id, record, time.time()
+        ):
+            raise StreamOwnedError(
+                "this process lost the checkpoint stream's lease to another process while its "
+                "trial ran, so the trial's state was not saved; run one process per stream."
+            )
+
+    def find_trial_state(self, study_uid: str, logical_trial: int) -> TrialStateRecord | None:
+        """Return the logical trial's saved state, or ``None``."""
+        with self._engine.connect() as connection:
+            return find_trial_state(connection, study_uid, logical_trial)
+
+    def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
+        """Delete the logical trial's saved state; whether there was one."""
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                trial_states.delete().where(
+                    trial_states.c.study_uid == study_uid,
+                    trial_states.c.logical_trial == logical_trial,
+                )
+            )
+        return result.rowcount > 0
+
+    def delete_trial_state_with_trial_end(
+        self, study_uid: str, trial_id: int, logical_trial: int
+    ) -> None:
+        """Delete the logical trial's saved state in the transaction that stores its end."""
+        self._hook.drop_state_with_end(trial_id, study_uid, logical_trial)

@@ -4,7 +4,8 @@ The per-trial checkpoint is not a separate write: it is added, through SQLAlchem
 ``before_commit`` session event, to the transaction in which Optuna stores the trial's final
 state, so the two are committed together or not at all and the checkpoint costs one extra
 statement instead of one extra transaction. A trial's claim is likewise added to the transaction
-that creates it.
+that creates it, and the deletion of a finished logical trial's saved state to the transaction
+that stores its end.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from optuna_checkpoint.stores._sql_schema import checkpoints
 from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import streams
 from optuna_checkpoint.stores._sql_schema import trial_claims
+from optuna_checkpoint.stores._sql_schema import trial_states
 
 
 if TYPE_CHECKING:
@@ -74,6 +76,11 @@ _COUNT_INTERRUPTIONS = (
 # comes back with the checkpoint's INSERT, saving the trial's commit a round trip.
 _INSERT_IF_OWNER_COUNTING = _INSERT_IF_OWNER.returning(_COUNT_INTERRUPTIONS.scalar_subquery())
 
+_DELETE_TRIAL_STATE = trial_states.delete().where(
+    trial_states.c.study_uid == sa.bindparam("study_uid"),
+    trial_states.c.logical_trial == sa.bindparam("logical_trial"),
+)
+
 
 @dataclass(frozen=True)
 class CreationClaimer:
@@ -103,13 +110,15 @@ class TrialCommitHook:
       stream in the transaction that creates it, so it is never unclaimed while its process
       lives;
     * a trial turning finished gets its deferred checkpoint in the transaction that stores its
-      end.
+      end, and its logical trial's saved state, if it is to go, is deleted there too.
     """
 
     _NEW_TRIALS = "optuna_checkpoint_new_trials"  # key in ``Session.info``
 
     def __init__(self, rdb: RDBStorage) -> None:
         self._deferred: dict[int, DeferredSave] = {}
+        # Trial id -> (study uid, logical trial) whose saved state goes with the trial's end.
+        self._state_drops: dict[int, tuple[str, int]] = {}
         self._claimers: dict[int, CreationClaimer] = {}  # by study id
         self._claimed_at_creation: dict[int, int] = {}  # trial id -> stream id
         self._lock = threading.Lock()
@@ -131,9 +140,15 @@ class TrialCommitHook:
             return set(self._deferred)
 
     def discard(self, trial_id: int) -> None:
-        """Forget the trial's deferred checkpoint."""
+        """Forget the trial's deferred checkpoint (and deletion of its saved state)."""
         with self._lock:
             self._deferred.pop(trial_id, None)
+            self._state_drops.pop(trial_id, None)
+
+    def drop_state_with_end(self, trial_id: int, study_uid: str, logical_trial: int) -> None:
+        """Delete the logical trial's saved state in the transaction storing the trial's end."""
+        with self._lock:
+            self._state_drops[trial_id] = (study_uid, logical_trial)
 
     def claim_new_trials(self, study_id: int, claimer: CreationClaimer | None) -> None:
         """Claim the study's trials as they are created, or stop if ``claimer`` is ``None``."""
@@ -166,11 +181,16 @@ class TrialCommitHook:
         created = session.info.pop(self._NEW_TRIALS, None)
         if created:
             self._claim_created(session, created)
-        if not self._deferred:
+        if not self._deferred and not self._state_drops:
             return
         for trial_id in self._finishing_trials(session):
             with self._lock:
                 save = self._deferred.pop(trial_id, None)
+                drop = self._state_drops.pop(trial_id, None)
+            if drop is not None:
+                session.connection().execute(
+                    _DELETE_TRIAL_STATE, {"study_uid": drop[0], "logical_trial": drop[1]}
+                )
             if save is None:
                 continue
             if save.checkpoint is None:

@@ -16,6 +16,7 @@ from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
+from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._sql_rows import INITIAL_TRIAL_ID
 from optuna_checkpoint.stores._sql_rows import checkpoint_from_row
 from optuna_checkpoint.stores._sql_rows import stream_from_row
@@ -24,6 +25,7 @@ from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import optuna_studies
 from optuna_checkpoint.stores._sql_schema import streams
 from optuna_checkpoint.stores._sql_schema import trial_claims
+from optuna_checkpoint.stores._sql_schema import trial_states
 
 
 def find_stream_by_name(connection: sa.Connection, study_uid: str, name: str) -> Stream | None:
@@ -85,6 +87,21 @@ def where_claimed(
         )
     ).all()
     return {row.trial_id: row.stream_id for row in rows}
+
+
+def find_trial_state(
+    connection: sa.Connection, study_uid: str, logical_trial: int
+) -> TrialStateRecord | None:
+    """Return the logical trial's saved state, or ``None``."""
+    row = connection.execute(
+        sa.select(trial_states.c.trial_id, trial_states.c.payload, trial_states.c.checksum).where(
+            trial_states.c.study_uid == study_uid,
+            trial_states.c.logical_trial == logical_trial,
+        )
+    ).first()
+    if row is None:
+        return None
+    return TrialStateRecord(logical_trial, int(row.trial_id), bytes(row.payload), row.checksum)
 
 
 def summarize_stream(connection: sa.Connection, stream_id: int) -> StreamSummary:

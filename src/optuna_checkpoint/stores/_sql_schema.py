@@ -21,9 +21,9 @@ _logger = get_logger(__name__)
 
 metadata = sa.MetaData()
 
-TABLES_FORMAT = 2
+TABLES_FORMAT = 3
 """The layout of the side tables. 1: releases 0.1 to 0.3, which had no format table. 2: this
-format table, and the checkpoints' ``versions`` column."""
+format table, and the checkpoints' ``versions`` column. 3: the trial states table."""
 
 
 def _add_versions_column(engine: sa.Engine) -> None:
@@ -47,9 +47,22 @@ def _add_versions_column(engine: sa.Engine) -> None:
             raise
 
 
+def _add_trial_states_table(engine: sa.Engine) -> None:
+    """Format 2 to 3: create the trial states table, unless it is there already."""
+    # create_tables() has usually made it already, on this very start.
+    try:
+        trial_states.create(engine, checkfirst=True)
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
+        if not sa.inspect(engine).has_table(trial_states.name):
+            raise  # not a race with another worker creating it
+
+
 # Upgrades of the tables, by the format they start from. Each only adds (tables, columns), so
 # the rows of earlier releases stay readable, and each is idempotent.
-_UPGRADES: dict[int, Callable[[sa.Engine], None]] = {1: _add_versions_column}
+_UPGRADES: dict[int, Callable[[sa.Engine], None]] = {
+    1: _add_versions_column,
+    2: _add_trial_states_table,
+}
 
 formats = sa.Table(
     "optuna_checkpoint_format",
@@ -127,6 +140,23 @@ trial_claims = sa.Table(
     sa.Column("trial_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("study_id", sa.Integer, nullable=False, index=True),
     sa.Column("stream_id", sa.Integer, nullable=False),
+)
+
+trial_states = sa.Table(
+    "optuna_checkpoint_trial_states",
+    metadata,
+    # One row per logical trial of a study, replaced by each save (``trial_checkpoint``).
+    sa.Column("study_uid", sa.String(32), primary_key=True),
+    sa.Column("logical_trial", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("study_id", sa.Integer, nullable=False, index=True),
+    # The attempt that saved it.
+    sa.Column("trial_id", sa.Integer, nullable=False),
+    sa.Column(
+        "payload",
+        sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"),
+        nullable=False,
+    ),
+    sa.Column("checksum", sa.String(64), nullable=False),
 )
 
 

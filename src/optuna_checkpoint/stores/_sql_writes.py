@@ -15,7 +15,9 @@ import time
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._sql_queries import has_rows_of_deleted_studies
 from optuna_checkpoint.stores._sql_queries import of_deleted_studies
 from optuna_checkpoint.stores._sql_queries import where_streams_of_deleted_studies
@@ -24,6 +26,7 @@ from optuna_checkpoint.stores._sql_schema import checkpoints
 from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import streams
 from optuna_checkpoint.stores._sql_schema import trial_claims
+from optuna_checkpoint.stores._sql_schema import trial_states
 
 
 _TRANSIENT_RETRIES = 5
@@ -64,7 +67,7 @@ def remove_rows_of_deleted_studies(engine: sa.Engine, study_id: int, study_uid: 
     whenever a stream is created (see :func:`._sql_queries.of_deleted_studies`). Nothing is
     locked unless there is something to remove.
     """
-    others = (interrupted_trials, trial_claims)
+    others = (interrupted_trials, trial_claims, trial_states)
     with engine.connect() as connection:
         stale_streams = where_streams_of_deleted_studies(connection, study_id, study_uid)
         if not stale_streams and not has_rows_of_deleted_studies(
@@ -141,3 +144,64 @@ def add_new_interruptions(
         ]
         if rows:
             connection.execute(interrupted_trials.insert(), rows)
+
+
+_REPLACE_RACES = 3
+
+
+def replace_trial_state(
+    engine: sa.Engine,
+    stream_id: int,
+    token: str,
+    study_uid: str,
+    study_id: int,
+    record: TrialStateRecord,
+    now: float,
+) -> bool:
+    """Replace a logical trial's saved state, if ``token`` owns the stream; whether it does.
+
+    One transaction: the previous row goes and the new one comes together, so a kill leaves
+    one of the two. The lease is checked with an UPDATE of the stream's heartbeat, whose row
+    lock makes a concurrent take-over wait until this commits.
+    """
+    row = {
+        "study_uid": study_uid,
+        "logical_trial": record.logical_trial,
+        "study_id": study_id,
+        "trial_id": record.trial_id,
+        "payload": record.payload,
+        "checksum": record.checksum,
+    }
+    owned = True
+
+    def replace(connection: sa.Connection) -> None:
+        nonlocal owned
+        owned = (
+            connection.execute(
+                streams.update()
+                .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
+                .values(heartbeat_at=now)
+            ).rowcount
+            == 1
+        )
+        if not owned:
+            return
+        connection.execute(
+            trial_states.delete().where(
+                trial_states.c.study_uid == study_uid,
+                trial_states.c.logical_trial == record.logical_trial,
+            )
+        )
+        crash_point("inside_trial_state_save")
+        connection.execute(trial_states.insert().values(row))
+
+    for attempt in range(_REPLACE_RACES):
+        try:
+            transaction_with_retries(engine, replace)
+            break
+        except sa_exc.IntegrityError:
+            # Two attempts at one logical trial (deterministic mode may run a position twice)
+            # inserted at once; the loser replaces the winner's row on its next try.
+            if attempt == _REPLACE_RACES - 1:
+                raise
+    return owned

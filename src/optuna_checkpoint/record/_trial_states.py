@@ -1,0 +1,238 @@
+"""The states objectives save for their logical trials: which trial, packing, sealing, deletion.
+
+An objective saves its own state through ``trial_checkpoint(trial).save(...)`` while the trial
+runs; a retried attempt of the same *logical trial* loads it and continues from there. A logical
+trial is named by a key that every attempt of it computes alike:
+
+* in a deterministic parallel study, its position (``study._positions.position_of``), which a
+  retry takes over from the attempt it repeats;
+* otherwise the number of the first attempt it repeats, which the resume writes on the retry as
+  Optuna's ``failed_trial`` system attribute (``resume._interruptions.mark_retry``), else the
+  trial's own number.
+
+One state per logical trial is kept; each save replaces it in one transaction. Its payload is
+the codec's (``state._codec``, which executes nothing when decoding) of ``{"state": <the
+objective's state>, "intermediate_values": [[step, value], ...]}``: the values the attempt had
+reported when it saved, which the retry reports again, so its intermediate values equal the
+uninterrupted run's. The payload is sealed like a sampler checkpoint (``state._seal``, signed
+under the sampler's ``signing_key``), bound to the study, the logical trial and the attempt.
+
+The state is deleted when the trial finishes (COMPLETE, PRUNED or a genuine FAIL), in the
+transaction that stores the trial's end where the store has a commit hook; a trial cut off by a
+kill or Ctrl-C keeps it for its retry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import replace
+import threading
+from typing import TYPE_CHECKING
+from typing import Any
+
+from optuna.trial import TrialState
+
+from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._seal import place
+from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import TrialStateRecord
+from optuna_checkpoint.study._positions import position_of
+from optuna_checkpoint.study._trials import FAILED_TRIAL_ATTR
+from optuna_checkpoint.study._trials import cut_off_by_ctrl_c
+
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from optuna_checkpoint.attach._attachment import Attachment
+    from optuna_checkpoint.state._seal import Sealer
+
+
+ADAPTER = "trial-state"
+"""The adapter name a trial state is sealed under: no sampler checkpoint passes for one."""
+
+# The stream part of a trial state's place: no stream is named so (worker ids are printable).
+_PLACE = "\0trial-state"
+_STATE = "state"
+_INTERMEDIATE = "intermediate_values"
+
+_REMEDY = (
+    " Restore the database from a backup to continue from the saved state, or call save() "
+    "without load() in the objective to start this trial again from its first step."
+)
+
+
+def logical_trial_of(trial: FrozenTrial, *, deterministic: bool) -> int:
+    """The key of the logical trial ``trial`` is an attempt of."""
+    if deterministic:
+        return position_of(trial)
+    first = trial.system_attrs.get(FAILED_TRIAL_ATTR)
+    return trial.number if first is None else int(first)
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What an earlier attempt of a logical trial saved.
+
+    Attributes:
+        state: The objective's state, as it was given to ``save``.
+        intermediate_values: The values that attempt had reported when it saved, by step.
+    """
+
+    state: Any
+    intermediate_values: dict[int, float]
+
+
+_UNREAD = object()
+
+
+@dataclass
+class _Attempt:
+    """A running attempt that uses trial_checkpoint: its logical trial, and what it loaded."""
+
+    logical_trial: int
+    loaded: Any = _UNREAD  # SavedState, or None: nothing to load
+
+
+class TrialStates:
+    """Saves, loads and deletes the states of one sampler's logical trials.
+
+    Args:
+        sealer: Seals states and checks their seals (the sampler's, so its signing key too).
+        deterministic: Whether the study runs in deterministic parallel mode (positions).
+        keep: Keep a logical trial's state after it finishes, instead of deleting it.
+    """
+
+    def __init__(self, sealer: Sealer, *, deterministic: bool, keep: bool) -> None:
+        self._sealer = sealer
+        self._deterministic = deterministic
+        self._keep = keep
+        # The running attempts whose objective used trial_checkpoint, by trial id: their state
+        # goes when they finish.
+        self._attempts: dict[int, _Attempt] = {}
+        self._lock = threading.Lock()
+
+    def _attempt(self, attachment: Attachment, trial_id: int) -> _Attempt:
+        with self._lock:
+            attempt = self._attempts.get(trial_id)
+        if attempt is not None:
+            return attempt
+        # Read from storage: the position and the retry attributes are set in before_trial.
+        frozen = attachment.storage.get_trial(trial_id)
+        attempt = _Attempt(logical_trial_of(frozen, deterministic=self._deterministic))
+        with self._lock:
+            return self._attempts.setdefault(trial_id, attempt)
+
+    def logical_trial(self, attachment: Attachment, trial_id: int) -> int:
+        """The logical trial of the running attempt ``trial_id``, noted for its end."""
+        return self._attempt(attachment, trial_id).logical_trial
+
+    def save(
+        self,
+        attachment: Attachment,
+        trial_id: int,
+        state: Any,
+        intermediate_values: dict[int, float],
+    ) -> None:
+        """Replace the logical trial's saved state by ``state`` and the values reported so far.
+
+        Raises:
+            TypeError: ``state`` holds a value the codec cannot store.
+            CheckpointError: The encoded state is larger than the store takes.
+            StreamOwnedError: This process lost its stream to another process.
+        """
+        attempt = self._attempt(attachment, trial_id)
+        if attempt.loaded is _UNREAD:
+            attempt.loaded = None  # it starts afresh: the earlier state is replaced now
+        key = attempt.logical_trial
+        steps = [[step, float(value)] for step, value in sorted(intermediate_values.items())]
+        payload = _codec.encode({_STATE: state, _INTERMEDIATE: steps})
+        store = attachment.store
+        if len(payload) > store.trial_state_limit:
+            raise CheckpointError(
+                f"the state saved for logical trial {key} is {len(payload):,} bytes once "
+                f"encoded, over the bound of {store.trial_state_limit:,} bytes for trial states "
+                f"kept in the study's storage ({store!r}). Save only what resuming needs, or "
+                "keep large objects such as model weights in files of your own and save their "
+                "paths. Keeping large states in an Optuna artifact store "
+                "(trial_checkpoint(trial, artifact_store=...)) is planned but not available yet."
+            )
+        record = TrialStateRecord(key, trial_id, payload, "")
+        seal = self._sealer.seal(_as_checkpoint(record), _where(attachment.study_uid, record))
+        store.save_trial_state(
+            attachment.stream,
+            attachment.owner.token,
+            attachment.study_id,
+            replace(record, checksum=seal),
+        )
+
+    def load(self, attachment: Attachment, trial_id: int) -> tuple[SavedState | None, bool]:
+        """What an earlier attempt of the logical trial saved last, or ``None``.
+
+        Read once per attempt, on its first ``load`` (unless it saved first: then ``None``);
+        later calls return the same.
+
+        Returns:
+            The saved state, and whether this call read it (the attempt's first load).
+
+        Raises:
+            CorruptCheckpointError: The saved state fails its seal or cannot be decoded.
+            SignatureError: Its signature cannot be checked (see ``state._seal``).
+        """
+        attempt = self._attempt(attachment, trial_id)
+        if attempt.loaded is not _UNREAD:
+            return attempt.loaded, False
+        attempt.loaded = self._read(attachment, attempt.logical_trial, trial_id)
+        return attempt.loaded, True
+
+    def _read(self, attachment: Attachment, key: int, trial_id: int) -> SavedState | None:
+        record = attachment.store.find_trial_state(attachment.study_uid, key)
+        if record is None or record.trial_id == trial_id:
+            return None  # a first attempt
+        what = f"the state saved for logical trial {key} by trial id {record.trial_id}"
+        try:
+            self._sealer.check(_as_checkpoint(record), _where(attachment.study_uid, record))
+            decoded = _codec.decode(record.payload)
+            steps = {int(step): float(value) for step, value in decoded[_INTERMEDIATE]}
+            return SavedState(decoded[_STATE], steps)
+        except CheckpointError as e:
+            raise type(e)(f"{what} cannot be trusted: {e}." + _REMEDY) from e
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptCheckpointError(f"{what} is not a trial state." + _REMEDY) from e
+
+    def trial_finished(self, attachment: Attachment, trial_id: int, state: TrialState) -> None:
+        """Delete the state of a trial that finished; keep it for one that was cut off.
+
+        Called from the sampler's ``after_trial``, after the trial's checkpoint was recorded.
+        A FAIL by Ctrl-C is cut off (the resume retries it); a kill never gets here.
+        """
+        with self._lock:
+            attempt = self._attempts.pop(trial_id, None)
+        if attempt is None or self._keep:
+            return
+        key = attempt.logical_trial
+        if state == TrialState.FAIL and cut_off_by_ctrl_c():
+            return
+        if attachment.atomic:
+            attachment.store.delete_trial_state_with_trial_end(attachment.study_uid, trial_id, key)
+        else:
+            attachment.store.delete_trial_state(attachment.study_uid, key)
+
+
+def _where(study_uid: str, record: TrialStateRecord) -> str:
+    return place(study_uid, _PLACE, record.trial_id, record.logical_trial)
+
+
+def _as_checkpoint(record: TrialStateRecord) -> Checkpoint:
+    """The record as the sealer reads a checkpoint: no trial end, no library versions."""
+    return Checkpoint(
+        trial_id=record.trial_id,
+        logical_number=record.logical_trial,
+        trial_state=None,
+        trial_values=None,
+        adapter=ADAPTER,
+        payload=record.payload,
+        checksum=record.checksum,
+    )
