@@ -80,6 +80,7 @@ class _Options:
     sealer: Sealer
     retention: Retention | None
     deterministic_workers: int | None
+    keep_trial_checkpoints: bool
 
 
 class _Stages(NamedTuple):
@@ -90,6 +91,7 @@ class _Stages(NamedTuple):
     attacher: StreamAttacher
     resumer: Resumer
     recorder: TrialRecorder
+    trial_states: TrialStates  # what objectives save through trial_checkpoint
 
     @classmethod
     def build(
@@ -123,7 +125,10 @@ class _Stages(NamedTuple):
             None if options.retention is None else AmortizedPruning(options.retention),
             concurrency_is_exact=parallel is not None,
         )
-        return cls(state, parallel, attacher, resumer, recorder)
+        trial_states = TrialStates(
+            options.sealer, deterministic=workers is not None, keep=options.keep_trial_checkpoints
+        )
+        return cls(state, parallel, attacher, resumer, recorder, trial_states)
 
 
 class CheckpointingSampler(BaseSampler):
@@ -195,17 +200,12 @@ class CheckpointingSampler(BaseSampler):
             it every checkpoint is kept. Not supported on ``JournalStorage`` (a warning says so).
         deterministic_workers: Make a study run by several workers reproducible: with K, any
             number of workers up to K (threads, processes, machines) give the same logical
-            trajectory on every run, also after kills and restarts. The trial at logical
-            position n draws from random streams derived from the seed and n, and is shown only
-            the finished trials at positions up to n - (2K - 1), waiting for them if needed. Every
-            worker must use the same K and the same seeded sampler. The study's pruner is
-            wrapped in a :class:`CheckpointingPruner` in place, so that its decisions see the
-            same history. See "Deterministic parallel optimization" in the user guide for what
-            it costs and what it does not cover.
-        keep_trial_checkpoints: Keep the state each trial saved with
-            :func:`~optuna_checkpoint.trial_checkpoint` after the trial finishes. By default
-            it is deleted then, in the transaction that stores the trial's end, so the
-            database holds only the states of unfinished trials.
+            trajectory on every run, also after kills and restarts. Every worker must use the
+            same K and the same seeded sampler; the study's pruner is wrapped in a
+            :class:`CheckpointingPruner` in place. See "Deterministic parallel optimization" in
+            the user guide for how it works, what it costs and what it does not cover.
+        keep_trial_checkpoints: Keep what trials saved with
+            :func:`~optuna_checkpoint.trial_checkpoint` after they finish (else deleted then).
     """
 
     def __init__(
@@ -241,6 +241,7 @@ class CheckpointingSampler(BaseSampler):
             sealer=Sealer.from_option(signing_key),
             retention=retention,
             deterministic_workers=deterministic_workers,
+            keep_trial_checkpoints=keep_trial_checkpoints,
         )
         adapter = adapter_for(sampler, allow_pickle=allow_pickle)
         # Shared by this sampler and its copies, which never take each other's streams.
@@ -254,13 +255,9 @@ class CheckpointingSampler(BaseSampler):
         """Build the stages around the adapter's sampler: on construction, and in a copy."""
         self._sampler = adapter.sampler
         self._options, self._fingerprint, self._reseeds = options, fingerprint, reseeds
-        self._state, self._parallel, self._attacher, self._resumer, self._recorder = _Stages.build(
-            adapter, options, fingerprint, self._lineage
-        )
-        # The states objectives save through trial_checkpoint, sealed as checkpoints are.
-        self._trial_states = TrialStates(
-            packer.sealer, deterministic=self._parallel is not None, keep=keep_trial_checkpoints
-        )
+        stages = _Stages.build(adapter, options, fingerprint, self._lineage)
+        self._state, self._parallel, self._attacher, self._resumer = stages[:4]
+        self._recorder, self._trial_states = stages[4:]
         # One lock for attaching and settling trials; another around every call into the
         # wrapped sampler and every capture, so that with n_jobs > 1 a checkpoint is a state
         # that existed.
@@ -385,16 +382,13 @@ class CheckpointingSampler(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        """Delegate, then checkpoint the wrapped sampler's state.
+        """Delegate, then checkpoint the wrapped sampler's state in the trial's final commit.
 
-        Runs after the objective returns and before Optuna stores the trial's final state. The
-        checkpoint is handed to the store to be written in that same transaction, and so is the
-        deletion of the state the trial saved with ``trial_checkpoint`` (unless Ctrl-C cut the
-        trial off: its retry needs it). Since ``before_trial`` the store has been told that this
-        trial's checkpoint is coming, so if
-        this method does not finish (an exception, or Ctrl-C anywhere before the capture), the
-        store refuses the trial's final commit: the trial stays RUNNING and is retried on resume
-        rather than stored as finished with the state of an earlier trial.
+        Runs after the objective and before Optuna stores the trial's end, in the transaction
+        that also carries the checkpoint and the deletion of what the trial saved with
+        ``trial_checkpoint`` (kept if Ctrl-C cut the trial off). If this method does not finish,
+        the store, told in ``before_trial`` that a checkpoint is coming, refuses that commit:
+        the trial stays RUNNING and is retried, never stored with an earlier trial's state.
         """
         crash_point("after_trial_start")
         attachment = self._attacher.attachment

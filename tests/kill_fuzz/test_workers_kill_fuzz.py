@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from optuna_checkpoint.stores._sql import interrupted_trials
 from optuna_checkpoint.stores._sql import streams
 from optuna_checkpoint.stores._sql import trial_claims
+from optuna_checkpoint.study._trials import CUT_OFF_BY_CTRL_C
 from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 from tests.kill_fuzz.harness import ChildProcess
 from tests.kill_fuzz.harness import start_script
@@ -553,8 +554,9 @@ def _interruption_problems(
             return [f"{what} was run by {starter.worker} pid {starter.pid}, never killed"]
         if trial.trial_id in starter.trial_ids("finished"):
             return [f"{what} was reported finished by pid {starter.pid} before it was killed"]
-        if trial.interrupted_attr is None:
-            # Closed as FAIL by its own process: a KeyboardInterrupt in the objective.
+        if trial.interrupted_attr in (None, CUT_OFF_BY_CTRL_C):
+            # Closed as FAIL by its own process: a KeyboardInterrupt in the objective (tagged
+            # so by that process, unless Ctrl-C landed before the sampler's after_trial).
             if starter.signal != "SIGINT":
                 return [f"{what} was failed by pid {starter.pid}, killed by {starter.signal}"]
             if trial.closed_at is None or trial.closed_at > starter.reaped_at:

@@ -19,8 +19,8 @@ import threading
 from typing import TYPE_CHECKING
 from typing import Any
 
+from optuna_checkpoint.parallel._position_streams import PositionStreams
 from optuna_checkpoint.parallel._schedule import Scheduler
-from optuna_checkpoint.parallel._trial_states import TrialStates
 from optuna_checkpoint.study._positions import PROPOSAL_ATTR
 from optuna_checkpoint.study._positions import proposal
 
@@ -59,7 +59,7 @@ class DeterministicTrials:
                 "worker derives each trial's random streams from the seed"
             )
         self.workers = workers
-        self._states = TrialStates(adapter)
+        self._states = PositionStreams(adapter)
         self._scheduler = Scheduler(workers, grace_period)
         self._views: dict[int, FixedHistory] = {}
         self._proposals: dict[int, tuple[dict[str, BaseDistribution], dict[str, Any]]] = {}

@@ -19,6 +19,7 @@ from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.study._trials import CUT_OFF_BY_CTRL_C
 from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 from optuna_checkpoint.study._trials import cut_off_by_ctrl_c
 
@@ -137,7 +138,7 @@ class TrialRecorder:
         """
         if state != TrialState.FAIL or not cut_off_by_ctrl_c():
             return
-        reason = "Ctrl-C (KeyboardInterrupt) cut it off"
+        reason = CUT_OFF_BY_CTRL_C
         if hide:
             stream_id = attachment.stream.stream_id
             attachment.store.add_interruptions(

@@ -85,6 +85,10 @@ def forget_trials_of_this_trial(study: Study) -> None:
         thread_local.cached_all_trials = None
 
 
+CUT_OFF_BY_CTRL_C = "Ctrl-C (KeyboardInterrupt) cut it off"
+"""The :data:`INTERRUPTED_ATTR` of a trial that Ctrl-C cut off, which its own process tags."""
+
+
 def cut_off_by_ctrl_c() -> bool | None:
     """Whether the trial Optuna is telling now failed by a ``KeyboardInterrupt`` (Ctrl-C).
 

@@ -26,7 +26,7 @@ def position_key(position: int) -> str:
     return f"position/{position}"
 
 
-class TrialStates:
+class PositionStreams:
     """The wrapped sampler's state of each trial in progress in this process."""
 
     def __init__(self, adapter: StateAdapter) -> None:
