@@ -271,17 +271,19 @@ class AttributeCheckpointStore(CheckpointStore):
         """Give the lease up."""
         self._update_if_owner(stream_id, token, {"owner": None})
 
+    def _owned(self, stream: Stream, token: str, problem: str) -> dict[str, Any]:
+        """The stream's record, if ``token`` holds its lease; else say ``problem``."""
+        data = self._read(stream.study_uid, stream.name)
+        if data is None or data["owner"] is None or data["owner"]["token"] != token:
+            raise StreamOwnedError(f"{problem}; run one process per worker id.")
+        return data
+
     # -- checkpoints -----------------------------------------------------------------------
 
     def save(self, stream: Stream, checkpoint: Checkpoint, token: str, now: float) -> None:
         """Keep ``checkpoint`` among the stream's newest ones, if ``token`` owns the stream."""
         with self._lock:
-            data = self._read(stream.study_uid, stream.name)
-            if data is None or data["owner"] is None or data["owner"]["token"] != token:
-                raise StreamOwnedError(
-                    "this process no longer owns the checkpoint stream; run one process per "
-                    "worker id."
-                )
+            data = self._owned(stream, token, "this process no longer owns the checkpoint stream")
             saved = [c for c in data["checkpoints"] if c["trial_id"] != checkpoint.trial_id]
             saved.append(_checkpoint_to_json(checkpoint))
             initial = [c for c in saved if c["trial_id"] is None]
@@ -390,13 +392,12 @@ class AttributeCheckpointStore(CheckpointStore):
     ) -> None:
         """Replace the logical trial's saved state with one attribute write (lease checked)."""
         with self._lock:
-            data = self._read(stream.study_uid, stream.name)
-            if data is None or data["owner"] is None or data["owner"]["token"] != token:
-                raise StreamOwnedError(
-                    "this process lost the checkpoint stream's lease to another process while "
-                    "its trial ran, so the trial's state was not saved; run one process per "
-                    "worker id."
-                )
+            self._owned(
+                stream,
+                token,
+                "this process lost the checkpoint stream's lease to another process while its "
+                "trial ran, so the trial's state was not saved",
+            )
             self._storage.set_study_system_attr(
                 study_id,
                 f"{_TRIAL_STATE_PREFIX}{record.logical_trial}",
