@@ -19,10 +19,8 @@ from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.parallel._schedule import ANNOUNCE_AFTER
 from optuna_checkpoint.study._logical import FixedHistory
 from optuna_checkpoint.study._positions import POSITION_ATTR
-from optuna_checkpoint.study._positions import PROPOSAL_ATTR
 from optuna_checkpoint.study._positions import PositionBook
 from optuna_checkpoint.study._positions import logical_trajectory
-from optuna_checkpoint.study._positions import proposal
 from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 
 
@@ -82,61 +80,13 @@ def test_a_duplicate_uses_the_first_attempt_and_the_later_one_is_a_rival() -> No
 def test_the_fixed_history_lists_by_state_and_renumbers_the_trial() -> None:
     history = PositionBook.read([_trial(0, C), _trial(1, F), _trial(2, R)], ()).history(1)
     current = _trial(7, R)
-    fixed = FixedHistory(history, [], current._trial_id, 5)
+    fixed = FixedHistory(history, current._trial_id, 5)
     listed = fixed.logical_trials([current], copied=False, states=None)
     assert [(t.number, t.state) for t in listed] == [(0, C), (1, F), (5, R)]
     assert current.number == 7  # not renumbered in place
     complete = fixed.logical_trials([], copied=True, states=(C,))
     assert [t.number for t in complete] == [0]
     assert complete[0] is not history[0]
-
-
-def test_the_trials_after_the_history_are_shown_running_with_what_they_proposed() -> None:
-    space = {"x": FloatDistribution(-100.0, 100.0)}
-    proposed = {PROPOSAL_ATTR: proposal(space, {"x": 0.25})}
-    trials = [
-        _trial(0, C),
-        _trial(1, C, **proposed),  # finished after the history was cut: shown running still
-        _trial(2, F, **{INTERRUPTED_ATTR: "killed"}, **proposed),  # its retry proposes alike
-        _trial(3, R),  # has not proposed yet
-        _trial(4, R, **{POSITION_ATTR: 2}),
-    ]
-    book = PositionBook.read(trials, hidden=())
-    assert book.unproposed(1, 4) == [3, 4]
-    assert book.unproposed(-3, 2) == []  # position 0 has settled: it is history, not waited for
-    shown = book.proposals(1, 2)
-    assert [(t.number, t.state, t.params) for t in shown] == [(p, R, {"x": 0.25}) for p in (1, 2)]
-    assert shown[0].distributions == space
-    assert book.proposals(0, 0)[0].params == {}  # settled without a proposal: nothing to show
-
-    current = _trial(9, R)
-    fixed = FixedHistory(book.history(0), shown, current._trial_id, 3)
-    listed = fixed.logical_trials([current], copied=False)
-    assert [(t.number, t.state) for t in listed] == [(0, C), (1, R), (2, R), (3, R)]
-    finished = fixed.logical_trials([], copied=False, states=(C,))  # the caller filtered
-    assert [t.number for t in finished] == [0]
-
-
-def test_a_trial_proposes_what_it_then_evaluates(tmp_path: object) -> None:
-    # Optuna 5's default TPE samples every parameter of a fixed search space relatively once
-    # past its start-up trials: what the trials after a trial are shown is what it evaluated.
-    study = _study(
-        f"sqlite:///{tmp_path}/s.db",
-        CheckpointingSampler(
-            optuna.samplers.TPESampler(seed=5, n_startup_trials=4), deterministic_workers=3
-        ),
-    )
-
-    def objective(trial: optuna.Trial) -> float:
-        time.sleep(0.01 * (trial.number % 3))
-        return trial.suggest_float("x", -1, 1) ** 2 + trial.suggest_int("k", 0, 9)
-
-    study.optimize(objective, n_trials=16, n_jobs=3)
-    records = [t.system_attrs[PROPOSAL_ATTR]["params"] for t in study.trials]
-    relative = [(r, t.params) for r, t in zip(records, study.trials, strict=True) if r]
-    assert len(relative) >= 6  # position 9 on: four trials in the history (the lag is 5)
-    for record, params in relative:
-        assert record["x"].hex() == params["x"].hex() and record["k"] == params["k"]
 
 
 def test_deterministic_mode_needs_a_seeded_sampler() -> None:

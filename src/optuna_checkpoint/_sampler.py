@@ -333,31 +333,20 @@ class CheckpointingSampler(BaseSampler):
             # Outside the lock: other threads' trials go on while this one waits.
             self._parallel.start(attachment, study, trial)
         with self._sampling_lock, self._own_state(trial):
-            view, logical = self._logical(attachment, study, trial)
-            self._sampler.before_trial(view, logical)
-            if self._parallel is not None:
-                self._parallel.propose(self._sampler, view, logical)
-        if self._parallel is not None:
-            self._parallel.publish(attachment, trial)
+            self._sampler.before_trial(*self._logical(attachment, study, trial))
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        """Delegate with the logical view (in deterministic mode: what the trial proposed)."""
-        proposed = None if self._parallel is None else self._parallel.proposal(trial)
-        if proposed is not None:
-            return dict(proposed[0])
+        """Delegate with the logical view."""
         with self._sampling_lock, self._own_state(trial):
             return self._sampler.infer_relative_search_space(*self._logical_or_real(study, trial))
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        """Delegate with the logical view (in deterministic mode: what the trial proposed)."""
+        """Delegate with the logical view."""
         crash_point("sample_relative")
-        proposed = None if self._parallel is None else self._parallel.proposal(trial)
-        if proposed is not None:
-            return dict(proposed[1])
         view, logical = self._logical_or_real(study, trial)
         with self._sampling_lock, self._own_state(trial):
             return self._sampler.sample_relative(view, logical, search_space)

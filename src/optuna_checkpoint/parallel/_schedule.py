@@ -6,18 +6,9 @@ wait for the straggler among the K - 1 trials started just before it: with objec
 log-normal with sigma 0.5, a simulation puts the workers' busy share at 0.76 for K = 4 and 0.65
 for K = 8, against 0.95 and 0.92 with L = 2K - 1. K = 1 keeps L = 1: a sequential run.
 
-It also sees what the trials at positions n - L + 1 .. n - J *proposed* when they started (see
-``study._positions``), as running trials, J being ceil(K / 2) (:func:`proposal_lag`). Showing
-positions up to n - 1 would make each trial's sampling wait for the previous one's: whenever
-several trials start at once (at the study's start, after a slow trial), their samplings would
-run one after another across all workers, and a slow sampler such as GP would bound the study's
-throughput. With J, such a chain advances J positions at a time, and the positions just before
-n, whose trials started last and may still be sampling, are left out.
-
 A trial takes the lowest *free* position below its number if there is one (a position whose
 attempt was interrupted), so that the trajectory closes its holes; otherwise the position equal
-to its number. It then waits until positions up to n - L are settled and those up to n - J have
-proposed (a worker that took a position proposes at once). While it waits, a free
+to its number. It then waits until positions up to n - L are settled. While it waits, a free
 position among those is taken over by the waiting trial itself (its own position becomes free
 for the next trial): every worker may be waiting, and someone must run it. The lowest
 unsettled position is therefore always either run by a live process, whose history is complete,
@@ -67,11 +58,6 @@ def history_lag(workers: int) -> int:
     return 2 * workers - 1
 
 
-def proposal_lag(workers: int) -> int:
-    """J: the trial at position n sees the proposals of positions up to n - J (ditto)."""
-    return (workers + 1) // 2
-
-
 class Scheduler:
     """Places the trials of one process in a deterministic parallel study.
 
@@ -84,7 +70,6 @@ class Scheduler:
     def __init__(self, workers: int, grace_period: float | None) -> None:
         self.workers = workers
         self.lag = history_lag(workers)
-        self.proposal_lag = proposal_lag(workers)
         self._grace_period = grace_period
 
     def place(self, attachment: Attachment, study: Study, trial: FrozenTrial) -> FixedHistory:
@@ -110,29 +95,17 @@ class Scheduler:
             if free:
                 position = self._take(attachment, trial, free[0], position, book, liveness)
                 continue  # read again: the study changed
-            seen = position - self.lag  # the last position whose result the trial sees
-            unsettled = book.unsettled(seen)
-            shown = position - self.proposal_lag  # the last position whose proposal it sees
-            unproposed = book.unproposed(seen + 1, shown)
-            if not unsettled and not unproposed:
-                return FixedHistory(
-                    book.history(seen),
-                    book.proposals(seen + 1, shown),
-                    trial._trial_id,
-                    position,
-                )
+            pending = book.unsettled(position - self.lag)
+            if not pending:
+                return FixedHistory(book.history(position - self.lag), trial._trial_id, position)
             if not announced and time.monotonic() - waited_since > ANNOUNCE_AFTER:
                 announced = True
-                awaited, event = (
-                    (unsettled[0], "finish") if unsettled else (unproposed[0], "start")
-                )
                 _logger.info(
-                    "Trial %d (position %d) waits for position %d to %s, run by %s.",
+                    "Trial %d (position %d) waits for position %d to finish, run by %s.",
                     trial.number,
                     position,
-                    awaited,
-                    event,
-                    ", ".join(liveness.holder(t) for t in book.unfinished.get(awaited, ()))
+                    pending[0],
+                    ", ".join(liveness.holder(t) for t in book.unfinished.get(pending[0], ()))
                     or "no one yet",
                 )
             time.sleep(interval)

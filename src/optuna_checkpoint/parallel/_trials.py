@@ -1,11 +1,8 @@
 """The deterministic mode's side of a trial's path through the sampler, one object per sampler.
 
 ``before_trial``: :meth:`DeterministicTrials.start` places the trial (position, wait, view) and
-gives it its own random streams; :meth:`~DeterministicTrials.propose` runs the wrapped sampler's
-relative sampling at once, and :meth:`~DeterministicTrials.publish` records it for the trials
-after it. Every hook into the wrapped sampler runs inside :meth:`~DeterministicTrials.active`
-with :meth:`~DeterministicTrials.view` (Optuna's own, lazy, relative sampling gets the proposal:
-:meth:`~DeterministicTrials.proposal`); ``after_trial``:
+gives it its own random streams; every hook into the wrapped sampler then runs inside
+:meth:`~DeterministicTrials.active` with :meth:`~DeterministicTrials.view`; ``after_trial``:
 :meth:`~DeterministicTrials.end` after the record (a trial that Ctrl-C cut off is hidden before
 the capture by the recorder, ``TrialRecorder.mark_if_cut_off``).
 """
@@ -21,13 +18,9 @@ from typing import Any
 
 from optuna_checkpoint.parallel._position_streams import PositionStreams
 from optuna_checkpoint.parallel._schedule import Scheduler
-from optuna_checkpoint.study._positions import PROPOSAL_ATTR
-from optuna_checkpoint.study._positions import proposal
 
 
 if TYPE_CHECKING:
-    from optuna.distributions import BaseDistribution
-    from optuna.samplers import BaseSampler
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
@@ -62,7 +55,6 @@ class DeterministicTrials:
         self._states = PositionStreams(adapter)
         self._scheduler = Scheduler(workers, grace_period)
         self._views: dict[int, FixedHistory] = {}
-        self._proposals: dict[int, tuple[dict[str, BaseDistribution], dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def start(self, attachment: Attachment, study: Study, trial: FrozenTrial) -> None:
@@ -76,32 +68,6 @@ class DeterministicTrials:
         """What ``trial`` is shown, if this sampler placed it."""
         return self._views.get(trial._trial_id)
 
-    def propose(self, sampler: BaseSampler, study: Study, trial: FrozenTrial) -> None:
-        """Run ``sampler``'s relative sampling for ``trial`` now, on its view and streams.
-
-        Optuna would run it at the objective's first ``suggest``, but the trials after this one
-        are shown its proposal and wait for it, so it must not wait for the objective. The
-        result is what the lazy call would give: the view and the streams are fixed. Called
-        inside :meth:`active`, with ``study`` and ``trial`` as the view shows them.
-        """
-        search_space = sampler.infer_relative_search_space(study, trial)
-        params = sampler.sample_relative(study, trial, search_space)
-        with self._lock:
-            self._proposals[trial._trial_id] = (search_space, params)
-
-    def publish(self, attachment: Attachment, trial: FrozenTrial) -> None:
-        """Record ``trial``'s proposal on the trial, for the trials after it to see."""
-        search_space, params = self._proposals[trial._trial_id]
-        attachment.storage.set_trial_system_attr(
-            trial._trial_id, PROPOSAL_ATTR, proposal(search_space, params)
-        )
-
-    def proposal(
-        self, trial: FrozenTrial
-    ) -> tuple[dict[str, BaseDistribution], dict[str, Any]] | None:
-        """``trial``'s relative search space and parameters, if :meth:`propose` ran for it."""
-        return self._proposals.get(trial._trial_id)
-
     @contextmanager
     def active(self, trial: FrozenTrial) -> Iterator[None]:
         """Hold ``trial``'s random streams in the wrapped sampler (under the sampling lock)."""
@@ -113,4 +79,3 @@ class DeterministicTrials:
         with self._lock:
             self._states.end(trial._trial_id)
             self._views.pop(trial._trial_id, None)
-            self._proposals.pop(trial._trial_id, None)

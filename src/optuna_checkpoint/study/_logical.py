@@ -119,19 +119,12 @@ class FixedHistory:
     """The study as the trial at one position of a deterministic parallel run sees it.
 
     Whatever the other workers have done meanwhile, it lists only the settled trials at positions
-    up to ``position - L`` (L is the lag), the trials after them as RUNNING with what they
-    proposed (see ``study._positions``), and the trial itself, numbered ``position``. Both lists
-    are fixed when the trial starts and numbered by position.
+    up to ``position - L`` (L is the lag; the list is fixed when the trial starts, numbered by
+    position) and the trial itself, numbered ``position``.
     """
 
-    def __init__(
-        self,
-        history: list[FrozenTrial],
-        running: list[FrozenTrial],
-        trial_id: int,
-        position: int,
-    ) -> None:
-        self._history = history + running
+    def __init__(self, history: list[FrozenTrial], trial_id: int, position: int) -> None:
+        self._history = history
         self._trial_id = trial_id
         self.position = position
 

@@ -14,12 +14,6 @@ parameters. A position is a property of the trial, not of the process that runs 
 An attempt *settles* its position when it finishes (COMPLETE, PRUNED, or a genuine FAIL) and is
 not an interrupted attempt. A position is *free* when it has neither a settled attempt nor one
 that a live process runs (or that waits in Optuna's queue).
-
-The positions n - L + 1 .. n - J are shown to the trial at n as RUNNING trials with the
-parameters they *proposed*: what the sampler's relative sampling gave them when they started
-(:data:`PROPOSAL_ATTR`), which is as fixed as the rest of their computation. A constant-liar
-sampler (Optuna 5's default TPE, GP) thus steers away from the points of the trials whose results
-it cannot see yet, as in a plain parallel run, but the same trials on every run.
 """
 
 from __future__ import annotations
@@ -29,11 +23,7 @@ from collections.abc import Collection
 from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any
 
-from optuna.distributions import BaseDistribution
-from optuna.distributions import distribution_to_json
-from optuna.distributions import json_to_distribution
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
@@ -46,47 +36,6 @@ POSITION_ATTR = "optuna_checkpoint:position"
 
 DETERMINISTIC_ATTR = "optuna_checkpoint:deterministic"
 """Study system attribute: the deterministic configuration every worker must share."""
-
-PROPOSAL_ATTR = "optuna_checkpoint:proposal"
-"""System attribute of a trial of a deterministic study: its relative parameters, set at its start.
-
-A JSON object ``{"params": {name: value}, "distributions": {name: distribution JSON}}``. Every
-attempt at a position records the same proposal, so any attempt's record serves, an interrupted
-one's included.
-"""
-
-
-def proposal(search_space: dict[str, BaseDistribution], params: dict[str, Any]) -> dict[str, Any]:
-    """The value of :data:`PROPOSAL_ATTR` for a trial whose relative sampling gave ``params``."""
-    return {
-        "params": dict(params),
-        "distributions": {name: distribution_to_json(search_space[name]) for name in params},
-    }
-
-
-def proposed_trial(attempt: FrozenTrial | None, position: int) -> FrozenTrial:
-    """The trial at ``position`` as later trials see it: RUNNING, with its proposal only.
-
-    ``attempt`` is an attempt that recorded the proposal, or ``None`` for a position settled
-    without one (a trial added with ``study.add_trial``): it is then shown with no parameters.
-    """
-    record = {} if attempt is None else attempt.system_attrs.get(PROPOSAL_ATTR, {})
-    distributions = {
-        name: json_to_distribution(text) for name, text in record.get("distributions", {}).items()
-    }
-    return FrozenTrial(
-        number=position,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=None if attempt is None else attempt.datetime_start,
-        datetime_complete=None,
-        params=dict(record.get("params", {})),
-        distributions=distributions,
-        user_attrs={},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=-1 - position if attempt is None else attempt._trial_id,
-    )
 
 
 def position_of(trial: FrozenTrial) -> int:
@@ -105,14 +54,11 @@ class PositionBook:
         unfinished: The unfinished (RUNNING or WAITING) attempts of each position, hidden
             (interrupted) attempts left out.
         issued: How many positions exist: the number of trials.
-        proposed: An attempt of each position that recorded its proposal, interrupted
-            attempts included.
     """
 
     settled: dict[int, FrozenTrial] = field(default_factory=dict)
     unfinished: dict[int, list[FrozenTrial]] = field(default_factory=dict)
     issued: int = 0
-    proposed: dict[int, FrozenTrial] = field(default_factory=dict)
 
     @classmethod
     def read(cls, trials: Iterable[FrozenTrial], hidden: Collection[int]) -> PositionBook:
@@ -125,11 +71,9 @@ class PositionBook:
         book = cls()
         for trial in trials:
             book.issued = max(book.issued, trial.number + 1)
-            position = position_of(trial)
-            if PROPOSAL_ATTR in trial.system_attrs:
-                book.proposed.setdefault(position, trial)
             if trial._trial_id in hidden or INTERRUPTED_ATTR in trial.system_attrs:
                 continue
+            position = position_of(trial)
             if trial.state.is_finished():
                 held = book.settled.get(position)
                 if held is None or trial.number < held.number:
@@ -169,18 +113,6 @@ class PositionBook:
             for t in self.unfinished.get(position, ())
             if t.state == TrialState.RUNNING and not alive(t)
         ]
-
-    def unproposed(self, first: int, last: int) -> list[int]:
-        """The positions ``first`` .. ``last`` whose proposal is not known yet."""
-        return [
-            p
-            for p in range(max(first, 0), last + 1)
-            if p not in self.proposed and p not in self.settled
-        ]
-
-    def proposals(self, first: int, last: int) -> list[FrozenTrial]:
-        """The positions ``first`` .. ``last`` as the trials after them see them."""
-        return [proposed_trial(self.proposed.get(p), p) for p in range(max(first, 0), last + 1)]
 
     def history(self, last: int) -> list[FrozenTrial]:
         """The settled attempts at positions up to ``last``, renumbered to their positions."""
