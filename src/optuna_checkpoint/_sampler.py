@@ -387,7 +387,9 @@ class CheckpointingSampler(BaseSampler):
             return
         view, logical = self._logical(attachment, study, trial)
         hide = self._parallel is not None
-        self._recorder.mark_if_cut_off(attachment, trial, logical.number, state, hide=hide)
+        cut_off = self._recorder.mark_if_cut_off(
+            attachment, trial, logical.number, state, hide=hide
+        )
         with self._sampling_lock, self._own_state(trial):
             self._sampler.after_trial(view, logical, state, values)
             checkpoint = self._recorder.capture(
@@ -395,7 +397,7 @@ class CheckpointingSampler(BaseSampler):
             )
         crash_point("after_capture")
         self._recorder.record(attachment, trial, checkpoint)
-        self._trial_states.trial_finished(attachment, trial._trial_id, state)
+        self._trial_states.trial_finished(attachment, trial._trial_id, cut_off=cut_off)
         if self._parallel is not None:
             self._parallel.end(trial)
 

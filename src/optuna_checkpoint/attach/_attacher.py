@@ -156,7 +156,7 @@ class StreamAttacher:
             if self._start_new_stream and not created:
                 stream = self._restart_stream(store, stream, me, study, trial, uid, pristine)
             else:
-                self._check_fingerprint(stream, study, trial)
+                self._check_fingerprint(store, stream, study, trial)
             self._adapter.bind_study(storage, study._study_id, sole_stream=sole_stream)
         except BaseException:
             store.release(stream.stream_id, me.token)
@@ -243,7 +243,9 @@ class StreamAttacher:
                     f"another process took over checkpoint stream {name!r} of study "
                     f"{study.study_name!r} at the same moment; run one process per worker id."
                 )
-            refuse_trial(study, trial, "refused: another live process holds its worker id")
+            _close_refused_trial(
+                store, uid, study, trial, "refused: another live process holds its worker id"
+            )
             raise StreamOwnedError(
                 f"worker id {name!r} of study {study.study_name!r} is in use: "
                 f"{verdict.reason}. Two live processes must not share a worker id. Stop the "
@@ -311,13 +313,19 @@ class StreamAttacher:
         )
         return reset
 
-    def _check_fingerprint(self, stream: Stream, study: Study, trial: FrozenTrial) -> None:
+    def _check_fingerprint(
+        self, store: CheckpointStore, stream: Stream, study: Study, trial: FrozenTrial
+    ) -> None:
         if same_configuration(stream.fingerprint, self._fingerprint):
             return
         lines = differences(stream.fingerprint, self._fingerprint)
         shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
-        refuse_trial(
-            study, trial, "refused: the sampler is configured differently from the stream's"
+        _close_refused_trial(
+            store,
+            stream.study_uid,
+            study,
+            trial,
+            "refused: the sampler is configured differently from the stream's",
         )
         raise ConfigMismatchError(
             f"study {study.study_name!r} was checkpointed by a sampler configured differently "
@@ -406,10 +414,17 @@ def refuse_trial(study: Study, trial: FrozenTrial, reason: str) -> None:
     store = store_for(storage)
     uid = study_uid(study_id, study.study_name, first_trial(storage, study_id))
     store.open_study(study_id, uid)
+    _close_refused_trial(store, uid, study, trial, reason)
+
+
+def _close_refused_trial(
+    store: CheckpointStore, uid: str, study: Study, trial: FrozenTrial, reason: str
+) -> None:
+    """:func:`refuse_trial` with the study's store and uid at hand."""
     hidden = HiddenTrials.of(store.where_interrupted(uid))
     logical = hidden.logical_number(trial.number)
     store.add_interruptions(
-        study_id, uid, [Interruption(trial._trial_id, trial.number, logical, reason)]
+        study._study_id, uid, [Interruption(trial._trial_id, trial.number, logical, reason)]
     )
-    storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

@@ -127,8 +127,10 @@ class TrialRecorder:
     @staticmethod
     def mark_if_cut_off(
         attachment: Attachment, trial: FrozenTrial, position: int, state: TrialState, *, hide: bool
-    ) -> None:
+    ) -> bool:
         """Tag a trial that Ctrl-C cut off as interrupted, before Optuna stores it as FAIL.
+
+        Returns whether Ctrl-C cut it off (the later stages of ``after_trial`` need to know).
 
         Optuna tells it as an ordinary FAIL, and a finished trial can no longer be tagged, so
         this is the last moment. With ``hide`` (the deterministic mode) the interruption is also
@@ -137,7 +139,7 @@ class TrialRecorder:
         hides it (its rule for a stream's newest FAIL).
         """
         if state != TrialState.FAIL or not cut_off_by_ctrl_c():
-            return
+            return False
         reason = CUT_OFF_BY_CTRL_C
         if hide:
             stream_id = attachment.stream.stream_id
@@ -147,6 +149,7 @@ class TrialRecorder:
                 [Interruption(trial._trial_id, trial.number, position, reason, stream_id)],
             )
         attachment.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
+        return True
 
     def capture(
         self,

@@ -30,8 +30,6 @@ import threading
 from typing import TYPE_CHECKING
 from typing import Any
 
-from optuna.trial import TrialState
-
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.state import _codec
@@ -40,7 +38,6 @@ from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.study._positions import position_of
 from optuna_checkpoint.study._trials import FAILED_TRIAL_ATTR
-from optuna_checkpoint.study._trials import cut_off_by_ctrl_c
 
 
 if TYPE_CHECKING:
@@ -202,19 +199,17 @@ class TrialStates:
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptCheckpointError(f"{what} is not a trial state." + _REMEDY) from e
 
-    def trial_finished(self, attachment: Attachment, trial_id: int, state: TrialState) -> None:
+    def trial_finished(self, attachment: Attachment, trial_id: int, *, cut_off: bool) -> None:
         """Delete the state of a trial that finished; keep it for one that was cut off.
 
         Called from the sampler's ``after_trial``, after the trial's checkpoint was recorded.
-        A FAIL by Ctrl-C is cut off (the resume retries it); a kill never gets here.
+        ``cut_off``: Ctrl-C cut the trial off (the resume retries it); a kill never gets here.
         """
         with self._lock:
             attempt = self._attempts.pop(trial_id, None)
-        if attempt is None or self._keep:
+        if attempt is None or self._keep or cut_off:
             return
         key = attempt.logical_trial
-        if state == TrialState.FAIL and cut_off_by_ctrl_c():
-            return
         if attachment.atomic:
             attachment.store.delete_trial_state_with_trial_end(attachment.study_uid, trial_id, key)
         else:

@@ -169,9 +169,9 @@ def mark_retry(
     repeated = [
         i for i in interrupted if i.stream_id == stream_id and i.trial_number > restored_after
     ]
-    previous = [i.trial_number for i in repeated]
-    if not previous:
+    if not repeated:
         return repeated
+    previous = [i.trial_number for i in repeated]
     for key, value in ((FAILED_TRIAL_ATTR, previous[0]), (RETRY_HISTORY_ATTR, previous)):
         storage.set_trial_system_attr(current._trial_id, key, value)
         # The Trial object Optuna is building holds this very FrozenTrial.
