@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import subprocess
 import sys
 from typing import Any
 
@@ -167,7 +168,8 @@ def test_every_checkpoint_records_the_library_versions(tmp_path: pathlib.Path) -
     assert len(recorded) == 4
     assert all(v == library_versions() for v in recorded)
     versions = library_versions()
-    assert set(versions) - {"cmaes"} == {"optuna-checkpoint", "optuna", "numpy", "python"}
+    expected = {"optuna-checkpoint", "optuna", "numpy", "python"}
+    assert set(versions) - {"cmaes", "cmaes statistics"} == expected
     assert versions["numpy"] == np.__version__
     assert versions["optuna-checkpoint"] == optuna_checkpoint.__version__
     assert ("cmaes" in versions) == ("cmaes" in sys.modules)  # recorded once CMA-ES loads it
@@ -177,6 +179,77 @@ def test_cmaes_is_recorded_once_a_cma_es_sampler_has_loaded_it(tmp_path: pathlib
     url = f"sqlite:///{tmp_path / 'cma.db'}"
     release(run(url, 2, optuna.samplers.CmaEsSampler(seed=1)))
     assert recorded_versions(url)[-1]["cmaes"] == sys.modules["cmaes"].__version__
+    # SciPy is among the test extras, and cmaes reads it through the attribute we look at.
+    assert recorded_versions(url)[-1]["cmaes statistics"] == "scipy"
+
+
+# A fresh interpreter: whether constructing a sampler imports cmaes.
+IMPORTS_CMAES = """
+import sys
+import optuna
+from optuna_checkpoint import CheckpointingSampler
+sampler = optuna.samplers.CmaEsSampler(seed=1)
+if sys.argv[1] == "wrapped":
+    CheckpointingSampler(sampler)
+print("cmaes" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("how", "imported"), [("wrapped", "True"), ("bare", "False")])
+def test_wrapping_a_cma_es_sampler_imports_cmaes_before_the_study_runs(
+    how: str, imported: str
+) -> None:
+    # Optuna imports cmaes at the first CMA proposal, mid-study, where a Ctrl-C in SciPy's
+    # initialization makes cmaes fall back silently; the bare sampler is the control.
+    command = [sys.executable, "-c", IMPORTS_CMAES, how]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == imported
+
+
+# A process whose cmaes could not import SciPy's statistics although SciPy is installed, as
+# after a Ctrl-C in SciPy's initialization (pybind11 turns it into this ImportError); Optuna's
+# default logging, as a user runs it.
+FELL_BACK = """
+import sys
+import optuna
+from optuna_checkpoint import CheckpointingSampler
+
+
+class InterruptedInitialization:
+    def find_spec(self, name, path=None, target=None):
+        if name == "scipy.stats":
+            raise ImportError("initialization failed")
+
+
+sys.meta_path.insert(0, InterruptedInitialization())
+sampler = CheckpointingSampler(optuna.samplers.CmaEsSampler(seed=1, with_margin=True))
+study = optuna.create_study(study_name="margin", storage=sys.argv[1], sampler=sampler)
+study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("k", 0, 3), n_trials=3)
+"""
+
+
+def test_a_process_whose_cmaes_fell_back_says_so_and_its_resume_warns(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'margin.db'}"
+    command = [sys.executable, "-c", FELL_BACK, url]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "cmaes is computing with its own statistics although SciPy is installed" in (
+        result.stderr
+    )
+    assert recorded_versions(url)[-1]["cmaes statistics"] == "built-in"
+
+    # Resumed here, where cmaes has SciPy: the difference is named, not passed over.
+    study = optuna.load_study(
+        study_name="margin",
+        storage=url,
+        sampler=CheckpointingSampler(optuna.samplers.CmaEsSampler(seed=1, with_margin=True)),
+    )
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
+        study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("k", 0, 3), 1)
+    release(study)
+    assert "cmaes statistics built-in -> scipy" in caplog.text
+    assert "computing with its own statistics" not in caplog.text  # this process has SciPy
 
 
 def test_a_resume_under_other_versions_warns_naming_each_change(

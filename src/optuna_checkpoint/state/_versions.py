@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import functools
+import importlib.util
 import platform
 import sys
 
@@ -24,6 +25,11 @@ _logger = get_logger(__name__)
 _PYTHON = "python"
 _THIS_PACKAGE = "optuna-checkpoint"
 _CMAES = "cmaes"
+# Not a library: which statistics cmaes's CMA-ES with margin computes with (see
+# :func:`cmaes_statistics`). Recorded beside the versions, and compared like them.
+_CMAES_STATISTICS = "cmaes statistics"
+SCIPY = "scipy"
+BUILT_IN = "built-in"
 
 # What a change of each library can do to the trajectory after the resume.
 _CONSEQUENCES = {
@@ -31,6 +37,10 @@ _CONSEQUENCES = {
     "numpy": "NumPy's generators keep their streams, but its numerics may differ in the last bit",
     _CMAES: "CMA-ES updates may differ under another cmaes",
     _PYTHON: "the standard library's numerics may differ",
+    _CMAES_STATISTICS: (
+        "CMA-ES with margin computes its margin with SciPy on one side and with cmaes's "
+        "approximations on the other, which differ in the last bits"
+    ),
 }
 
 
@@ -46,7 +56,46 @@ def library_versions() -> dict[str, str]:
     cmaes = sys.modules.get(_CMAES)
     if cmaes is not None:
         versions[_CMAES] = str(getattr(cmaes, "__version__", "unknown"))
+    statistics = cmaes_statistics()
+    if statistics is not None:
+        versions[_CMAES_STATISTICS] = statistics
     return versions
+
+
+def cmaes_statistics() -> str | None:
+    """Which statistics cmaes's ``CMAwM`` uses in this process: SciPy's or its own.
+
+    cmaes imports SciPy's normal CDF and chi-squared quantile when it can and otherwise falls
+    back on its own approximations, silently. The two differ in the last bits, and so do the
+    proposals of ``CmaEsSampler(with_margin=True)``. A process can fall back even with SciPy
+    installed: a Ctrl-C that lands while SciPy's C extensions initialize reaches cmaes as an
+    ImportError (pybind11 reports any failure of a module's initialization so), and the
+    process goes on. Returns ``None`` before cmaes is imported, or if cmaes no longer has the
+    attribute this reads (``test_versions`` notices that).
+    """
+    margin = sys.modules.get("cmaes._cmawm")
+    norm_cdf = getattr(margin, "norm_cdf", None)
+    if norm_cdf is None:
+        return None
+    own = getattr(sys.modules.get("cmaes._stats"), "norm_cdf", None)
+    return BUILT_IN if norm_cdf is own else SCIPY
+
+
+def warn_if_cmaes_fell_back() -> None:
+    """Warn when cmaes uses its own statistics although SciPy is installed.
+
+    Then cmaes's import of SciPy failed in this process, typically cut off by Ctrl-C, and
+    CMA-ES with margin proposes what a process with SciPy would not, from the first trial on.
+    """
+    if cmaes_statistics() != BUILT_IN or importlib.util.find_spec(SCIPY) is None:
+        return
+    _logger.warning(
+        "cmaes is computing with its own statistics although SciPy is installed: its import of "
+        "SciPy failed in this process (a Ctrl-C during the import does this, and the process "
+        "goes on). CmaEsSampler(with_margin=True) then proposes differently, in the last bits, "
+        "from a process that uses SciPy, so this run will not follow the trajectory of an "
+        "uninterrupted one. Stop this process and start it again."
+    )
 
 
 @functools.cache

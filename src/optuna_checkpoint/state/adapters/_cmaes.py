@@ -5,6 +5,13 @@ of the trial that closes a generation and reloads it from the last finished tria
 already stores it. What lives only in memory is ``_cma_rng`` (it reseeds the optimizer every trial,
 together with ``trial.number``), the independent sampler used outside the relative search space,
 and a warn-once flag.
+
+Optuna imports cmaes at the sampler's first proposal; the adapter imports it when the sampler is
+wrapped instead, before the study runs. A Ctrl-C that lands in that import while SciPy's C
+extensions initialize does not stop the process: cmaes receives it as an ImportError and falls
+back on its own statistics, which changes the last bits of every proposal of CMA-ES with margin
+(:func:`~optuna_checkpoint.state._versions.cmaes_statistics`). Importing up front keeps that
+window out of the study, and says so if it happened anyway.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Any
 
 from optuna.samplers import CmaEsSampler
 
+from optuna_checkpoint.state._versions import warn_if_cmaes_fell_back
 from optuna_checkpoint.state.adapters._protocol import StateAdapter
 from optuna_checkpoint.state.adapters._registry import adapter_of_held
 from optuna_checkpoint.state.adapters._registry import register
@@ -36,6 +44,9 @@ class CmaEsSamplerAdapter(StateAdapter):
 
     def __init__(self, sampler: CmaEsSampler) -> None:
         super().__init__(sampler)
+        import cmaes  # noqa: F401 - up front, see the module's docstring
+
+        warn_if_cmaes_fell_back()
         self._independent = adapter_of_held(
             sampler._independent_sampler, holder="CmaEsSampler", role="independent_sampler"
         )
