@@ -9,7 +9,11 @@ from optuna.trial import TrialState
 from optuna.trial import create_trial
 import pytest
 
+from optuna_checkpoint.resume._interruptions import find_interrupted
+from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.study._logical import HiddenTrials
+from optuna_checkpoint.study._trials import CHECKPOINT_NOT_SAVED
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 
 
 DISTRIBUTION = FloatDistribution(0.0, 1.0)
@@ -135,3 +139,36 @@ def test_logical_view_of_a_study_lists_the_uninterrupted_trials(use_cache: bool)
         4,
     ]
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+
+
+def test_a_trial_two_rules_call_interrupted_is_hidden_once() -> None:
+    # Ctrl-C right after an unsaved trial's checkpoint was saved after all: the trial is FAIL,
+    # tagged as unsaved, and its checkpoint is the stream's newest. Hidden twice, every later
+    # trial's logical number would be one too small.
+    study = optuna.create_study()
+    for x in (0.1, 0.2):
+        study.add_trial(create_trial(params={"x": x}, distributions={"x": DISTRIBUTION}, value=x))
+    unsaved = study.ask({"x": DISTRIBUTION})
+    study._storage.set_trial_system_attr(unsaved._trial_id, INTERRUPTED_ATTR, CHECKPOINT_NOT_SAVED)
+    study.tell(unsaved, state=TrialState.FAIL)
+    current = study.ask()
+    trials = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
+    newest = Checkpoint(
+        trial_id=unsaved._trial_id,
+        logical_number=2,
+        trial_state="COMPLETE",
+        trial_values=[0.3],
+        adapter="RandomSampler",
+        payload=b"",
+        checksum="",
+    )
+    fresh, exhausted = find_interrupted(
+        trials,
+        trials[current._trial_id],
+        [],
+        newest,
+        mine={unsaved._trial_id},
+        stream_id=1,
+        max_retries=None,
+    )
+    assert [i.trial_number for i in fresh] == [2] and not exhausted

@@ -192,7 +192,10 @@ def test_the_suite_splits_every_kill_fuzz_grid_between_the_tiers(tmp_path: Path)
             continue
         every = {(k, v) for case in cases for k, v in case["params"].items()}
         assert every == {(k, v) for case in kept for k, v in case["params"].items()}, function
-    # The main grid: every sampler with every signal, in the default run.
+    # The main grid: every kind of sampler state with every signal, in the default run; every
+    # configuration of those samplers with one signal at least.
     random_kills = "test_kill_fuzz.py::test_resume_after_random_kills_matches_uninterrupted_run"
     pairs = {(c["params"]["sampler"], c["params"]["sig"]) for c in fast if random_kills in c["id"]}
-    assert len(pairs) == 8 * 3
+    assert len(pairs) == 3 * 3
+    variants = "test_kill_fuzz.py::test_sampler_variant_resumes_after_random_kills"
+    assert len({c["params"]["variant"] for c in fast if variants in c["id"]}) == 5

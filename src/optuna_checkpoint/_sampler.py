@@ -385,18 +385,25 @@ class CheckpointingSampler(BaseSampler):
             with self._sampling_lock:
                 self._sampler.after_trial(study, trial, state, values)
             return
-        view, logical = self._logical(attachment, study, trial)
-        hide = self._parallel is not None
-        cut_off = self._recorder.mark_if_cut_off(
-            attachment, trial, logical.number, state, hide=hide
-        )
-        with self._sampling_lock, self._own_state(trial):
-            self._sampler.after_trial(view, logical, state, values)
-            checkpoint = self._recorder.capture(
-                attachment, trial, logical.number, state, None if values is None else list(values)
+        try:
+            view, logical = self._logical(attachment, study, trial)
+            hide = self._parallel is not None
+            cut_off = self._recorder.mark_if_cut_off(
+                attachment, trial, logical.number, state, hide=hide
             )
-        crash_point("after_capture")
-        self._recorder.record(attachment, trial, checkpoint)
+            with self._sampling_lock, self._own_state(trial):
+                self._sampler.after_trial(view, logical, state, values)
+                values_list = None if values is None else list(values)
+                checkpoint = self._recorder.capture(
+                    attachment, trial, logical.number, state, values_list
+                )
+            crash_point("after_capture")
+            self._recorder.record(attachment, trial, checkpoint)
+        except BaseException as error:
+            if not attachment.atomic:
+                # Optuna stores the trial's end even so; no commit here to refuse.
+                self._recorder.fail_unsaved(attachment, trial, error)
+            raise
         self._trial_states.trial_finished(attachment, trial._trial_id, cut_off=cut_off)
         if self._parallel is not None:
             self._parallel.end(trial)

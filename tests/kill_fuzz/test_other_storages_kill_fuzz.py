@@ -26,11 +26,14 @@ import uuid
 import optuna
 import pytest
 
+from optuna_checkpoint.study._trials import CHECKPOINT_NOT_SAVED as UNSAVED
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR as INTERRUPTED
 from tests.kill_fuzz.harness import assert_resumed_exactly
 from tests.kill_fuzz.harness import first_difference
 from tests.kill_fuzz.harness import run_with_crash_points
 from tests.kill_fuzz.harness import run_with_random_kills
 from tests.kill_fuzz.harness import trajectory
+from tests.kill_fuzz.storages import open_storage
 from tests.kill_fuzz.test_kill_fuzz import CONTROL_DELAY_IN_OBJECTIVE
 from tests.kill_fuzz.test_kill_fuzz import CONTROL_MIN_KILL_DELAY
 from tests.kill_fuzz.test_kill_fuzz import MAX_KILL_DELAY
@@ -125,6 +128,25 @@ def test_resume_after_crash_points_matches_uninterrupted_run(address: str, refer
     log = run_with_crash_points(_config("tpe", address), plan)
     assert log.kills_landed == len(plan)
     assert_resumed_exactly(address, reference("tpe"), log, N_COMPLETE)
+
+
+def test_ctrl_c_before_the_checkpoint_is_saved_fails_the_trial_for_a_retry(
+    address: str, reference: Any
+) -> None:
+    # Optuna stores a trial's end in a ``finally`` after after_trial, even when Ctrl-C stopped
+    # after_trial before the checkpoint was saved. Stored as it ended, the trial would make the
+    # resume restore the state from before it, silently; stored as FAIL, it is retried.
+    plan = ["after_capture:3:INT"]
+    log = run_with_crash_points(_config("tpe", address), plan)
+    assert log.kills_landed == len(plan)
+    assert_resumed_exactly(address, reference("tpe"), log, N_COMPLETE)
+    [unsaved] = [t for t in _raw_trials(address) if t.system_attrs.get(INTERRUPTED) == UNSAVED]
+    assert unsaved.state == optuna.trial.TrialState.FAIL
+
+
+def _raw_trials(address: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="fuzz", storage=open_storage(address))
+    return study.get_trials(deepcopy=False)
 
 
 def test_control_unwrapped_sampler_diverges_under_kills(

@@ -19,6 +19,7 @@ from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.study._trials import CHECKPOINT_NOT_SAVED
 from optuna_checkpoint.study._trials import CUT_OFF_BY_CTRL_C
 from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 from optuna_checkpoint.study._trials import cut_off_by_ctrl_c
@@ -150,6 +151,34 @@ class TrialRecorder:
             )
         attachment.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
         return True
+
+    def fail_unsaved(
+        self, attachment: Attachment, trial: FrozenTrial, error: BaseException
+    ) -> None:
+        """Store as FAIL, tagged, a trial whose ``after_trial`` failed before its checkpoint.
+
+        Only for stores without a commit hook, which cannot refuse the trial's end as SQL
+        stores do: Optuna stores it in a ``finally`` after ``after_trial``, and a trial stored
+        as finished without its checkpoint would make the next resume restore an older state.
+        Stored first as FAIL (Optuna's own write then fails), it is retried like any
+        interrupted trial. Best effort, as the process is already failing: a write that fails
+        too leaves the original exception to propagate.
+        """
+        try:
+            attachment.storage.set_trial_system_attr(
+                trial._trial_id, INTERRUPTED_ATTR, CHECKPOINT_NOT_SAVED
+            )
+            attachment.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except Exception:
+            _logger.debug("Trial %d could not be failed as unsaved.", trial.number, exc_info=True)
+            return
+        _logger.warning(
+            "Trial %d was stopped (%s) before its checkpoint was saved: it is stored as failed, "
+            "and the next run retries it. Optuna's UpdateFinishedTrialError below follows from "
+            "this.",
+            trial.number,
+            type(error).__name__,
+        )
 
     def capture(
         self,

@@ -20,7 +20,9 @@ from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.study._logical import HiddenTrials
+from optuna_checkpoint.study._trials import CHECKPOINT_NOT_SAVED
 from optuna_checkpoint.study._trials import FAILED_TRIAL_ATTR
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 from optuna_checkpoint.study._trials import RETRY_HISTORY_ATTR
 
 
@@ -93,7 +95,8 @@ def find_interrupted(
         current: The trial this process is starting.
         known: Interruptions recorded before, of every stream.
         newest: The stream's newest checkpoint whose trial is not hidden yet.
-        mine: The ids of the unfinished trials the stream ran (claimed by it, or adopted).
+        mine: The ids of the unfinished trials the stream ran (claimed by it, or adopted), and
+            of its finished ones tagged :data:`CHECKPOINT_NOT_SAVED`.
         stream_id: The stream resuming.
         max_retries: How often one logical position may be retried; ``None``: no limit.
 
@@ -111,6 +114,10 @@ def find_interrupted(
     exhausted: list[FrozenTrial] = []
 
     def interrupt(trial: FrozenTrial, reason: str) -> None:
+        if any(i.trial_id == trial._trial_id for i in fresh):
+            # Two rules can name one trial: an unsaved one whose checkpoint made it after all is
+            # also the stream's newest FAIL. Hidden twice, it would shift every later number.
+            return
         logical = HiddenTrials(hidden_pairs).logical_number(trial.number)
         if max_retries is not None and attempts.get(logical, 0) >= max_retries:
             _logger.warning(
@@ -139,6 +146,8 @@ def find_interrupted(
             continue
         if trial.state == TrialState.RUNNING:
             interrupt(trial, "its process died while the trial ran")
+        elif trial.system_attrs.get(INTERRUPTED_ATTR) == CHECKPOINT_NOT_SAVED:
+            interrupt(trial, "it ended, but its process stopped before saving its checkpoint")
         elif trial.state == TrialState.FAIL and trial.number > last_checkpointed:
             interrupt(trial, "its process died while the trial ran; failed as stale")
 

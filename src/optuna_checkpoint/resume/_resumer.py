@@ -22,6 +22,8 @@ from optuna_checkpoint.resume._interruptions import find_interrupted
 from optuna_checkpoint.resume._interruptions import mark_retry
 from optuna_checkpoint.resume._interruptions import roll_forward
 from optuna_checkpoint.study._logical import HiddenTrials
+from optuna_checkpoint.study._trials import CHECKPOINT_NOT_SAVED
+from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 from optuna_checkpoint.study._trials import close_as_interrupted
 from optuna_checkpoint.study._trials import forget_trials_of_this_trial
 from optuna_checkpoint.study._trials import trials_of_this_trial
@@ -162,6 +164,8 @@ class Resumer:
     ) -> set[int]:
         """The unfinished trials this stream's previous owner ran: claimed by it, or adopted.
 
+        Also its trials that ended without their checkpoint (tagged so by their process).
+
         A trial no stream claimed after the claim window was created by a process that died
         before its first sampler hook; the first worker to resume adopts it, atomically, so it
         is hidden and retried exactly once. Other workers' trials are never touched.
@@ -173,7 +177,11 @@ class Resumer:
         candidates = [
             t
             for t in all_trials
-            if (t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and t.number > after))
+            if (
+                t.state == TrialState.RUNNING
+                or (t.state == TrialState.FAIL and t.number > after)
+                or t.system_attrs.get(INTERRUPTED_ATTR) == CHECKPOINT_NOT_SAVED
+            )
             and t._trial_id != current._trial_id
             and t._trial_id not in hidden
         ]

@@ -88,6 +88,14 @@ def forget_trials_of_this_trial(study: Study) -> None:
 CUT_OFF_BY_CTRL_C = "Ctrl-C (KeyboardInterrupt) cut it off"
 """The :data:`INTERRUPTED_ATTR` of a trial that Ctrl-C cut off, which its own process tags."""
 
+CHECKPOINT_NOT_SAVED = "its process stopped before saving its checkpoint"
+"""The :data:`INTERRUPTED_ATTR` of a trial whose ``after_trial`` failed before its checkpoint.
+
+Optuna stores a trial's end in a ``finally`` after the sampler's ``after_trial``, so an exception
+there (Ctrl-C) does not stop it. On SQL storages the store then refuses that commit; on stores
+without a commit hook the trial's own process stores it as FAIL first, tagged so.
+"""
+
 
 def cut_off_by_ctrl_c() -> bool | None:
     """Whether the trial Optuna is telling now failed by a ``KeyboardInterrupt`` (Ctrl-C).
