@@ -8,7 +8,8 @@ GPSampler fits its Gaussian processes from the second trial after its ``GP_START
 starting each kernel fit from the previous trial's hyperparameters. The plan kills the 6th
 trial inside its objective, after the GP proposed it (so its retry must start the fit from the
 kernel cache of the 5th), then, in the resumed run, a trial between its capture and its commit.
-Every child imports torch (about 2 s of CPU), so the plans are short and the study small.
+Every child imports torch (about 2 s of CPU), so the plans are short and the study small, and
+the constrained two-objective study runs under -m soak.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ N_COMPLETE = 8
 SEED = 7
 CRASH_PLAN = ["objective:6:KILL", "after_capture:2:KILL"]
 CONTROL_PLAN = ["objective:6:KILL"]
-SCENARIOS = ["gp-single", "gp-multi-constrained"]
 
 
 _config = functools.partial(scenario_config, seed=SEED, n_complete=N_COMPLETE)
@@ -64,10 +64,20 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Traje
     return lambda scenario: runs.trajectory(_config(scenario, "", wrap=False))
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_gp_resumes_at_crash_points_like_the_uninterrupted_bare_sampler(
-    scenario: str, tmp_path: Path, reference: Any
+    tmp_path: Path, reference: Any
 ) -> None:
+    _resumes_at_crash_points("gp-single", tmp_path, reference)
+
+
+@pytest.mark.soak
+def test_soak_constrained_multi_objective_gp_resumes_at_crash_points(
+    tmp_path: Path, reference: Any
+) -> None:
+    _resumes_at_crash_points("gp-multi-constrained", tmp_path, reference)
+
+
+def _resumes_at_crash_points(scenario: str, tmp_path: Path, reference: Any) -> None:
     url = sqlite_url(tmp_path / "study.db")
     log = run_with_crash_points(_config(scenario, url), CRASH_PLAN)
     assert log.kills_landed == len(CRASH_PLAN), f"a crash point was not reached: {log.signals}"
