@@ -249,8 +249,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> Iterator[None]:
     calls: Sequence[Any] = metafunc._calls  # every case, fixture params included
     if calls and _tiered(definition) and definition.get_closest_marker("soak") is None:
         cases = [{name: tiers.value_key(v) for name, v in c.params.items()} for c in calls]
-        pins = [pin for mark in definition.iter_markers("fast_tier") for pin in mark.args]
-        fast = tiers.fast_cases(cases, pins=pins)
+        marks = list(definition.iter_markers("fast_tier"))
+        pins = [pin for mark in marks for pin in mark.args]
+        pairs = all(mark.kwargs.get("pairs", True) for mark in marks)
+        fast = tiers.fast_cases(cases, pins=pins, pairs=pairs)
         metafunc.config.stash[_FAST][definition.nodeid] = {calls[i].id for i in fast}
     return result
 

@@ -90,21 +90,21 @@ def test_resume_after_random_kills_matches_uninterrupted_run(
     _resume_after_random_kills(sampler, sig, tmp_path, reference, run_length, kill_rng)
 
 
-# ``variant`` is not a key axis of the fast tier (tests/kill_fuzz/tiers.py): by default every
-# variant and every signal occur, not every pair. Pinned: Ctrl-C in CMA-ES with margin, whose
-# numerics changed when a Ctrl-C landed in cmaes's import (see state/adapters/_cmaes.py).
-@pytest.mark.fast_tier({"variant": "cmaes-margin", "sig": signal.SIGINT})
+# By default every variant and every signal occur, not every pair. Pinned: Ctrl-C in CMA-ES with
+# margin, whose numerics changed when a Ctrl-C landed in cmaes's import (see
+# state/adapters/_cmaes.py).
+@pytest.mark.fast_tier({"sampler": "cmaes-margin", "sig": signal.SIGINT}, pairs=False)
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("sampler", VARIANTS)
 def test_sampler_variant_resumes_after_random_kills(
-    variant: str,
+    sampler: str,
     sig: signal.Signals,
     tmp_path: Path,
     reference: Any,
     run_length: Callable[[str], float],
     kill_rng: random.Random,
 ) -> None:
-    _resume_after_random_kills(variant, sig, tmp_path, reference, run_length, kill_rng)
+    _resume_after_random_kills(sampler, sig, tmp_path, reference, run_length, kill_rng)
 
 
 def _resume_after_random_kills(
@@ -150,13 +150,14 @@ def test_signed_checkpoints_resume_after_random_kills(
     assert found and all(seal.startswith("hmac-sha256:") for seal in found)
 
 
-# ``stop_signal`` is not a key axis of the fast tier: the loop is the same for every signal, so by
-# default each sampler and each signal occur once, every pair under -m soak.
-@pytest.mark.parametrize("stop_signal", SIGNALS, ids=lambda s: s.name)
+# The loop is the same for every signal: by default each sampler and each signal occur once, every
+# pair under -m soak.
+@pytest.mark.fast_tier(pairs=False)
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
 def test_ask_tell_loop_resumes_after_random_kills_like_uninterrupted_optimize(
     sampler: str,
-    stop_signal: signal.Signals,
+    sig: signal.Signals,
     tmp_path: Path,
     reference: Any,
     run_length: Callable[[str], float],
@@ -168,7 +169,7 @@ def test_ask_tell_loop_resumes_after_random_kills_like_uninterrupted_optimize(
     log = run_with_random_kills(
         _config(sampler, url, loop="ask_tell"),
         kills=KILLS,
-        signals=[stop_signal],
+        signals=[sig],
         rng=kill_rng,
         max_delay=_kill_window(run_length(sampler)),
     )

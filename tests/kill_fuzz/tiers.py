@@ -14,7 +14,9 @@ same cases. Every other case is marked ``soak`` (``tests/conftest.py`` does that
 and still runs under ``pytest -m soak``; ``--fuzz-sample K`` runs K of them, chosen by the seed
 with :func:`soak_sample`. A test pins cases of its own into the fast tier with
 ``@pytest.mark.fast_tier({"param": "value", ...}, ...)``: each dict selects the cases whose
-parameters have those values (see :func:`value_key` for how values are named).
+parameters have those values (see :func:`value_key` for how values are named). A test whose key
+axes need not meet in every combination says ``@pytest.mark.fast_tier(pairs=False)``: its fast
+tier then holds every value of every parameter, not every pair.
 
 The seed also drives the random kill instants (the ``kill_rng`` fixture, :func:`case_seed`): the
 same seed and node id give the same instants, whichever xdist worker runs the case.
@@ -92,20 +94,22 @@ def fast_cases(
     cases: Sequence[Case],
     *,
     pins: Sequence[Mapping[str, Any]] = (),
+    pairs: bool = True,
     seed: int = FAST_TIER_SEED,
 ) -> list[int]:
     """The indices of the cases of one test function that form its fast tier, sorted.
 
     The pinned cases first, then, greedily, the case that covers most of what is still
     uncovered (ties broken by an order shuffled with ``seed``), until every requirement of
-    :func:`requirements` is met. A function with one case, or none of parameters, keeps all.
+    :func:`requirements` is met; without ``pairs``, the key axes are not combined. A function
+    with one case, or none of parameters, keeps all.
 
     Raises:
         ValueError: A pin matches no case (a typo would otherwise pin nothing, silently).
     """
     if len(cases) <= 1:
         return list(range(len(cases)))
-    combined = key_axes(name for case in cases for name in case)
+    combined = key_axes(name for case in cases for name in case) if pairs else ()
     needs = [requirements(case, combined) for case in cases]
     uncovered: set[Requirement] = set().union(*needs)
     chosen: set[int] = set()
@@ -141,9 +145,11 @@ def case_seed(seed: int, node_id: str) -> str:
     return f"kill-fuzz:{seed}:{node_id}"
 
 
-def cover_report(cases: Sequence[Case], chosen: Iterable[int]) -> set[Requirement]:
+def cover_report(
+    cases: Sequence[Case], chosen: Iterable[int], *, pairs: bool = True
+) -> set[Requirement]:
     """The requirements the cases ``chosen`` leave uncovered (empty when the tier is sound)."""
-    combined = key_axes(name for case in cases for name in case)
+    combined = key_axes(name for case in cases for name in case) if pairs else ()
     needs = [requirements(case, combined) for case in cases]
     if not needs:
         return set()

@@ -20,10 +20,9 @@ from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.study._logical import HiddenTrials
-from optuna_checkpoint.study._trials import CHECKPOINT_NOT_SAVED
 from optuna_checkpoint.study._trials import FAILED_TRIAL_ATTR
-from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 from optuna_checkpoint.study._trials import RETRY_HISTORY_ATTR
+from optuna_checkpoint.study._trials import ended_unsaved
 
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ def find_interrupted(
         known: Interruptions recorded before, of every stream.
         newest: The stream's newest checkpoint whose trial is not hidden yet.
         mine: The ids of the unfinished trials the stream ran (claimed by it, or adopted), and
-            of its finished ones tagged :data:`CHECKPOINT_NOT_SAVED`.
+            of its finished ones that their process tagged as ended unsaved.
         stream_id: The stream resuming.
         max_retries: How often one logical position may be retried; ``None``: no limit.
 
@@ -146,7 +145,7 @@ def find_interrupted(
             continue
         if trial.state == TrialState.RUNNING:
             interrupt(trial, "its process died while the trial ran")
-        elif trial.system_attrs.get(INTERRUPTED_ATTR) == CHECKPOINT_NOT_SAVED:
+        elif ended_unsaved(trial):
             interrupt(trial, "it ended, but its process stopped before saving its checkpoint")
         elif trial.state == TrialState.FAIL and trial.number > last_checkpointed:
             interrupt(trial, "its process died while the trial ran; failed as stale")

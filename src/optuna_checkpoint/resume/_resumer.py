@@ -22,9 +22,8 @@ from optuna_checkpoint.resume._interruptions import find_interrupted
 from optuna_checkpoint.resume._interruptions import mark_retry
 from optuna_checkpoint.resume._interruptions import roll_forward
 from optuna_checkpoint.study._logical import HiddenTrials
-from optuna_checkpoint.study._trials import CHECKPOINT_NOT_SAVED
-from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 from optuna_checkpoint.study._trials import close_as_interrupted
+from optuna_checkpoint.study._trials import ended_unsaved
 from optuna_checkpoint.study._trials import forget_trials_of_this_trial
 from optuna_checkpoint.study._trials import trials_of_this_trial
 
@@ -180,7 +179,7 @@ class Resumer:
             if (
                 t.state == TrialState.RUNNING
                 or (t.state == TrialState.FAIL and t.number > after)
-                or t.system_attrs.get(INTERRUPTED_ATTR) == CHECKPOINT_NOT_SAVED
+                or ended_unsaved(t)
             )
             and t._trial_id != current._trial_id
             and t._trial_id not in hidden

@@ -97,6 +97,11 @@ without a commit hook the trial's own process stores it as FAIL first, tagged so
 """
 
 
+def ended_unsaved(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` is tagged :data:`CHECKPOINT_NOT_SAVED` by its own process."""
+    return trial.system_attrs.get(INTERRUPTED_ATTR) == CHECKPOINT_NOT_SAVED
+
+
 def cut_off_by_ctrl_c() -> bool | None:
     """Whether the trial Optuna is telling now failed by a ``KeyboardInterrupt`` (Ctrl-C).
 
