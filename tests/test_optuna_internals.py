@@ -14,7 +14,9 @@ import optuna
 from optuna.trial import TrialState
 import pytest
 
+from optuna_checkpoint import CheckpointingPruner
 from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint._pruner import unfiltered_study
 from optuna_checkpoint.study import _trials
 from optuna_checkpoint.study._trials import cut_off_by_ctrl_c
 
@@ -92,3 +94,25 @@ def test_a_ctrl_c_in_the_objective_is_seen_in_after_trial() -> None:
     study.optimize(objective, n_trials=1, catch=(ValueError,))
     study.tell(study.ask(), 1.0)  # told by the user: no frame of Optuna's loop
     assert seen == [False, True, False, None]
+
+
+def test_the_first_hook_under_a_bare_hyperband_can_reach_the_study_itself() -> None:
+    # The sampler wraps a bare HyperbandPruner in place on its first hook, which Optuna calls
+    # with a per-bracket view (_filter_study): the wrapping must reach the study behind it.
+    seen: list[optuna.Study] = []
+
+    class Recording(optuna.samplers.RandomSampler):
+        def before_trial(self, study: optuna.Study, trial: Any) -> None:
+            seen.append(study)
+
+    study = optuna.create_study(sampler=Recording(), pruner=optuna.pruners.HyperbandPruner())
+    study.ask()
+    assert seen[0] is not study, "Optuna no longer filters the study for Hyperband"
+    assert unfiltered_study(seen[0]) is study
+
+    wrapped = optuna.create_study(
+        sampler=CheckpointingSampler(optuna.samplers.RandomSampler(seed=0)),
+        pruner=optuna.pruners.HyperbandPruner(),
+    )
+    wrapped.ask()
+    assert isinstance(wrapped.pruner, CheckpointingPruner)

@@ -120,14 +120,16 @@ def optimize(storage: Any, sampler: Any, pruner: BasePruner, n_trials: int = N_T
 # -- transparency ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("as_given", ["wrapped", "bare"])
 @pytest.mark.parametrize("name", PRUNERS)
-def test_wrapped_pruner_decides_bit_for_bit_as_the_bare_pruner(name: str) -> None:
+def test_wrapped_pruner_decides_bit_for_bit_as_the_bare_pruner(name: str, as_given: str) -> None:
+    # "bare": the pruner as users pass it, which the sampler wraps in place when it must.
     make = PRUNERS[name]
     bare = optimize(InMemoryStorage(), tpe(), make())
     wrapped = optimize(
         InMemoryStorage(),
         CheckpointingSampler(tpe()),
-        CheckpointingPruner(make()),
+        CheckpointingPruner(make()) if as_given == "wrapped" else make(),
     )
     assert trajectory(wrapped.trials) == trajectory(bare.trials)
     pruned = sum(t.state == TrialState.PRUNED for t in bare.trials)
@@ -185,11 +187,10 @@ def test_sampler_is_shown_the_per_bracket_study_a_bare_hyperband_shows_it() -> N
     # HyperbandPruner; the wrapper is not one, so the sampler makes that view itself.
     bare_sampler = BracketRecordingSampler(SEED)
     optimize(InMemoryStorage(), bare_sampler, HyperbandPruner())
-    inner = BracketRecordingSampler(SEED)
-    optimize(
-        InMemoryStorage(), CheckpointingSampler(inner), CheckpointingPruner(HyperbandPruner())
-    )
-    assert inner.seen == bare_sampler.seen
+    for pruner in (CheckpointingPruner(HyperbandPruner()), HyperbandPruner()):
+        inner = BracketRecordingSampler(SEED)
+        optimize(InMemoryStorage(), CheckpointingSampler(inner), pruner)
+        assert inner.seen == bare_sampler.seen
     # The views did differ from the whole study: some hook saw fewer trials than exist.
     assert any(listed < all_trials for _, _, listed, all_trials in inner.seen)
 
@@ -200,6 +201,14 @@ ABANDON_AT = 6
 RESUMED_TRIALS = 13
 
 
+class OpaqueHyperband(HyperbandPruner):
+    """A Hyperband with state of its own, which no adapter knows: left bare, as a control."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label = "mine"
+
+
 def run_with_an_abandoned_trial(
     url: str,
     make_pruner: Callable[[], BasePruner],
@@ -207,7 +216,10 @@ def run_with_an_abandoned_trial(
     wrap_pruner: bool,
     make_sampler: Callable[[], BaseSampler] = tpe,
 ) -> list[FrozenTrial]:
-    """Run, abandon a trial after it reported and was judged twice, resume, finish."""
+    """Run, abandon a trial after it reported and was judged twice, resume, finish.
+
+    With ``wrap_pruner`` false, the pruner is passed as users pass it.
+    """
 
     def open_study() -> Study:
         pruner = make_pruner()
@@ -246,13 +258,14 @@ def uninterrupted(
 
 
 # Hyperband and successive halving alone are killed for real in the kill-fuzz tests.
+@pytest.mark.parametrize("wrap_pruner", [True, False])
 @pytest.mark.parametrize("name", ["patient-hyperband", "patient-sh"])
 def test_wrapped_pruner_resumes_exactly_after_an_abandoned_trial(
-    name: str, tmp_path: pathlib.Path
+    name: str, wrap_pruner: bool, tmp_path: pathlib.Path
 ) -> None:
     expected = uninterrupted(PRUNERS[name])
     actual = run_with_an_abandoned_trial(
-        sqlite_url(tmp_path, "s.db"), PRUNERS[name], wrap_pruner=True
+        sqlite_url(tmp_path, "s.db"), PRUNERS[name], wrap_pruner=wrap_pruner
     )
     assert trajectory(actual) == trajectory(expected)
 
@@ -280,18 +293,20 @@ def test_sampler_sees_the_brackets_of_the_uninterrupted_run_after_an_abandoned_t
     make = PRUNERS["hyperband-auto"]
     uninterrupted(make, recording)
     expected = [seen for seen in samplers[0].seen if seen[1] >= ABANDON_AT]
-    for wrap_pruner in (True, False):
-        url = sqlite_url(tmp_path, f"wrapped-{wrap_pruner}.db")
-        run_with_an_abandoned_trial(url, make, wrap_pruner=wrap_pruner, make_sampler=recording)
-        # The control: under the bare pruner, Optuna shows the bracket of the retry's number.
-        assert (samplers[-1].seen == expected) is wrap_pruner
+    for pruner, wrap_pruner in ((make, True), (make, False), (OpaqueHyperband, False)):
+        url = sqlite_url(tmp_path, f"{pruner.__name__}-{wrap_pruner}.db")
+        run_with_an_abandoned_trial(url, pruner, wrap_pruner=wrap_pruner, make_sampler=recording)
+        # The control: under a Hyperband left bare, Optuna shows the bracket of the retry's
+        # number.
+        assert (samplers[-1].seen == expected) is (pruner is make)
 
 
-def test_bare_hyperband_diverges_after_an_abandoned_trial(tmp_path: pathlib.Path) -> None:
-    # The control of the two tests above: the same interruption, without the wrapper.
-    make = PRUNERS["hyperband-auto"]
-    expected = uninterrupted(make)
-    actual = run_with_an_abandoned_trial(sqlite_url(tmp_path, "s.db"), make, wrap_pruner=False)
+def test_hyperband_left_bare_diverges_after_an_abandoned_trial(tmp_path: pathlib.Path) -> None:
+    # The control of the two tests above: the same interruption, with a Hyperband the sampler
+    # cannot wrap (it warns).
+    expected = uninterrupted(PRUNERS["hyperband-auto"])
+    url = sqlite_url(tmp_path, "s.db")
+    actual = run_with_an_abandoned_trial(url, OpaqueHyperband, wrap_pruner=False)
     assert trajectory(actual) != trajectory(expected)
 
 
@@ -325,9 +340,9 @@ def test_hyperband_state_is_restored_from_the_checkpoint(tmp_path: pathlib.Path)
 def test_checkpoint_written_without_a_checkpointing_pruner_still_loads(
     tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Such checkpoints (earlier releases, or a bare pruner) have no pruner part.
+    # Such checkpoints (earlier releases, or a pruner no adapter knows) have no pruner part.
     url = sqlite_url(tmp_path, "s.db")
-    optimize(url, CheckpointingSampler(tpe()), HyperbandPruner(), n_trials=4)
+    optimize(url, CheckpointingSampler(tpe()), NeverPruner(), n_trials=4)
     with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         study = reopen(url, CheckpointingPruner(HyperbandPruner()))
     assert "written without a CheckpointingPruner" in caplog.text
@@ -341,10 +356,17 @@ def test_bare_pruner_is_reported_unless_it_resumes_exactly_without_the_wrapper(
         optimize(InMemoryStorage(), CheckpointingSampler(RandomSampler(seed=SEED)), MedianPruner())
     assert "CheckpointingPruner" not in caplog.text
     with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
-        optimize(
+        study = optimize(
             InMemoryStorage(), CheckpointingSampler(RandomSampler(seed=SEED)), HyperbandPruner()
         )
-    assert caplog.text.count("pruner=CheckpointingPruner(HyperbandPruner(...))") == 1
+    # Wrapped in place instead: nothing to report.
+    assert "CheckpointingPruner" not in caplog.text
+    assert isinstance(study.pruner, CheckpointingPruner)
+    with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
+        optimize(
+            InMemoryStorage(), CheckpointingSampler(RandomSampler(seed=SEED)), OpaqueHyperband()
+        )
+    assert caplog.text.count("pruner=CheckpointingPruner(OpaqueHyperband(...))") == 1
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=ROOT_LOGGER_NAME):
         optimize(InMemoryStorage(), CheckpointingSampler(RandomSampler(seed=SEED)), NeverPruner())
@@ -358,14 +380,27 @@ class NeverPruner(BasePruner):
         return False
 
 
-def test_resuming_without_the_checkpointing_pruner_raises_config_mismatch(
+@pytest.mark.parametrize("first_wrapped", [True, False])
+def test_wrapping_the_pruner_or_not_resumes_alike(
+    first_wrapped: bool, tmp_path: pathlib.Path
+) -> None:
+    def pruner(wrapped: bool) -> BasePruner:
+        return CheckpointingPruner(HyperbandPruner()) if wrapped else HyperbandPruner()
+
+    url = sqlite_url(tmp_path, "s.db")
+    optimize(url, CheckpointingSampler(tpe()), pruner(first_wrapped), n_trials=6)
+    resumed = reopen(url, pruner(not first_wrapped))
+    expected = optimize(InMemoryStorage(), tpe(), HyperbandPruner(), n_trials=7)
+    assert trajectory(resumed.trials) == trajectory(expected.trials)
+
+
+def test_resuming_with_a_pruner_that_keeps_no_state_raises_config_mismatch(
     tmp_path: pathlib.Path,
 ) -> None:
     url = sqlite_url(tmp_path, "s.db")
-    pruner = CheckpointingPruner(HyperbandPruner())
-    optimize(url, CheckpointingSampler(tpe()), pruner, n_trials=3)
-    with pytest.raises(ConfigMismatchError, match=r"pruner=CheckpointingPruner\(\.\.\.\)"):
-        reopen(url, HyperbandPruner())
+    optimize(url, CheckpointingSampler(tpe()), HyperbandPruner(), n_trials=3)
+    with pytest.raises(ConfigMismatchError, match=r"HyperbandPruner.*MedianPruner"):
+        reopen(url, MedianPruner())
 
 
 def test_resuming_with_a_differently_configured_pruner_names_the_difference(

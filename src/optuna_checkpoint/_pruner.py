@@ -11,7 +11,8 @@ bracket of a trial is a hash of its number). The wrapper
 * shows the sampler the per-bracket study Optuna shows it under a bare Hyperband
   (:meth:`CheckpointingPruner.sampler_view`), since Optuna no longer recognises the pruner.
 
-See ``docs/pruners.md`` for why the pruner is wrapped explicitly.
+The sampler wraps a bare pruner that needs it in place (:func:`adopt_study_pruner`); see
+``docs/pruners.md`` for why.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from typing import Protocol
 
 from optuna.pruners import BasePruner
+from optuna.study import Study
 
 from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
@@ -35,7 +37,6 @@ from optuna_checkpoint.state.adapters._pruners import pruner_adapter_for
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
-    from optuna.study import Study
     from optuna.trial import FrozenTrial
 
 
@@ -56,14 +57,17 @@ class Decide(Protocol):
 class CheckpointingPruner(BasePruner):
     """Wrap a pruner so that a study resumed by :class:`CheckpointingSampler` prunes exactly.
 
-    Use it for ``HyperbandPruner`` and ``SuccessiveHalvingPruner`` (and a ``PatientPruner``
-    wrapping one): after an interruption the bare pruners decide differently from an
-    uninterrupted run. The wrapper saves the pruner's state in the sampler's checkpoints, in the
-    same transaction, and shows the pruner the study an uninterrupted run would have, with the
-    trial numbers it would have. Without interruptions it decides exactly as the bare pruner.
+    After an interruption, ``HyperbandPruner`` and ``SuccessiveHalvingPruner`` (and a
+    ``PatientPruner`` wrapping one) would decide differently from an uninterrupted run. The
+    wrapper saves the pruner's state in the sampler's checkpoints, in the same transaction, and
+    shows the pruner the study an uninterrupted run would have, with the trial numbers it would
+    have. Without interruptions it decides exactly as the bare pruner.
 
-    ``MedianPruner``, ``PercentilePruner``, ``ThresholdPruner``, ``WilcoxonPruner`` and
-    ``NopPruner`` resume exactly without it (wrapping them is harmless).
+    ``CheckpointingSampler`` puts this wrapper around Optuna's stateful pruners itself, on its
+    first trial, so passing them bare is equivalent. Write it for a pruner of your own that has
+    ``state_dict()`` / ``load_state_dict()``. ``MedianPruner``, ``PercentilePruner``,
+    ``ThresholdPruner``, ``WilcoxonPruner`` and ``NopPruner`` resume exactly without it
+    (wrapping them is harmless).
 
     Example:
 
@@ -164,11 +168,26 @@ class CheckpointingPruner(BasePruner):
         self._adapter.load_state_dict(saved[STATE])
 
 
-def study_pruner(study: Study) -> CheckpointingPruner | None:
-    """Return the study's :class:`CheckpointingPruner`, if it has one.
+def adopt_study_pruner(study: Study, *, required: bool) -> CheckpointingPruner | None:
+    """Return the study's :class:`CheckpointingPruner`, wrapping its pruner in place if needed.
 
-    A bare pruner that would not resume exactly is reported with a warning, not an error:
-    without interruptions it behaves as it always did.
+    A bare pruner that would not resume exactly (Hyperband, successive halving, a
+    ``PatientPruner`` around one) is wrapped in place, so that ``pruner=HyperbandPruner()``
+    resumes as ``pruner=CheckpointingPruner(HyperbandPruner())`` does: both save the same state
+    and decide alike. Pruners that resume exactly by themselves (``MedianPruner``, Optuna's
+    default, and the others in docs/pruners.md) are left as they are, unless ``required``.
+
+    Called on the sampler's first hook in a process, before the objective runs, so the pruner
+    has not decided anything yet. A pruner no adapter knows is reported with a warning, not an
+    error: without interruptions it behaves as it always did.
+
+    Args:
+        study: The study the sampler attaches to (not Optuna's per-bracket view of it).
+        required: Wrap every pruner, exact or not (the deterministic mode needs every decision
+            made on the trial's fixed history).
+
+    Raises:
+        UnsupportedPrunerError: ``required``, and no adapter knows the pruner.
     """
     pruner = study.pruner
     if isinstance(pruner, CheckpointingPruner):
@@ -177,6 +196,8 @@ def study_pruner(study: Study) -> CheckpointingPruner | None:
     try:
         exact = pruner_adapter_for(pruner).exact_unwrapped()
     except UnsupportedPrunerError:
+        if required:
+            raise
         _logger.warning(
             "optuna-checkpoint cannot tell whether the study's pruner %s decides after an "
             "interruption as in an uninterrupted run. If it keeps state between trials or "
@@ -186,12 +207,34 @@ def study_pruner(study: Study) -> CheckpointingPruner | None:
             name,
         )
         return None
-    if not exact:
-        _logger.warning(
-            "The study's pruner %s keeps state or reads trial numbers, so after an "
-            "interruption it would not decide as in an uninterrupted run. Create the study "
-            "with pruner=CheckpointingPruner(%s(...)) to resume it exactly.",
-            name,
-            name,
-        )
-    return None
+    if exact and not required:
+        return None
+    wrapped = CheckpointingPruner(pruner)
+    study.pruner = wrapped
+    _logger.debug("The study's pruner %s now saves its state with the sampler's.", name)
+    return wrapped
+
+
+def unfiltered_study(study: Study) -> Study:
+    """The study itself, where Optuna handed the sampler its per-bracket view of it.
+
+    Under a bare ``HyperbandPruner``, Optuna shows the sampler's hooks a ``_BracketStudy``
+    (``optuna.pruners._filter_study``) that keeps the study it filters as ``_study``; the first
+    hook of a process sees one, before :func:`adopt_study_pruner` wraps the pruner. A view of
+    another shape is returned as it is (``test_optuna_internals`` fails if Optuna's changes).
+    """
+    if type(study).__name__ != "_BracketStudy":
+        return study
+    inner = getattr(study, "_study", None)
+    return inner if isinstance(inner, Study) else study
+
+
+def study_for_hooks(given: Study) -> Study:
+    """The study to show the wrapped sampler's hooks in place of the one Optuna gave them.
+
+    Once the study's pruner is a :class:`CheckpointingPruner`, Optuna shows the hooks the study
+    itself, and the sampler adds the bracket view (as ``_filter_study`` would); the first hook,
+    called before the pruner was wrapped, is given the same.
+    """
+    study = unfiltered_study(given)
+    return study if isinstance(study.pruner, CheckpointingPruner) else given

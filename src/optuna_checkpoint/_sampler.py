@@ -27,7 +27,9 @@ from optuna.samplers import BaseSampler
 
 from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint._pruner import CheckpointingPruner
-from optuna_checkpoint._pruner import study_pruner
+from optuna_checkpoint._pruner import adopt_study_pruner
+from optuna_checkpoint._pruner import study_for_hooks
+from optuna_checkpoint._pruner import unfiltered_study
 from optuna_checkpoint.attach._attacher import StreamAttacher
 from optuna_checkpoint.attach._attachment import released_on_failure
 from optuna_checkpoint.attach._worker import check_worker_id
@@ -324,7 +326,8 @@ class CheckpointingSampler(BaseSampler):
         # threads of this process just created are live, not left by a dead process.
         self._attacher.arrivals.add(trial._trial_id)
         with self._lock:
-            attachment = self._attach(study, trial)
+            attachment = self._attach(unfiltered_study(study), trial)
+            study = study_for_hooks(study)  # the study itself, once its pruner is wrapped
             self._attacher.arrivals.discard(trial._trial_id)
             self._recorder.settle_previous(attachment)
             refresh_hidden_trials(attachment)
@@ -418,14 +421,13 @@ class CheckpointingSampler(BaseSampler):
             return attachment
         workers = None if self._parallel is None else self._parallel.workers
         check_study_mode(study, trial, workers, self._fingerprint)
-        if workers is not None and not isinstance(study.pruner, CheckpointingPruner):
-            # Wrapped in place, so that its decisions see the trial's deterministic history
-            # rather than whichever trials have finished (raises for an unknown pruner).
-            study.pruner = CheckpointingPruner(study.pruner)
-        pruner = study_pruner(study)
+        # Wrapped in place where it keeps state or reads trial numbers; in deterministic mode
+        # every pruner, so that its decisions see the trial's fixed history.
+        pruner = adopt_study_pruner(study, required=workers is not None)
         if pruner is not None:
             pruner._attach(self, self._prune_logically)
         self._state.pruner = self._pruner = pruner
+        self._state.bare_pruner_name = type(study.pruner).__name__
         attachment = self._attacher.open(study, trial)
         with released_on_failure(attachment):
             self._resumer.resume(attachment, study, trial)

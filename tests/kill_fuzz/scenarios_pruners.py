@@ -9,9 +9,11 @@ longest trial's last step // 100, so its scenario reports at steps 1, 3, 9, ... 
 passes the ``objective`` crash point: a crash plan can stop a trial after it has reported (and
 written successive halving's ``completed_rung_*`` attributes) but before it finishes.
 
-``pruners-*-bare`` run the same pruner without ``CheckpointingPruner`` (the sampler is still
-wrapped): the controls, which must diverge. ``pruners-median`` runs Optuna's default pruner,
-which resumes exactly without the wrapper.
+``pruners-<name>`` pass the pruner as users do, bare (the sampler wraps it in place);
+``pruners-<name>-wrapped`` pass it in ``CheckpointingPruner``; ``pruners-<name>-opaque`` pass a
+subclass with an attribute of its own, which no adapter knows, so it stays bare: the controls,
+which must diverge. ``pruners-median`` runs Optuna's default pruner, which keeps no state and is
+left bare.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 import functools
 import math
 import time
+from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner
@@ -75,26 +78,61 @@ def _wrapped(pruner: Callable[[], BasePruner]) -> Callable[[], BasePruner]:
     return lambda: CheckpointingPruner(pruner())
 
 
-def _hyperband_explicit() -> BasePruner:
-    return HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
+class OpaqueHyperband(HyperbandPruner):
+    """Hyperband with an attribute of its own: no adapter knows it, so it stays bare."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.label = "mine"
 
 
-def _successive_halving_auto() -> BasePruner:
-    return SuccessiveHalvingPruner(min_resource="auto", reduction_factor=2)
+class OpaqueSuccessiveHalving(SuccessiveHalvingPruner):
+    """Successive halving with an attribute of its own: it stays bare too."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.label = "mine"
 
 
-def _successive_halving_explicit() -> BasePruner:
-    return SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+def _hyperband_auto(kind: type[HyperbandPruner] = HyperbandPruner) -> BasePruner:
+    return kind()
 
+
+def _hyperband_explicit(kind: type[HyperbandPruner] = HyperbandPruner) -> BasePruner:
+    return kind(min_resource=1, max_resource=9, reduction_factor=3)
+
+
+def _successive_halving_auto(
+    kind: type[SuccessiveHalvingPruner] = SuccessiveHalvingPruner,
+) -> BasePruner:
+    return kind(min_resource="auto", reduction_factor=2)
+
+
+def _successive_halving_explicit(
+    kind: type[SuccessiveHalvingPruner] = SuccessiveHalvingPruner,
+) -> BasePruner:
+    return kind(min_resource=1, reduction_factor=2)
+
+
+_HYPERBAND_OPAQUE = functools.partial(_hyperband_auto, OpaqueHyperband)
+_SH_OPAQUE = functools.partial(_successive_halving_auto, OpaqueSuccessiveHalving)
 
 SCENARIOS: dict[str, Scenario] = {
-    "pruners-hyperband-auto": _scenario(_wrapped(HyperbandPruner)),
-    "pruners-hyperband-auto-bare": _scenario(HyperbandPruner),
-    "pruners-hyperband-explicit": _scenario(_wrapped(_hyperband_explicit)),
-    "pruners-hyperband-explicit-bare": _scenario(_hyperband_explicit),
-    "pruners-sh-auto": _scenario(_wrapped(_successive_halving_auto), geometric=True),
-    "pruners-sh-auto-bare": _scenario(_successive_halving_auto, geometric=True),
-    "pruners-sh-explicit": _scenario(_wrapped(_successive_halving_explicit), noise=0.5),
-    "pruners-sh-explicit-bare": _scenario(_successive_halving_explicit, noise=0.5),
+    "pruners-hyperband-auto": _scenario(_hyperband_auto),
+    "pruners-hyperband-auto-wrapped": _scenario(_wrapped(_hyperband_auto)),
+    "pruners-hyperband-auto-opaque": _scenario(_HYPERBAND_OPAQUE),
+    "pruners-hyperband-explicit": _scenario(_hyperband_explicit),
+    "pruners-hyperband-explicit-wrapped": _scenario(_wrapped(_hyperband_explicit)),
+    "pruners-hyperband-explicit-opaque": _scenario(
+        functools.partial(_hyperband_explicit, OpaqueHyperband)
+    ),
+    "pruners-sh-auto": _scenario(_successive_halving_auto, geometric=True),
+    "pruners-sh-auto-wrapped": _scenario(_wrapped(_successive_halving_auto), geometric=True),
+    "pruners-sh-auto-opaque": _scenario(_SH_OPAQUE, geometric=True),
+    "pruners-sh-explicit": _scenario(_successive_halving_explicit, noise=0.5),
+    "pruners-sh-explicit-wrapped": _scenario(_wrapped(_successive_halving_explicit), noise=0.5),
+    "pruners-sh-explicit-opaque": _scenario(
+        functools.partial(_successive_halving_explicit, OpaqueSuccessiveHalving), noise=0.5
+    ),
     "pruners-median": _scenario(lambda: MedianPruner(n_startup_trials=2), noise=0.5),
 }

@@ -48,8 +48,10 @@ class CheckpointState:
 
     def __init__(self, adapter: StateAdapter) -> None:
         self.adapter = adapter
-        # The study's CheckpointingPruner, set when the sampler attaches to the study.
+        # The study's CheckpointingPruner, set when the sampler attaches to the study; else
+        # the name of its pruner, which keeps no state worth saving.
         self.pruner: PrunerState | None = None
+        self.bare_pruner_name = "none"
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's state dict, with the pruner's part added when there is a pruner."""
@@ -86,10 +88,18 @@ class CheckpointState:
             return
         if pruner is None:
             raise ConfigMismatchError(
-                "the study was checkpointed with a CheckpointingPruner, but its pruner now is "
-                "not one. Create the study with pruner=CheckpointingPruner(...) around the same "
+                f"the study was checkpointed with the state of its pruner "
+                f"{_pruner_name(state[PRUNER_STATE_KEY])}, but its pruner now is "
+                f"{self.bare_pruner_name}, which keeps none. Create the study with the same "
                 "pruner as before, or pass start_new_stream=True to CheckpointingSampler to "
                 "discard the checkpoints."
             )
         pruner.load_state_dict(state[PRUNER_STATE_KEY])
         self.adapter.load_state_dict(sampler_part(state))
+
+
+def _pruner_name(saved: Any) -> str:
+    """The class name in a saved pruner part (see ``CheckpointingPruner.state_dict``)."""
+    described = saved.get("config") if isinstance(saved, dict) else None
+    cls = described.get("class") if isinstance(described, dict) else None
+    return str(cls).rpartition(":")[2] if cls else "(unknown)"
