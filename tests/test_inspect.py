@@ -113,9 +113,10 @@ def test_a_finished_trial_without_its_checkpoint(url: str) -> None:
     status = study_status(storage, "s")
     assert not status.resume_exact
     (reason,) = status.reasons
-    assert reason.startswith(
-        "trial 3 of stream 'main' finished with no checkpoint of its own after the stream's "
-        "newest (trial 2's)"
+    assert reason == (
+        "trial 3 of stream 'main' finished after the stream's newest checkpoint (trial 2's) "
+        "with no checkpoint of its own: checkpoints were lost or deleted; the next run "
+        "refuses to resume the stream"
     )
 
 

@@ -12,9 +12,13 @@ import signal
 import subprocess
 import sys
 
+import optuna
+
 
 SCRIPT = """
 import sys
+
+import optuna
 import optuna
 from optuna_checkpoint import CheckpointingSampler
 
@@ -124,3 +128,34 @@ def test_a_live_holder_of_main_is_named_and_main_can_be_insisted_on(tmp_path: Pa
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_wrapping_a_study_that_ran_without_it_says_where_the_guarantee_starts(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    plain = optuna.create_study(study_name="s", storage=url)
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    wrapped = _run(url, 2)
+    assert wrapped.returncode == 0, wrapped.stderr
+    [line] = _info_lines(wrapped.stderr, "without optuna-checkpoint")
+    assert line.startswith("[I ") and line.endswith(
+        "Study 's' has 3 trials from runs without optuna-checkpoint: checkpointing starts with "
+        "trial 3, and a resume reproduces the run from there on (the earlier trials are history "
+        "the sampler reads, as they are)."
+    )
+    # A study that began with the wrapper says nothing of the kind, nor does its next run.
+    fresh = _run(f"sqlite:///{tmp_path}/fresh.db", 2)
+    again = _run(url, 1)
+    assert not _info_lines(fresh.stderr + again.stderr, "without optuna-checkpoint")
+
+
+def test_every_trial_after_an_interruption_records_its_logical_position(tmp_path: Path) -> None:
+    # What users filter on in optuna-dashboard: trials whose position differs from their number.
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert _run(url, 5, kill_at=2).returncode == -signal.SIGKILL
+    assert _run(url, 3).returncode == 0
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    positions = [t.system_attrs.get("optuna_checkpoint:position") for t in trials]
+    assert positions == [None, None, None, 2, 3, 4]
+    assert "optuna_checkpoint:interrupted" in trials[2].system_attrs

@@ -7,6 +7,7 @@ from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CheckpointIncompleteError
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.exceptions import MissingCheckpointError
 from optuna_checkpoint.exceptions import SignatureError
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.exceptions import StudyNotFoundError
@@ -44,6 +45,7 @@ __all__ = [
     "DeterminismReport",
     "ForkReport",
     "ImportReport",
+    "MissingCheckpointError",
     "Retention",
     "SignatureError",
     "Stateful",

@@ -47,6 +47,7 @@ from optuna_checkpoint.state._packing import CheckpointPacker
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._spawn import spawn_rng_states
 from optuna_checkpoint.state.adapters import adapter_for
+from optuna_checkpoint.study._trials import mark_told_elsewhere
 
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ class _Stages(NamedTuple):
         recorder = TrialRecorder(
             packer,
             None if options.retention is None else AmortizedPruning(options.retention),
-            concurrency_is_exact=parallel is not None,
+            deterministic=parallel is not None,
         )
         trial_states = TrialStates(
             options.sealer, deterministic=workers is not None, keep=options.keep_trial_checkpoints
@@ -385,6 +386,8 @@ class CheckpointingSampler(BaseSampler):
         crash_point("after_trial_start")
         attachment = self._attacher.attachment
         if attachment is None or attachment.superseded:
+            if attachment is None:  # a trial asked elsewhere: no stream of ours ran it
+                mark_told_elsewhere(study._storage, trial._trial_id)
             with self._sampling_lock:
                 self._sampler.after_trial(study, trial, state, values)
             return

@@ -18,6 +18,14 @@ class CorruptCheckpointError(CheckpointError):
     """A stored checkpoint failed its checksum or could not be decoded."""
 
 
+class MissingCheckpointError(CorruptCheckpointError):
+    """Finished trials of a stream are newer than its newest checkpoint: checkpoints were lost.
+
+    A trial's end is never stored without its checkpoint, so resuming from the older state
+    would silently leave the trajectory. The error names the trials.
+    """
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds a pickled object and loading pickles was not allowed."""
 

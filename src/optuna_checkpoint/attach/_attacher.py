@@ -226,6 +226,8 @@ class StreamAttacher:
                     ),
                 )
                 if stream is not None:
+                    if not existing and stream.first_trial_number > 0:
+                        _announce_late_start(study, stream)
                     return stream, True, not existing
                 # Another process created it first: it is an existing stream like any other.
                 stream = store.find_stream(uid, name)
@@ -359,6 +361,20 @@ def _warn_main_held(main: Stream, study: Study, name: str) -> None:
         name,
         MAIN_WORKER,
         MAIN_WORKER,
+    )
+
+
+def _announce_late_start(study: Study, stream: Stream) -> None:
+    """Say from which trial on a study that ran without checkpoints is resumed exactly."""
+    first = stream.first_trial_number
+    _logger.info(
+        "Study %r has %d trial%s from runs without optuna-checkpoint: checkpointing starts "
+        "with trial %d, and a resume reproduces the run from there on (the earlier trials are "
+        "history the sampler reads, as they are).",
+        study.study_name,
+        first,
+        "" if first == 1 else "s",
+        first,
     )
 
 

@@ -19,6 +19,7 @@ from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.study._positions import POSITION_ATTR
 from optuna_checkpoint.study._trials import CHECKPOINT_NOT_SAVED
 from optuna_checkpoint.study._trials import CUT_OFF_BY_CTRL_C
 from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
@@ -44,6 +45,8 @@ class TrialRecorder:
         packer: Packs the sampler's (and pruner's) state into sealed checkpoints.
         pruning: Deletes old checkpoints as :class:`~optuna_checkpoint.Retention` says, or
             ``None`` to keep them all.
+        deterministic: The study runs in deterministic parallel mode, whose scheduler gives
+            trials their positions and records them.
     """
 
     def __init__(
@@ -51,14 +54,15 @@ class TrialRecorder:
         packer: CheckpointPacker,
         pruning: AmortizedPruning | None,
         *,
-        concurrency_is_exact: bool = False,
+        deterministic: bool = False,
     ) -> None:
         self._packer = packer
         self._pruning = pruning
+        self._deterministic = deterministic
         # The trial each thread started last, settled when that thread starts its next one.
         self._thread_last_trial = threading.local()
         # In deterministic parallel mode concurrent trials resume exactly: no warning.
-        self._warned_concurrency = concurrency_is_exact
+        self._warned_concurrency = deterministic
 
     def settle_previous(self, attachment: Attachment) -> None:
         """Check the trial this thread started last, now that it starts another; prune.
@@ -118,6 +122,11 @@ class TrialRecorder:
             )
         attachment.trials_in_progress.add(trial._trial_id)
         self._thread_last_trial.trial_id = trial._trial_id
+        position = attachment.hidden.logical_number(trial.number)
+        if position != trial.number and not self._deterministic:
+            # For filtering in optuna-dashboard; a trial without it holds its own number (no
+            # write at all until the first interruption).
+            attachment.storage.set_trial_system_attr(trial._trial_id, POSITION_ATTR, position)
         if attachment.atomic:
             # From here until the state is captured, a commit of this trial's end is refused:
             # a Ctrl-C landing anywhere in between must leave it RUNNING.
@@ -161,8 +170,9 @@ class TrialRecorder:
         stores do: Optuna stores it in a ``finally`` after ``after_trial``, and a trial stored
         as finished without its checkpoint would make the next resume restore an older state.
         Stored first as FAIL (Optuna's own write then fails), it is retried like any
-        interrupted trial. Best effort, as the process is already failing: a write that fails
-        too leaves the original exception to propagate.
+        interrupted trial (in the deterministic mode, other workers' schedulers skip a tagged
+        trial at once). Best effort, as the process is already failing: a write that fails too
+        leaves the original exception to propagate.
         """
         try:
             attachment.storage.set_trial_system_attr(

@@ -15,7 +15,12 @@ from optuna.trial import TrialState
 from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.attach._attacher import CLAIM_WINDOW
+from optuna_checkpoint.attach._attacher import refuse_trial
+from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.exceptions import MissingCheckpointError
+from optuna_checkpoint.resume._evidence import describe_missing
+from optuna_checkpoint.resume._evidence import finished_without_checkpoint
 from optuna_checkpoint.resume._interruptions import RETRIES_EXHAUSTED
 from optuna_checkpoint.resume._interruptions import adoptable_trials
 from optuna_checkpoint.resume._interruptions import find_interrupted
@@ -73,10 +78,22 @@ class Resumer:
 
         Sets ``attachment.hidden`` to the trials the wrapped sampler must not see.
 
+        A refused resume closes ``current`` at once, with the reason, so that it is neither
+        left RUNNING for other workers nor retried by the next run as if its process had died.
+
         Raises:
             CorruptCheckpointError: No checkpoint to resume from, or one that does not hold.
+            MissingCheckpointError: Finished trials of the stream are newer than its newest
+                checkpoint.
             SignatureError, VersionMismatchError, ConfigMismatchError: As the restore finds.
         """
+        try:
+            self._resume(attachment, study, current)
+        except CheckpointError as error:
+            refuse_trial(study, current, f"refused: its resume failed ({type(error).__name__})")
+            raise
+
+    def _resume(self, attachment: Attachment, study: Study, current: FrozenTrial) -> None:
         all_trials = trials_of_this_trial(study)
         store, storage = attachment.store, attachment.storage
         # Only the newest two checkpoints are needed: the FAIL-marker rule below may hide the
@@ -119,7 +136,8 @@ class Resumer:
         reasons = {i.trial_id: i.reason for i in interrupted if i.stream_id == stream_id}
         reasons.update((t._trial_id, RETRIES_EXHAUSTED) for t in exhausted)
         for trial_id, reason in reasons.items():
-            if trials[trial_id].state == TrialState.RUNNING:
+            trial = trials.get(trial_id)  # None: a row naming a trial the study does not have
+            if trial is not None and trial.state == TrialState.RUNNING:
                 close_as_interrupted(storage, trial_id, reason)
                 changed = True
         attachment.hidden = HiddenTrials.of(interrupted)
@@ -139,9 +157,18 @@ class Resumer:
                 "start_new_stream=True to CheckpointingSampler to start it again."
             )
         checkpoint = restorable[0]
-        self._packer.unpack(checkpoint, attachment.study_uid, attachment.stream.name)
-        restored = None if checkpoint.trial_id is None else trials[checkpoint.trial_id]
+        restored = None if checkpoint.trial_id is None else trials.get(checkpoint.trial_id)
+        if restored is None and checkpoint.trial_id is not None:
+            raise CorruptCheckpointError(
+                f"the newest checkpoint of stream {attachment.stream.name!r} belongs to trial id "
+                f"{checkpoint.trial_id}, which the study does not have: the checkpoint was "
+                "copied from another study or the trial deleted. Inspect it with "
+                "optuna-checkpoint status, or pass start_new_stream=True to "
+                "CheckpointingSampler to start the stream again."
+            )
         restored_after = -1 if restored is None else restored.number
+        _refuse_if_checkpoints_lost(attachment, list(trials.values()), restored_after)
+        self._packer.unpack(checkpoint, attachment.study_uid, attachment.stream.name)
         repeated = mark_retry(
             storage, current, interrupted, attachment.stream.stream_id, restored_after
         )
@@ -204,6 +231,32 @@ class Resumer:
             if store.claim_trial(stream, attachment.study_id, trial._trial_id):
                 mine.add(trial._trial_id)
         return mine
+
+
+def _refuse_if_checkpoints_lost(
+    attachment: Attachment, trials: list[FrozenTrial], restored_after: int
+) -> None:
+    """Refuse to resume from a state older than finished trials of the stream (see _evidence).
+
+    Raises:
+        MissingCheckpointError: Such trials exist.
+    """
+    missing = finished_without_checkpoint(
+        attachment.store,
+        attachment.study_uid,
+        attachment.stream,
+        trials,
+        newest_number=restored_after,
+        hidden=attachment.hidden.trial_ids,
+    )
+    if missing:
+        raise MissingCheckpointError(
+            f"{describe_missing(attachment.stream.name, missing, restored_after)}. Resuming "
+            "from the older state would not continue the run. If a backup of the database "
+            "holds them, restore it; to continue anyway, not exactly, pass "
+            "start_new_stream=True to CheckpointingSampler ('optuna-checkpoint status' shows "
+            "the streams)."
+        )
 
 
 def resume_line(

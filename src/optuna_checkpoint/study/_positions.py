@@ -32,7 +32,8 @@ from optuna_checkpoint.study._trials import INTERRUPTED_ATTR
 
 
 POSITION_ATTR = "optuna_checkpoint:position"
-"""System attribute of a trial that took a position other than its number."""
+"""System attribute of a trial whose logical position differs from its number (in every mode:
+after an interruption, the trials of a one-worker study record it too)."""
 
 DETERMINISTIC_ATTR = "optuna_checkpoint:deterministic"
 """Study system attribute: the deterministic configuration every worker must share."""

@@ -30,6 +30,10 @@ _logger = get_logger(__name__)
 INTERRUPTED_ATTR = "optuna_checkpoint:interrupted"
 """System attribute set on a trial that was interrupted (and retried, unless it says not)."""
 
+TOLD_ELSEWHERE_ATTR = "optuna_checkpoint:told_elsewhere"
+"""System attribute set on a trial told by a process that did not run it (a copy of the study
+elsewhere): it ends without a checkpoint of its stream, legitimately."""
+
 # Optuna's own retry bookkeeping, read by RetryHeartbeatStaleTrialCallback.retried_trial_number.
 FAILED_TRIAL_ATTR = "failed_trial"
 RETRY_HISTORY_ATTR = "retry_history"
@@ -46,6 +50,13 @@ def close_as_interrupted(storage: BaseStorage, trial_id: int, reason: str) -> No
         # Closing is idempotent: e.g. a resume of this stream that was cut short, and Optuna's
         # heartbeat failing the same stale trial meanwhile.
         _logger.debug("Trial id %d was already closed.", trial_id)
+
+
+def mark_told_elsewhere(storage: BaseStorage, trial_id: int) -> None:
+    """Tag a trial this process tells but did not run, so its missing checkpoint is no alarm."""
+    storage.set_trial_system_attr(
+        trial_id, TOLD_ELSEWHERE_ATTR, "told by a process that did not run it"
+    )
 
 
 def _optuna_has_trial_cache() -> bool:

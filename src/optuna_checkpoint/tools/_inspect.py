@@ -31,7 +31,8 @@ from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.record._retention import Retention
 from optuna_checkpoint.record._retention import prune_stream
-from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
+from optuna_checkpoint.resume._evidence import describe_missing
+from optuna_checkpoint.resume._evidence import finished_without_checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
@@ -387,7 +388,7 @@ def _obstacles(
             )
             continue
         own = [t for t in finished if claims.get(t._trial_id) == stream.stream_id]
-        reasons.extend(_missing_checkpoints(store, stream, status, own, hidden))
+        reasons.extend(_missing_checkpoints(store, uid, stream, status, own, hidden))
         if _overlapping(own):
             reasons.append(
                 f"trials of stream {stream.name!r} ran at the same time (n_jobs > 1, or "
@@ -404,38 +405,22 @@ def _obstacles(
 
 def _missing_checkpoints(
     store: CheckpointStore,
+    uid: str,
     stream: Stream,
     status: StreamStatus,
-    own: Sequence[FrozenTrial],
+    trials: Sequence[FrozenTrial],
     hidden: set[int],
 ) -> list[str]:
     """A trial of the stream finished after its newest checkpoint, without one of its own."""
     newest = -1 if status.newest_trial_number is None else status.newest_trial_number
-    after = [
-        t
-        for t in own
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        and t.number > newest
-        and t.number >= stream.first_trial_number
-    ]
-    if not after:
-        return []
-    # With trials running at once, a later-numbered trial may have committed its checkpoint
-    # before the newest one: look among the newest few.
-    listed = store.latest_checkpoints(
-        stream.stream_id, excluding=hidden, limit=len(after) + RESUME_LOOKBACK + 32
+    missing = finished_without_checkpoint(
+        store, uid, stream, trials, newest_number=newest, hidden=hidden
     )
-    have = {c.trial_id for c in listed}
-    missing = [t.number for t in after if t._trial_id not in have]
     if not missing:
         return []
-    shown = "the initial one" if newest < 0 else f"trial {newest}'s"
     return [
-        f"{_numbers(missing)} of stream {stream.name!r} finished with no checkpoint of "
-        f"{'its' if len(missing) == 1 else 'their'} own after the stream's newest ({shown}): "
-        "a resume would restore a state from before "
-        f"{'it' if len(missing) == 1 else 'them'} (told by another process, or its checkpoint "
-        "deleted?)"
+        f"{describe_missing(stream.name, missing, newest)}; the next run refuses to resume "
+        "the stream"
     ]
 
 
