@@ -271,6 +271,54 @@ def test_rewind_then_continue_repeats_the_original(url: str) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
+# -- output that is not a terminal: tables as wide as their cells --------------------------
+
+LONG_STUDY = "resnet-50-baseline-on-imagenet-with-mixup-cutmix-and-label-smoothing-sweep-2024"
+LONG_WORKERS = ("gpu-node-17.a100-partition.cluster.example.org", "gpu-node-18.a100-partition.x")
+
+
+def piped(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command with stdout captured, as in a pipe; COLUMNS as a terminal of 80 gives."""
+    return run_command(main, list(args), prog_name="optuna-checkpoint", env={"COLUMNS": "80"})
+
+
+def test_piped_tables_keep_each_row_on_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'long.sqlite3'}"
+    for worker in LONG_WORKERS:
+        study = optuna.create_study(
+            study_name=LONG_STUDY,
+            storage=url,
+            load_if_exists=True,
+            sampler=CheckpointingSampler(TPESampler(seed=5), worker_id=worker),
+        )
+        study.optimize(objective, n_trials=3)
+        del study
+
+    listing = piped("status", "--storage", url)
+    assert listing.returncode == 0, listing.stderr
+    assert [row[0] for row in rows(listing.stdout)] == [LONG_STUDY]
+
+    detail = piped("status", "--storage", url, "--study-name", LONG_STUDY)
+    assert detail.returncode == 0, detail.stderr
+    assert [row[:2] for row in rows(detail.stdout)] == [[w, "released"] for w in LONG_WORKERS]
+    (reason,) = [line for line in detail.stdout.splitlines() if "checkpoint streams (" in line]
+    assert reason.strip().startswith("- 2 checkpoint streams")
+    assert reason.endswith("has no single trajectory to reproduce")
+
+    pruned = piped("prune", "--storage", url, "--study-name", LONG_STUDY, "--keep-last", "2")
+    assert pruned.returncode == 0, pruned.stderr
+    assert [row[0] for row in rows(pruned.stdout)] == list(LONG_WORKERS)
+
+    forked = piped(
+        "fork", "--storage", url, "--study-name", LONG_STUDY, "--at-trial", "5",
+        "--sampler", "TPESampler(seed=5)", "--to-study-name", LONG_STUDY + "-fork",
+    )  # fmt: skip
+    assert forked.returncode == 0, forked.stdout + forked.stderr
+    (created,) = [line for line in forked.stdout.splitlines() if line.startswith("Created")]
+    assert f"Created study {LONG_STUDY + '-fork'!r} with" in created
+    assert created.endswith("in the new study.")
+
+
 # -- the package's layout: one registry of verbs, and no import cycle ----------------------
 
 CLI_PACKAGE = "optuna_checkpoint.cli"

@@ -6,7 +6,6 @@ from dataclasses import asdict
 
 import click
 import optuna
-from rich.console import Console
 
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
@@ -14,8 +13,8 @@ from optuna_checkpoint.cli._common import json_option
 from optuna_checkpoint.cli._common import load_sampler
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
+import optuna_checkpoint.cli._render as _render
 from optuna_checkpoint.exceptions import CheckpointError
-from optuna_checkpoint.tools._fork import ForkReport
 from optuna_checkpoint.tools._fork import fork_study
 from optuna_checkpoint.tools._inspect import open_storage
 
@@ -64,22 +63,7 @@ def _fork(
     if as_json:
         emit_json(asdict(report))
     else:
-        _print(report, to_storage or storage)
-
-
-def _print(report: ForkReport, storage: str) -> None:
-    console = Console()
-    console.print(
-        f"Created study {report.study_name!r} with the first {report.trials_copied} trials of "
-        f"{report.source_study!r} (up to its trial {report.at_trial}) and the sampler's state "
-        "after them."
-    )
-    worker = "" if report.stream == "main" else f", worker_id={report.stream!r}"
-    console.print(
-        f"Continue it with study_name={report.study_name!r}, storage={storage!r} and "
-        f"CheckpointingSampler(<the same sampler>{worker}): it proposes what "
-        f"{report.source_study!r} proposed after trial {report.at_trial}."
-    )
+        _render.forked(_render.make_console(), report, to_storage or storage)
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""Rich tables for the verbs' reports, printed to stdout."""
+"""Rich tables for the verbs' reports, printed to stdout, and the consoles they print on."""
 
 from __future__ import annotations
 
@@ -6,12 +6,30 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from optuna_checkpoint.tools._fork import ForkReport
 from optuna_checkpoint.tools._inspect import PruneReport
 from optuna_checkpoint.tools._inspect import StreamStatus
 from optuna_checkpoint.tools._inspect import StudyStatus
 from optuna_checkpoint.tools._inspect import StudySummary
 from optuna_checkpoint.tools._transfer import ImportReport
 from optuna_checkpoint.tools._verify import VerificationReport
+
+
+_UNBOUNDED_WIDTH = 100_000
+"""The width of a console that is not a terminal: wider than any line a report prints."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """The console a verb prints on: stdout, or stderr for progress bars.
+
+    On a terminal, rich fits tables to the window. Anywhere else (a pipe, a file, a test
+    runner) rich would assume 80 columns and cut or wrap the cells of wider tables; there is no
+    window to fit there, so tables take the width of their content and no line is wrapped.
+    """
+    on_terminal = Console(stderr=stderr)
+    if on_terminal.is_terminal:
+        return on_terminal
+    return Console(stderr=stderr, width=_UNBOUNDED_WIDTH)
 
 
 def size(n: int) -> str:
@@ -175,3 +193,25 @@ def imported(console: Console, report: ImportReport) -> None:
         )
     )
     console.print("A worker resumed on this study continues the exported trajectory.")
+
+
+def forked(console: Console, report: ForkReport, storage: str) -> None:
+    """What a fork created, in both numberings, and how to continue it."""
+    last = report.trials_copied - 1
+    span = "logical trial 0, numbered 0" if last == 0 else f"logical trials 0 to {last}, numbered"
+    span += "" if last == 0 else f" 0 to {last}"
+    console.print(
+        Text(
+            f"Created study {report.study_name!r} with the sampler's state after trial "
+            f"{report.at_trial} of {report.source_study!r} and the {report.trials_copied} "
+            f"trial(s) of its uninterrupted run up to there: {span} in the new study."
+        )
+    )
+    worker = "" if report.stream == "main" else f", worker_id={report.stream!r}"
+    console.print(
+        Text(
+            f"Continue it with study_name={report.study_name!r}, storage={storage!r} and "
+            f"CheckpointingSampler(<the same sampler>{worker}): it proposes what "
+            f"{report.source_study!r} proposed after its trial {report.at_trial}."
+        )
+    )
