@@ -271,6 +271,23 @@ def test_rewind_then_continue_repeats_the_original(url: str) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
+def test_fork_creates_a_new_sqlite_file_for_the_destination(url: str, tmp_path: Path) -> None:
+    new = tmp_path / "new.db"
+    result = cli(
+        "fork", "--storage", url, "--study-name", "s", "--at-trial", "4",
+        "--sampler", "TPESampler(seed=5)", "--to-study-name", "f", "--to-storage", f"sqlite:///{new}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    forked = optuna.load_study(study_name="f", storage=f"sqlite:///{new}")
+    assert len(forked.trials) == 5
+
+    # Reading commands still refuse a file that is not there rather than create it empty.
+    missing = tmp_path / "missing.db"
+    read = cli("status", "--storage", f"sqlite:///{missing}")
+    assert read.returncode == 2 and "there is no SQLite database" in read.stderr
+    assert not missing.exists()
+
+
 # -- output that is not a terminal: tables as wide as their cells --------------------------
 
 LONG_STUDY = "resnet-50-baseline-on-imagenet-with-mixup-cutmix-and-label-smoothing-sweep-2024"

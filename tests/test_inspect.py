@@ -204,6 +204,12 @@ def test_open_storage(tmp_path: Path) -> None:
     JournalStorage(JournalFileBackend(str(journal))).create_new_study([], "j")
     assert isinstance(open_storage(str(journal)), JournalStorage)
 
+    # A destination (fork's --to-storage) is created, in a directory that exists.
+    with pytest.raises(ValueError, match=r"there is no directory .*; create it first"):
+        open_storage(f"sqlite:///{tmp_path / 'nowhere' / 'new.db'}", create=True)
+    open_storage(f"sqlite:///{tmp_path / 'new.db'}", create=True)
+    assert (tmp_path / "new.db").exists()
+
 
 def test_prune_study_refuses_a_journal(tmp_path: Path) -> None:
     path = str(tmp_path / "journal.log")

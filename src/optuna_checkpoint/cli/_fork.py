@@ -16,7 +16,6 @@ from optuna_checkpoint.cli._common import storage_option
 import optuna_checkpoint.cli._render as _render
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.tools._fork import fork_study
-from optuna_checkpoint.tools._inspect import open_storage
 
 
 _SAMPLER_HELP = (
@@ -42,13 +41,16 @@ def _fork(
     sampler = load_sampler(sampler_spec)
     opened = open_or_fail(storage, as_json=as_json)
     try:
-        target = None if to_storage is None else open_storage(to_storage)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--to-storage") from e
-    try:
         study = optuna.load_study(study_name=study_name, storage=opened)
     except KeyError as e:
         raise Problem(f"the storage has no study named {study_name!r}", as_json=as_json) from e
+    # The destination is written, so a new SQLite file is created there; opened after the
+    # source, so a mistyped source leaves no file behind.
+    target = (
+        None
+        if to_storage is None
+        else open_or_fail(to_storage, as_json=as_json, option="--to-storage", create=True)
+    )
     try:
         report = fork_study(
             study,

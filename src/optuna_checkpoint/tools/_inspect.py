@@ -171,15 +171,21 @@ class PruneReport:
         return sum(s.deleted for s in self.streams)
 
 
-def open_storage(location: str) -> BaseStorage:
+def open_storage(location: str, *, create: bool = False) -> BaseStorage:
     """Open a storage the way ``optuna-checkpoint --storage`` does.
 
     A database URL opens as Optuna's own command-line tool opens it; an existing file path
     (no ``://``) opens as a :class:`~optuna.storages.journal.JournalFileBackend` journal.
 
+    Args:
+        location: The URL or journal path.
+        create: Create a missing SQLite file, for a storage about to be written (a fork's
+            destination). Without it such a file is refused: a command that only reads would
+            otherwise leave an empty database behind a mistyped path.
+
     Raises:
-        ValueError: ``location`` is neither, or names an SQLite file that does not exist (which
-            opening would create, empty).
+        ValueError: ``location`` is neither, names an SQLite file that does not exist (unless
+            ``create``), or one in a directory that does not exist.
     """
     if "://" not in location:
         if not os.path.isfile(location):
@@ -205,7 +211,14 @@ def open_storage(location: str) -> BaseStorage:
         and database != ":memory:"
         and not os.path.exists(database)
     ):
-        raise ValueError(f"there is no SQLite database at {database!r}")
+        if not create:
+            raise ValueError(f"there is no SQLite database at {database!r}")
+        directory = os.path.dirname(os.path.abspath(database))
+        if not os.path.isdir(directory):
+            raise ValueError(
+                f"cannot create the SQLite database {database!r}: there is no directory "
+                f"{directory!r}; create it first"
+            )
     return optuna.storages.get_storage(location)
 
 
