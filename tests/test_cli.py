@@ -288,6 +288,28 @@ def test_fork_creates_a_new_sqlite_file_for_the_destination(url: str, tmp_path: 
     assert not missing.exists()
 
 
+def test_fork_at_a_pruned_trial_names_the_nearest_checkpoints_on_each_side(url: str) -> None:
+    pruned = cli(
+        "prune", "--storage", url, "--study-name", "s", "--keep-every", "5", "--keep-last", "2"
+    )  # kept: trials 0 and 5, and the newest two, 8 and 9
+    assert pruned.returncode == 0, pruned.stderr
+
+    def fork_at(trial: int) -> str:
+        result = cli(
+            "fork", "--storage", url, "--study-name", "s", "--at-trial", str(trial),
+            "--sampler", "TPESampler(seed=5)", "--to-study-name", f"f{trial}",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout + result.stderr
+        return " ".join(result.stderr.split())
+
+    assert "the nearest trials that have one are trial 0 before it and trial 5 after it" in (
+        fork_at(3)
+    )
+    assert "the nearest trials that have one are trial 5 before it and trial 8 after it" in (
+        fork_at(7)
+    )
+
+
 # -- output that is not a terminal: tables as wide as their cells --------------------------
 
 LONG_STUDY = "resnet-50-baseline-on-imagenet-with-mixup-cutmix-and-label-smoothing-sweep-2024"
