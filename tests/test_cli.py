@@ -131,6 +131,74 @@ def test_status_of_a_missing_study_exits_with_1(url: str) -> None:
     assert "no study named 'nope'" in json.loads(result.stdout)["error"]
 
 
+# The user's script: a TPE study on SQLite, whose process SIGKILLs itself inside one trial's
+# objective (argv: storage, the trial to die in or -1, how many trials to run).
+SCRIPT_KILLED_IN_A_TRIAL = """
+import os, signal, sys
+import optuna
+from optuna_checkpoint import CheckpointingSampler
+
+def objective(trial):
+    x = trial.suggest_float("x", -5.0, 5.0)
+    if trial.number == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+study = optuna.create_study(
+    study_name="demo", storage=sys.argv[1], load_if_exists=True,
+    sampler=CheckpointingSampler(optuna.samplers.TPESampler(seed=42)),
+)
+study.optimize(objective, n_trials=int(sys.argv[3]))
+"""
+
+
+def run_script(url: str, die_in: int, n_trials: int) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-c", SCRIPT_KILLED_IN_A_TRIAL, url, str(die_in), str(n_trials)]
+    process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    process.wait(timeout=120)
+    return process
+
+
+def test_status_after_a_kill_lists_the_trial_the_re_run_will_retry(tmp_path: Path) -> None:
+    database = tmp_path / "demo.db"
+    url = f"sqlite:///{database}"
+    killed = run_script(url, die_in=7, n_trials=20)
+    assert killed.returncode == -9
+
+    before = database.read_bytes()
+    status = cli("status", "--storage", url, "--study-name", "demo")
+    assert status.returncode == 0, status.stderr
+    assert database.read_bytes() == before  # status only reads
+    assert "Trials a re-run will retry" in status.stdout
+    assert "Interrupted trials" not in status.stdout  # nothing recorded yet
+    (_, (trial, logical, stream, why)) = rows(status.stdout)
+    assert (trial, logical, stream) == ("7", "7", "main")
+    assert why == (
+        f"its process died while the trial ran; its owner, pid {killed.pid} on this host, "
+        "has exited"
+    )
+
+    # The re-run does retry it, at that logical trial: status then lists it as recorded.
+    assert run_script(url, die_in=-1, n_trials=1).returncode == 0
+    after = cli("status", "--storage", url, "--study-name", "demo", "--json")
+    report = json.loads(after.stdout)
+    assert report["to_retry"] == []
+    assert [(i["number"], i["logical_number"], i["stream"]) for i in report["interrupted"]] == [
+        (7, 7, "main")
+    ]
+    retry = optuna.load_study(study_name="demo", storage=url).trials[8]
+    assert retry.system_attrs["failed_trial"] == 7
+
+
+def test_status_does_not_take_a_live_worker_s_running_trial_for_interrupted(url: str) -> None:
+    study = open_study(url)  # this process holds the stream's lease while the sampler lives
+    study.ask().suggest_float("x", -5.0, 5.0)  # trial 10: RUNNING, and running
+    result = cli("status", "--storage", url, "--study-name", "s", "--json")
+    report = json.loads(result.stdout)
+    assert report["streams"][0]["lease_alive"]
+    assert (report["to_retry"], report["interrupted"]) == ([], [])
+
+
 def test_usage_errors_exit_with_2(url: str) -> None:
     result = cli("prune", "--storage", url, "--study-name", "s", "--keep-last", "1")
     assert result.returncode == 2

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from optuna_checkpoint.tools._fork import ForkReport
+from optuna_checkpoint.tools._inspect import InterruptedTrial
 from optuna_checkpoint.tools._inspect import PruneReport
 from optuna_checkpoint.tools._inspect import StreamStatus
 from optuna_checkpoint.tools._inspect import StudyStatus
@@ -85,7 +86,20 @@ def _newest(stream: StreamStatus) -> str:
         return "initial" if stream.checkpoints else "none"
     if stream.newest_logical_number == stream.newest_trial_number:
         return str(stream.newest_trial_number)
-    return f"{stream.newest_trial_number} (logical {stream.newest_logical_number})"
+    return f"{stream.newest_trial_number} (logical trial {stream.newest_logical_number})"
+
+
+def _interrupted(title: str, trials: list[InterruptedTrial], unknown_stream: str = "-") -> Table:
+    """Interrupted trials: the trial (stored number), the logical trial its retry takes, why."""
+    table = Table(title=title)
+    table.add_column("trial", justify="right")
+    table.add_column("logical\ntrial", justify="right")
+    table.add_column("stream")
+    table.add_column("why")
+    for i in trials:
+        stream = Text(i.stream or unknown_stream)
+        table.add_row(str(i.number), str(i.logical_number), stream, Text(i.reason))
+    return table
 
 
 def status(console: Console, report: StudyStatus) -> None:
@@ -111,16 +125,14 @@ def status(console: Console, report: StudyStatus) -> None:
     else:
         console.print("No checkpoint stream.")
     if report.interrupted:
-        table = Table(title="Interrupted trials (hidden and retried)")
-        table.add_column("trial", justify="right")
-        table.add_column("logical", justify="right")
-        table.add_column("stream")
-        table.add_column("reason")
-        for i in report.interrupted:
-            table.add_row(
-                str(i.number), str(i.logical_number), Text(i.stream or "-"), Text(i.reason)
-            )
+        console.print(_interrupted("Interrupted trials (hidden and retried)", report.interrupted))
+    if report.to_retry:
+        table = _interrupted("Trials a re-run will retry", report.to_retry, "first to resume")
         console.print(table)
+        console.print(
+            "The next run takes them for interrupted, hides them and retries each at its "
+            "logical trial."
+        )
     if report.resume_exact:
         console.print("Resume: exact (bit-identical), as far as checked here.")
     else:

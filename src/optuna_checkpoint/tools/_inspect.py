@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
+import datetime
 import itertools
 import os
 import time
@@ -38,6 +39,7 @@ from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._open import existing_store
 from optuna_checkpoint.study._identity import study_uid
+from optuna_checkpoint.tools._retries import retries_due
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -102,10 +104,12 @@ class InterruptedTrial:
     """A trial whose process died; it is hidden from the sampler and retried.
 
     Attributes:
-        number: Its trial number.
-        logical_number: The position it held in the uninterrupted run.
+        number: Its trial number (as Optuna stores it).
+        logical_number: Its logical trial: its number in the uninterrupted run, which its
+            retry takes.
         reason: Why it was taken for interrupted.
-        stream: The stream that retries it; ``None`` for a trial no stream ran.
+        stream: The stream that retries it; ``None`` for a trial no stream ran (or, among the
+            retries still to come, one that whichever idle stream resumes first adopts).
     """
 
     number: int
@@ -122,7 +126,9 @@ class StudyStatus:
         study_name: The study's name.
         trials: How many trials it has, in any state.
         streams: Its checkpoint streams, in the order they were created.
-        interrupted: Its interrupted trials, by trial number.
+        interrupted: Its interrupted trials, by trial number, as recorded by the resumes.
+        to_retry: The trials the next run will retry, which no resume has recorded yet: left
+            RUNNING (or failed) by a process that is gone; by trial number.
         resume_exact: Whether nothing checked stands in the way of a bit-identical resume
             (see :func:`study_status` for what is checked); ``reasons`` is then empty.
         reasons: What stands in the way, one sentence each.
@@ -132,6 +138,7 @@ class StudyStatus:
     trials: int
     streams: list[StreamStatus]
     interrupted: list[InterruptedTrial]
+    to_retry: list[InterruptedTrial]
     resume_exact: bool
     reasons: list[str]
 
@@ -283,6 +290,10 @@ def list_studies(storage: BaseStorage) -> list[StudySummary]:
 def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
     """Describe a study's checkpoint streams and interrupted trials, and judge its resume.
 
+    Reads only. The interrupted trials are those the resumes recorded, and those the next run
+    will find and retry (:func:`~optuna_checkpoint.tools._retries.retries_due`), each with the
+    logical trial its retry takes.
+
     ``resume_exact`` is ``False`` when one of these holds, each given in ``reasons``:
 
     * the study has trials but no checkpoint stream (it was not run with
@@ -320,8 +331,11 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
     me = current_owner()
     grace_period, _ = lease_timing(storage, None, None)
     described = []
+    idle: dict[int, str] = {}  # stream id -> why no live process holds it
     for stream, summary in zip(streams, summaries, strict=True):
         verdict = judge_lease(stream.owner, stream.heartbeat_at, now, me, grace_period)
+        if verdict.may_take_over:
+            idle[stream.stream_id] = verdict.reason
         newest_id = summary.newest_trial_id
         newest = None if newest_id is None else by_id.get(newest_id)
         described.append(
@@ -340,19 +354,21 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
             )
         )
     reasons = _obstacles(opened, streams, described, interruptions)
+    due: list[Interruption] = []
+    if store is not None and opened.uid is not None:
+        moment = datetime.datetime.fromtimestamp(now)  # Optuna's datetimes are naive local
+        due = retries_due(store, opened.uid, opened.trials, streams, idle, interruptions, moment)
+
+    def listed(i: Interruption) -> InterruptedTrial:
+        stream = None if i.stream_id is None else names.get(i.stream_id)
+        return InterruptedTrial(i.trial_number, i.logical_number, i.reason, stream)
+
     return StudyStatus(
         study_name=study_name,
         trials=len(opened.trials),
         streams=described,
-        interrupted=[
-            InterruptedTrial(
-                number=i.trial_number,
-                logical_number=i.logical_number,
-                reason=i.reason,
-                stream=None if i.stream_id is None else names.get(i.stream_id),
-            )
-            for i in interruptions
-        ],
+        interrupted=[listed(i) for i in interruptions],
+        to_retry=[listed(i) for i in due],
         resume_exact=not reasons,
         reasons=reasons,
     )
