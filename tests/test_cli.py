@@ -8,6 +8,7 @@ console script and ``python -m optuna_checkpoint.cli`` as real processes.
 from __future__ import annotations
 
 import ast
+import gc
 import importlib
 import importlib.metadata
 import json
@@ -378,6 +379,28 @@ def test_fork_at_a_pruned_trial_names_the_nearest_checkpoints_on_each_side(url: 
     )
 
 
+def test_fork_reports_the_trial_it_forked_at_in_both_numberings(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'interrupted.sqlite3'}"
+    study = open_study(url)
+    study.optimize(objective, n_trials=3)
+    study.ask()  # trial 3, left RUNNING as by a killed process
+    del study
+    gc.collect()
+    open_study(url).optimize(objective, n_trials=5)  # trial 4 retries it: logical trial 3
+
+    result = cli(
+        "fork", "--storage", url, "--study-name", "s", "--at-trial", "6",
+        "--sampler", "TPESampler(seed=5)", "--to-study-name", "f",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "Created study 'f' from study 's' up to its trial 6 (logical trial 5): its 6 logical "
+        "trials 0 to 5, numbered 0 to 5 in the new study, and the sampler's state after them.",
+        f"Continue it with study_name='f', storage={url!r} and CheckpointingSampler(<the same "
+        "sampler>): it proposes what 's' proposed after its trial 6.",
+    ]
+
+
 # -- output that is not a terminal: tables as wide as their cells --------------------------
 
 LONG_STUDY = "resnet-50-baseline-on-imagenet-with-mixup-cutmix-and-label-smoothing-sweep-2024"
@@ -422,8 +445,8 @@ def test_piped_tables_keep_each_row_on_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert forked.returncode == 0, forked.stdout + forked.stderr
     (created,) = [line for line in forked.stdout.splitlines() if line.startswith("Created")]
-    assert f"Created study {LONG_STUDY + '-fork'!r} with" in created
-    assert created.endswith("in the new study.")
+    assert f"Created study {LONG_STUDY + '-fork'!r} from study {LONG_STUDY!r} up to" in created
+    assert created.endswith("and the sampler's state after them.")
 
 
 # -- the package's layout: one registry of verbs, and no import cycle ----------------------

@@ -55,7 +55,7 @@ class _StreamProgress:
     "--keep-every",
     type=int,
     metavar="M",
-    help="Keep the checkpoints of every M-th trial (logical number divisible by M).",
+    help="Keep the checkpoints of every M-th logical trial (logical trial divisible by M).",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @json_option

@@ -209,14 +209,17 @@ def imported(console: Console, report: ImportReport) -> None:
 
 def forked(console: Console, report: ForkReport, storage: str) -> None:
     """What a fork created, in both numberings, and how to continue it."""
-    last = report.trials_copied - 1
-    span = "logical trial 0, numbered 0" if last == 0 else f"logical trials 0 to {last}, numbered"
-    span += "" if last == 0 else f" 0 to {last}"
+    last = report.trials_copied - 1  # the logical trial of the one forked at
+    copied = (
+        "logical trial 0, numbered 0"
+        if last == 0
+        else f"{report.trials_copied} logical trials 0 to {last}, numbered 0 to {last}"
+    )
     console.print(
         Text(
-            f"Created study {report.study_name!r} with the sampler's state after trial "
-            f"{report.at_trial} of {report.source_study!r} and the {report.trials_copied} "
-            f"trial(s) of its uninterrupted run up to there: {span} in the new study."
+            f"Created study {report.study_name!r} from study {report.source_study!r} up to its "
+            f"trial {report.at_trial} (logical trial {last}): its {copied} in the new study, "
+            "and the sampler's state after them."
         )
     )
     worker = "" if report.stream == "main" else f", worker_id={report.stream!r}"
