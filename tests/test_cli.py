@@ -8,6 +8,7 @@ console script and ``python -m optuna_checkpoint.cli`` as real processes.
 from __future__ import annotations
 
 import ast
+import gc
 import importlib
 import importlib.metadata
 import json
@@ -129,6 +130,74 @@ def test_status_of_a_missing_study_exits_with_1(url: str) -> None:
     assert result.returncode == 1
     assert "no study named 'nope'; its studies are: 'plain', 's'" in result.stderr
     assert "no study named 'nope'" in json.loads(result.stdout)["error"]
+
+
+# The user's script: a TPE study on SQLite, whose process SIGKILLs itself inside one trial's
+# objective (argv: storage, the trial to die in or -1, how many trials to run).
+SCRIPT_KILLED_IN_A_TRIAL = """
+import os, signal, sys
+import optuna
+from optuna_checkpoint import CheckpointingSampler
+
+def objective(trial):
+    x = trial.suggest_float("x", -5.0, 5.0)
+    if trial.number == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+study = optuna.create_study(
+    study_name="demo", storage=sys.argv[1], load_if_exists=True,
+    sampler=CheckpointingSampler(optuna.samplers.TPESampler(seed=42)),
+)
+study.optimize(objective, n_trials=int(sys.argv[3]))
+"""
+
+
+def run_script(url: str, die_in: int, n_trials: int) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-c", SCRIPT_KILLED_IN_A_TRIAL, url, str(die_in), str(n_trials)]
+    process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    process.wait(timeout=120)
+    return process
+
+
+def test_status_after_a_kill_lists_the_trial_the_re_run_will_retry(tmp_path: Path) -> None:
+    database = tmp_path / "demo.db"
+    url = f"sqlite:///{database}"
+    killed = run_script(url, die_in=7, n_trials=20)
+    assert killed.returncode == -9
+
+    before = database.read_bytes()
+    status = cli("status", "--storage", url, "--study-name", "demo")
+    assert status.returncode == 0, status.stderr
+    assert database.read_bytes() == before  # status only reads
+    assert "Trials a re-run will retry" in status.stdout
+    assert "Interrupted trials" not in status.stdout  # nothing recorded yet
+    (_, (trial, logical, stream, why)) = rows(status.stdout)
+    assert (trial, logical, stream) == ("7", "7", "main")
+    assert why == (
+        f"its process died while the trial ran; its owner, pid {killed.pid} on this host, "
+        "has exited"
+    )
+
+    # The re-run does retry it, at that logical trial: status then lists it as recorded.
+    assert run_script(url, die_in=-1, n_trials=1).returncode == 0
+    after = cli("status", "--storage", url, "--study-name", "demo", "--json")
+    report = json.loads(after.stdout)
+    assert report["to_retry"] == []
+    assert [(i["number"], i["logical_number"], i["stream"]) for i in report["interrupted"]] == [
+        (7, 7, "main")
+    ]
+    retry = optuna.load_study(study_name="demo", storage=url).trials[8]
+    assert retry.system_attrs["failed_trial"] == 7
+
+
+def test_status_does_not_take_a_live_worker_s_running_trial_for_interrupted(url: str) -> None:
+    study = open_study(url)  # this process holds the stream's lease while the sampler lives
+    study.ask().suggest_float("x", -5.0, 5.0)  # trial 10: RUNNING, and running
+    result = cli("status", "--storage", url, "--study-name", "s", "--json")
+    report = json.loads(result.stdout)
+    assert report["streams"][0]["lease_alive"]
+    assert (report["to_retry"], report["interrupted"]) == ([], [])
 
 
 def test_usage_errors_exit_with_2(url: str) -> None:
@@ -269,6 +338,115 @@ def test_rewind_then_continue_repeats_the_original(url: str) -> None:
         "--sampler", "TPESampler(seed=5)", "--to-study-name", "s@4",
     )  # fmt: skip
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_fork_creates_a_new_sqlite_file_for_the_destination(url: str, tmp_path: Path) -> None:
+    new = tmp_path / "new.db"
+    result = cli(
+        "fork", "--storage", url, "--study-name", "s", "--at-trial", "4",
+        "--sampler", "TPESampler(seed=5)", "--to-study-name", "f", "--to-storage", f"sqlite:///{new}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    forked = optuna.load_study(study_name="f", storage=f"sqlite:///{new}")
+    assert len(forked.trials) == 5
+
+    # Reading commands still refuse a file that is not there rather than create it empty.
+    missing = tmp_path / "missing.db"
+    read = cli("status", "--storage", f"sqlite:///{missing}")
+    assert read.returncode == 2 and "there is no SQLite database" in read.stderr
+    assert not missing.exists()
+
+
+def test_fork_at_a_pruned_trial_names_the_nearest_checkpoints_on_each_side(url: str) -> None:
+    pruned = cli(
+        "prune", "--storage", url, "--study-name", "s", "--keep-every", "5", "--keep-last", "2"
+    )  # kept: trials 0 and 5, and the newest two, 8 and 9
+    assert pruned.returncode == 0, pruned.stderr
+
+    def fork_at(trial: int) -> str:
+        result = cli(
+            "fork", "--storage", url, "--study-name", "s", "--at-trial", str(trial),
+            "--sampler", "TPESampler(seed=5)", "--to-study-name", f"f{trial}",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout + result.stderr
+        return " ".join(result.stderr.split())
+
+    assert "the nearest trials that have one are trial 0 before it and trial 5 after it" in (
+        fork_at(3)
+    )
+    assert "the nearest trials that have one are trial 5 before it and trial 8 after it" in (
+        fork_at(7)
+    )
+
+
+def test_fork_reports_the_trial_it_forked_at_in_both_numberings(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'interrupted.sqlite3'}"
+    study = open_study(url)
+    study.optimize(objective, n_trials=3)
+    study.ask()  # trial 3, left RUNNING as by a killed process
+    del study
+    gc.collect()
+    open_study(url).optimize(objective, n_trials=5)  # trial 4 retries it: logical trial 3
+
+    result = cli(
+        "fork", "--storage", url, "--study-name", "s", "--at-trial", "6",
+        "--sampler", "TPESampler(seed=5)", "--to-study-name", "f",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "Created study 'f' from study 's' up to its trial 6 (logical trial 5): its 6 logical "
+        "trials 0 to 5, numbered 0 to 5 in the new study, and the sampler's state after them.",
+        f"Continue it with study_name='f', storage={url!r} and CheckpointingSampler(<the same "
+        "sampler>): it proposes what 's' proposed after its trial 6.",
+    ]
+
+
+# -- output that is not a terminal: tables as wide as their cells --------------------------
+
+LONG_STUDY = "resnet-50-baseline-on-imagenet-with-mixup-cutmix-and-label-smoothing-sweep-2024"
+LONG_WORKERS = ("gpu-node-17.a100-partition.cluster.example.org", "gpu-node-18.a100-partition.x")
+
+
+def piped(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command with stdout captured, as in a pipe; COLUMNS as a terminal of 80 gives."""
+    return run_command(main, list(args), prog_name="optuna-checkpoint", env={"COLUMNS": "80"})
+
+
+def test_piped_tables_keep_each_row_on_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'long.sqlite3'}"
+    for worker in LONG_WORKERS:
+        study = optuna.create_study(
+            study_name=LONG_STUDY,
+            storage=url,
+            load_if_exists=True,
+            sampler=CheckpointingSampler(TPESampler(seed=5), worker_id=worker),
+        )
+        study.optimize(objective, n_trials=3)
+        del study
+
+    listing = piped("status", "--storage", url)
+    assert listing.returncode == 0, listing.stderr
+    assert [row[0] for row in rows(listing.stdout)] == [LONG_STUDY]
+
+    detail = piped("status", "--storage", url, "--study-name", LONG_STUDY)
+    assert detail.returncode == 0, detail.stderr
+    assert [row[:2] for row in rows(detail.stdout)] == [[w, "released"] for w in LONG_WORKERS]
+    (reason,) = [line for line in detail.stdout.splitlines() if "checkpoint streams (" in line]
+    assert reason.strip().startswith("- 2 checkpoint streams")
+    assert reason.endswith("has no single trajectory to reproduce")
+
+    pruned = piped("prune", "--storage", url, "--study-name", LONG_STUDY, "--keep-last", "2")
+    assert pruned.returncode == 0, pruned.stderr
+    assert [row[0] for row in rows(pruned.stdout)] == list(LONG_WORKERS)
+
+    forked = piped(
+        "fork", "--storage", url, "--study-name", LONG_STUDY, "--at-trial", "5",
+        "--sampler", "TPESampler(seed=5)", "--to-study-name", LONG_STUDY + "-fork",
+    )  # fmt: skip
+    assert forked.returncode == 0, forked.stdout + forked.stderr
+    (created,) = [line for line in forked.stdout.splitlines() if line.startswith("Created")]
+    assert f"Created study {LONG_STUDY + '-fork'!r} from study {LONG_STUDY!r} up to" in created
+    assert created.endswith("and the sampler's state after them.")
 
 
 # -- the package's layout: one registry of verbs, and no import cycle ----------------------

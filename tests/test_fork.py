@@ -121,7 +121,10 @@ def test_a_fork_refuses_what_it_cannot_continue_exactly(url: str) -> None:
         fork_study(source, TPESampler(seed=6), at_trial=10, to_study_name="a")
     with pytest.raises(CheckpointError, match="interrupted attempt"):
         fork_study(source, make(), at_trial=3, to_study_name="b")
-    with pytest.raises(CheckpointError, match=r"no checkpoint.*near it"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no checkpoint.*no trial before it has one; the nearest after it is trial",
+    ):
         fork_study(source, make(), at_trial=1, to_study_name="c")  # pruned by retention
     fork_study(source, make(), at_trial=11, to_study_name="d")
     with pytest.raises(CheckpointError, match="already exists"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 from pathlib import Path
 import time
@@ -17,12 +18,14 @@ import sqlalchemy as sa
 from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import Retention
+from optuna_checkpoint.attach._attacher import CLAIM_WINDOW
 from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.stores._open import existing_store
 from optuna_checkpoint.tools._inspect import list_studies
 from optuna_checkpoint.tools._inspect import open_storage
 from optuna_checkpoint.tools._inspect import prune_study
 from optuna_checkpoint.tools._inspect import study_status
+from optuna_checkpoint.tools._retries import retries_due
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -162,6 +165,38 @@ def test_interrupted_trials_are_listed_and_the_resume_stays_exact(url: str) -> N
     assert status.streams[0].newest_logical_number == 3
 
 
+def test_an_unclaimed_running_trial_is_due_for_a_retry_once_its_claim_window_is_over(
+    url: str,
+) -> None:
+    for worker in ("a", "b"):
+        study = wrapped(url, worker_id=worker)
+        study.optimize(objective, n_trials=2)
+        del study
+        gc.collect()
+    # A process that died before the sampler's first hook: its trial 4 is claimed by no stream.
+    optuna.load_study(study_name="s", storage=url, sampler=RandomSampler()).ask()
+    storage = open_storage(url)
+    store = existing_store(storage)
+    assert store is not None
+    uid = _uid(storage)
+    a, b = store.list_streams(uid)
+    trials = storage.get_all_trials(storage.get_study_id_from_name("s"))
+    both_idle = {a.stream_id: "the lease was released", b.stream_id: "the lease was released"}
+    now = datetime.datetime.now()
+    later = now + datetime.timedelta(seconds=CLAIM_WINDOW + 1)
+
+    # Young, it may be a trial a live process is just starting: a resume would wait for it.
+    assert retries_due(store, uid, trials, [a, b], both_idle, [], now) == []
+    (due,) = retries_due(store, uid, trials, [a, b], both_idle, [], later)
+    assert (due.trial_number, due.logical_number, due.stream_id) == (4, 4, None)
+    assert due.reason == (
+        "its process died while the trial ran; no stream claimed it within the 5 s claim window"
+    )
+    # With one idle stream, that stream's next resume adopts it.
+    (due,) = retries_due(store, uid, trials, [a, b], {a.stream_id: "gone"}, [], later)
+    assert due.stream_id == a.stream_id
+
+
 def test_list_studies_and_a_database_without_checkpoints(url: str) -> None:
     optuna.create_study(study_name="plain", storage=url).optimize(objective, n_trials=2)
     storage = open_storage(url)
@@ -204,6 +239,12 @@ def test_open_storage(tmp_path: Path) -> None:
     journal = tmp_path / "journal.log"
     JournalStorage(JournalFileBackend(str(journal))).create_new_study([], "j")
     assert isinstance(open_storage(str(journal)), JournalStorage)
+
+    # A destination (fork's --to-storage) is created, in a directory that exists.
+    with pytest.raises(ValueError, match=r"there is no directory .*; create it first"):
+        open_storage(f"sqlite:///{tmp_path / 'nowhere' / 'new.db'}", create=True)
+    open_storage(f"sqlite:///{tmp_path / 'new.db'}", create=True)
+    assert (tmp_path / "new.db").exists()
 
 
 def test_prune_study_refuses_a_journal(tmp_path: Path) -> None:

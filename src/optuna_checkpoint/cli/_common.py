@@ -59,12 +59,21 @@ def json_option(f: F) -> F:
     )(f)
 
 
-def open_or_fail(location: str, *, as_json: bool) -> BaseStorage:
-    """Open ``--storage``: a bad argument is a usage error, an unreachable database a problem."""
+def open_or_fail(
+    location: str, *, as_json: bool, option: str = "--storage", create: bool = False
+) -> BaseStorage:
+    """Open a storage option: a bad argument is a usage error, an unreachable database a problem.
+
+    Args:
+        location: The option's value.
+        as_json: Whether a problem is also reported as JSON.
+        option: The option named in a usage error.
+        create: Create a missing SQLite file (for a destination only; see ``open_storage``).
+    """
     try:
-        return open_storage(location)
+        return open_storage(location, create=create)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--storage") from e
+        raise click.BadParameter(str(e), param_hint=option) from e
     except Exception as e:  # the drivers' errors: no server, bad credentials, not a database
         raise Problem(
             f"cannot open the storage {location!r}: {type(e).__name__}: {e}", as_json=as_json

@@ -6,7 +6,6 @@ from dataclasses import asdict
 
 import click
 import optuna
-from rich.console import Console
 
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
@@ -14,10 +13,9 @@ from optuna_checkpoint.cli._common import json_option
 from optuna_checkpoint.cli._common import load_sampler
 from optuna_checkpoint.cli._common import open_or_fail
 from optuna_checkpoint.cli._common import storage_option
+import optuna_checkpoint.cli._render as _render
 from optuna_checkpoint.exceptions import CheckpointError
-from optuna_checkpoint.tools._fork import ForkReport
 from optuna_checkpoint.tools._fork import fork_study
-from optuna_checkpoint.tools._inspect import open_storage
 
 
 _SAMPLER_HELP = (
@@ -43,13 +41,16 @@ def _fork(
     sampler = load_sampler(sampler_spec)
     opened = open_or_fail(storage, as_json=as_json)
     try:
-        target = None if to_storage is None else open_storage(to_storage)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--to-storage") from e
-    try:
         study = optuna.load_study(study_name=study_name, storage=opened)
     except KeyError as e:
         raise Problem(f"the storage has no study named {study_name!r}", as_json=as_json) from e
+    # The destination is written, so a new SQLite file is created there; opened after the
+    # source, so a mistyped source leaves no file behind.
+    target = (
+        None
+        if to_storage is None
+        else open_or_fail(to_storage, as_json=as_json, option="--to-storage", create=True)
+    )
     try:
         report = fork_study(
             study,
@@ -64,22 +65,7 @@ def _fork(
     if as_json:
         emit_json(asdict(report))
     else:
-        _print(report, to_storage or storage)
-
-
-def _print(report: ForkReport, storage: str) -> None:
-    console = Console()
-    console.print(
-        f"Created study {report.study_name!r} with the first {report.trials_copied} trials of "
-        f"{report.source_study!r} (up to its trial {report.at_trial}) and the sampler's state "
-        "after them."
-    )
-    worker = "" if report.stream == "main" else f", worker_id={report.stream!r}"
-    console.print(
-        f"Continue it with study_name={report.study_name!r}, storage={storage!r} and "
-        f"CheckpointingSampler(<the same sampler>{worker}): it proposes what "
-        f"{report.source_study!r} proposed after trial {report.at_trial}."
-    )
+        _render.forked(_render.make_console(), report, to_storage or storage)
 
 
 @click.command()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import click
-from rich.console import Console
 from rich.progress import Progress
 from rich.progress import TaskID
 
@@ -32,7 +31,7 @@ class _StreamProgress:
         if total < 2:
             return
         if self._bar is None:
-            self._bar = Progress(console=Console(stderr=True), transient=True)
+            self._bar = Progress(console=_render.make_console(stderr=True), transient=True)
             self._bar.start()
             self._task = self._bar.add_task("pruning streams", total=total)
         assert self._task is not None
@@ -56,7 +55,7 @@ class _StreamProgress:
     "--keep-every",
     type=int,
     metavar="M",
-    help="Keep the checkpoints of every M-th trial (logical number divisible by M).",
+    help="Keep the checkpoints of every M-th logical trial (logical trial divisible by M).",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @json_option
@@ -92,4 +91,4 @@ def prune(
     if as_json:
         emit_json({**asdict(report), "deleted": report.deleted})
     else:
-        _render.pruned(Console(), report)
+        _render.pruned(_render.make_console(), report)

@@ -1,4 +1,4 @@
-"""Rich tables for the verbs' reports, printed to stdout."""
+"""Rich tables for the verbs' reports, printed to stdout, and the consoles they print on."""
 
 from __future__ import annotations
 
@@ -6,12 +6,31 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from optuna_checkpoint.tools._fork import ForkReport
+from optuna_checkpoint.tools._inspect import InterruptedTrial
 from optuna_checkpoint.tools._inspect import PruneReport
 from optuna_checkpoint.tools._inspect import StreamStatus
 from optuna_checkpoint.tools._inspect import StudyStatus
 from optuna_checkpoint.tools._inspect import StudySummary
 from optuna_checkpoint.tools._transfer import ImportReport
 from optuna_checkpoint.tools._verify import VerificationReport
+
+
+_UNBOUNDED_WIDTH = 100_000
+"""The width of a console that is not a terminal: wider than any line a report prints."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """The console a verb prints on: stdout, or stderr for progress bars.
+
+    On a terminal, rich fits tables to the window. Anywhere else (a pipe, a file, a test
+    runner) rich would assume 80 columns and cut or wrap the cells of wider tables; there is no
+    window to fit there, so tables take the width of their content and no line is wrapped.
+    """
+    on_terminal = Console(stderr=stderr)
+    if on_terminal.is_terminal:
+        return on_terminal
+    return Console(stderr=stderr, width=_UNBOUNDED_WIDTH)
 
 
 def size(n: int) -> str:
@@ -67,7 +86,20 @@ def _newest(stream: StreamStatus) -> str:
         return "initial" if stream.checkpoints else "none"
     if stream.newest_logical_number == stream.newest_trial_number:
         return str(stream.newest_trial_number)
-    return f"{stream.newest_trial_number} (logical {stream.newest_logical_number})"
+    return f"{stream.newest_trial_number} (logical trial {stream.newest_logical_number})"
+
+
+def _interrupted(title: str, trials: list[InterruptedTrial], unknown_stream: str = "-") -> Table:
+    """Interrupted trials: the trial (stored number), the logical trial its retry takes, why."""
+    table = Table(title=title)
+    table.add_column("trial", justify="right")
+    table.add_column("logical\ntrial", justify="right")
+    table.add_column("stream")
+    table.add_column("why")
+    for i in trials:
+        stream = Text(i.stream or unknown_stream)
+        table.add_row(str(i.number), str(i.logical_number), stream, Text(i.reason))
+    return table
 
 
 def status(console: Console, report: StudyStatus) -> None:
@@ -93,16 +125,14 @@ def status(console: Console, report: StudyStatus) -> None:
     else:
         console.print("No checkpoint stream.")
     if report.interrupted:
-        table = Table(title="Interrupted trials (hidden and retried)")
-        table.add_column("trial", justify="right")
-        table.add_column("logical", justify="right")
-        table.add_column("stream")
-        table.add_column("reason")
-        for i in report.interrupted:
-            table.add_row(
-                str(i.number), str(i.logical_number), Text(i.stream or "-"), Text(i.reason)
-            )
+        console.print(_interrupted("Interrupted trials (hidden and retried)", report.interrupted))
+    if report.to_retry:
+        table = _interrupted("Trials a re-run will retry", report.to_retry, "first to resume")
         console.print(table)
+        console.print(
+            "The next run takes them for interrupted, hides them and retries each at its "
+            "logical trial."
+        )
     if report.resume_exact:
         console.print("Resume: exact (bit-identical), as far as checked here.")
     else:
@@ -175,3 +205,28 @@ def imported(console: Console, report: ImportReport) -> None:
         )
     )
     console.print("A worker resumed on this study continues the exported trajectory.")
+
+
+def forked(console: Console, report: ForkReport, storage: str) -> None:
+    """What a fork created, in both numberings, and how to continue it."""
+    last = report.trials_copied - 1  # the logical trial of the one forked at
+    copied = (
+        "logical trial 0, numbered 0"
+        if last == 0
+        else f"{report.trials_copied} logical trials 0 to {last}, numbered 0 to {last}"
+    )
+    console.print(
+        Text(
+            f"Created study {report.study_name!r} from study {report.source_study!r} up to its "
+            f"trial {report.at_trial} (logical trial {last}): its {copied} in the new study, "
+            "and the sampler's state after them."
+        )
+    )
+    worker = "" if report.stream == "main" else f", worker_id={report.stream!r}"
+    console.print(
+        Text(
+            f"Continue it with study_name={report.study_name!r}, storage={storage!r} and "
+            f"CheckpointingSampler(<the same sampler>{worker}): it proposes what "
+            f"{report.source_study!r} proposed after its trial {report.at_trial}."
+        )
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import click
-from rich.console import Console
 
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
@@ -36,7 +35,7 @@ def status(storage: str, study_name: str | None, as_json: bool) -> None:
             if as_json:
                 emit_json({"studies": [asdict(s) for s in found]})
             else:
-                _render.studies(Console(), found)
+                _render.studies(_render.make_console(), found)
             return
         report = study_status(opened, study_name)
     except CheckpointError as e:  # no such study; tables of a newer format
@@ -44,4 +43,4 @@ def status(storage: str, study_name: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(asdict(report))
     else:
-        _render.status(Console(), report)
+        _render.status(_render.make_console(), report)

@@ -11,7 +11,6 @@ from typing import IO
 from typing import Any
 
 import click
-from rich.console import Console
 
 from optuna_checkpoint.cli._common import Problem
 from optuna_checkpoint.cli._common import emit_json
@@ -110,7 +109,7 @@ def import_(storage: str, study_name: str, source: IO[str], as_json: bool) -> No
     if as_json:
         emit_json(asdict(report))
     else:
-        _render.imported(Console(), report)
+        _render.imported(_render.make_console(), report)
 
 
 def _write_atomically(path: Path, document: Any) -> None:

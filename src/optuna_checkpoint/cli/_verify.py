@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 import optuna
-from rich.console import Console
 from rich.progress import Progress
 
 from optuna_checkpoint.cli._common import PROBLEM
@@ -55,7 +54,7 @@ def verify(
         study = optuna.load_study(study_name=study_name, storage=opened)
     except KeyError as e:
         raise Problem(f"the storage has no study named {study_name!r}", as_json=as_json) from e
-    console = Console(stderr=True)
+    console = _render.make_console(stderr=True)
     with Progress(console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task("replaying trials", total=None)
 
@@ -69,6 +68,6 @@ def verify(
     if as_json:
         emit_json(report.to_dict())
     else:
-        _render.verification(Console(), report)
+        _render.verification(_render.make_console(), report)
     if not report.ok:
         raise SystemExit(PROBLEM)

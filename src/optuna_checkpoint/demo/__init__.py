@@ -4,12 +4,15 @@ The demo runs one small optimization script three times, each in child processes
 SQLite file:
 
 1. *reference*: with ``CheckpointingSampler(TPESampler(seed=S))``, never interrupted;
-2. *checkpointed*: the same script, killed K times at random instants (SIGKILL, SIGTERM and
-   SIGINT in turn) and run again after each kill until N trials are COMPLETE;
+2. *checkpointed*: the same script, killed up to K times at random instants (SIGKILL, SIGTERM
+   and SIGINT in turn; a kill due after the run finished is not sent) and run again after each
+   kill until N trials are COMPLETE;
 3. *unwrapped*: the control, the plain ``TPESampler(seed=S)`` killed in the same way.
 
-It then compares the trajectories trial by trial, bit for bit (``float.hex``), and exits with 0
-if the checkpointed run is identical to the reference, 1 otherwise.
+It then compares the trajectories logical trial by logical trial (a trial's place in the run
+that was never interrupted), bit for bit (``float.hex``), and exits with 0 if the checkpointed
+run is identical to the reference, 1 otherwise. "Trial N" always means the number Optuna stored
+and logged.
 
 The child processes run ``python -m optuna_checkpoint.demo`` with the hidden ``--worker``
 option, which is an ordinary user script: it opens its study with ``load_if_exists=True`` and

@@ -27,7 +27,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--trials", type=int, default=30, help="COMPLETE trials per run (30)")
-    parser.add_argument("--kills", type=int, default=4, help="kills per interrupted run (4)")
+    parser.add_argument(
+        "--kills",
+        type=int,
+        default=4,
+        help="kills planned per interrupted run; one due after the run finished is not sent (4)",
+    )
     parser.add_argument(
         "--sampler", choices=list(SAMPLER_CLASSES), default="tpe", help="sampler (tpe)"
     )

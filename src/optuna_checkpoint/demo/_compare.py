@@ -46,12 +46,12 @@ def why_different(trials: Sequence[FrozenTrial], index: int, run: Run) -> str:
         return "it has fewer trials"
     trial = trials[index]
     if trial.state != TrialState.COMPLETE:
-        return f"trial #{trial.number} was interrupted and is {trial.state.name}, not retried"
+        return f"trial {trial.number} was interrupted and is {trial.state.name}, not retried"
     kills = [n for n, o in enumerate(run.outcomes, 1) if o.landed and o.n_trials <= trial.number]
     after = f"after kill {kills[-1]}" if kills else "before any kill"
     for earlier, previous in enumerate(trials[:index]):
         if previous.params == trial.params:
-            return f"repeated the params of trial {earlier} {after}"
+            return f"repeated the params of logical trial {earlier} {after}"
     return f"proposed other params {after}"
 
 
@@ -60,13 +60,16 @@ def retry_notes(
 ) -> dict[int, str]:
     """Say which interrupted attempts the rows of the resumed trajectory retried.
 
+    A row is a logical trial; its note names trials by their stored numbers, as Optuna's log
+    and the library's resume line do.
+
     Args:
         trials: All trials of the resumed run's study.
         kept: The same without the interrupted attempts.
         run: The resumed run, whose kills tell which signal interrupted which trial.
 
     Returns:
-        A note by row, such as ``retry of #14 (SIGTERM)``.
+        A note by row, such as ``trial 15 retries trial 14 (SIGTERM)``.
     """
     kept_numbers = [t.number for t in kept]
     killed_by = {o.cut_off: o.kill.signal.name for o in run.outcomes if o.cut_off is not None}
@@ -75,5 +78,12 @@ def retry_notes(
         if trial.number not in kept_numbers:
             row = sum(n < trial.number for n in kept_numbers)
             signal_name = killed_by.get(trial.number, "killed")
-            attempts.setdefault(row, []).append(f"#{trial.number} ({signal_name})")
-    return {row: "retry of " + ", ".join(texts) for row, texts in attempts.items()}
+            attempts.setdefault(row, []).append(f"{trial.number} ({signal_name})")
+    notes = {}
+    for row, texts in attempts.items():
+        attempted = f"trial{'s' if len(texts) > 1 else ''} {', '.join(texts)}"
+        if row < len(kept_numbers):
+            notes[row] = f"trial {kept_numbers[row]} retries {attempted}"
+        else:
+            notes[row] = f"{attempted}, not retried"
+    return notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -44,8 +45,11 @@ class KillOutcome:
     """What a kill did to the study."""
 
     kill: Kill
+    sent: bool
+    """False if the worker finished before the kill was due."""
     landed: bool
-    """False if the worker finished before the kill."""
+    """Whether the signal ended the worker: it cut off a trial or stopped the process between
+    trials. False if it was not sent, or reached a worker that was exiting anyway."""
     n_trials: int
     """Trials in the study after the kill, in any state."""
     n_complete: int
@@ -55,14 +59,37 @@ class KillOutcome:
 
     def describe(self, n_trials: int) -> str:
         """Say what happened, for a progress line, in a run of ``n_trials`` trials."""
-        if not self.landed:
+        if not self.sent:
             return "not sent, the run finished first"
-        what = "between trials" if self.cut_off is None else f"cut off trial #{self.cut_off}"
+        if not self.landed:
+            return f"{self.kill.signal.name} sent as the run was finishing; it stopped nothing"
+        what = "between trials" if self.cut_off is None else f"cut off trial {self.cut_off}"
         then = "the run was ending" if self.n_complete >= n_trials else "resuming…"
         return (
             f"{self.kill.signal.name} after {self.kill.delay:.2f} s, {what}; "
-            f"{self.n_complete} trials complete, {then}"
+            f"{self.n_complete} of {n_trials} trials complete, {then}"
         )
+
+
+def kills_summary(outcomes: Sequence[KillOutcome], planned: int) -> str:
+    """Say how many kills landed, with their signals, and of how many planned if fewer.
+
+    Args:
+        outcomes: What each kill did; a run stops killing once one does not land.
+        planned: How many kills were planned.
+
+    Returns:
+        For example ``2 kills (SIGKILL, SIGTERM) of the 4 planned (the run finished first)``.
+    """
+    signals = [o.kill.signal.name for o in outcomes if o.landed]
+    landed = len(signals)
+    if landed > 5:
+        signals = [f"{signals.count(name)} {name}" for name in SIGNALS if name in signals]
+    text = f"{landed} kill{'' if landed == 1 else 's'}"
+    text += f" ({', '.join(signals)})" if signals else ""
+    if landed < planned:
+        text += f" of the {planned} planned (the run finished first)"
+    return text
 
 
 NextKill = Callable[[int, int], Kill]
@@ -144,7 +171,7 @@ class Run:
         """Run a worker, send it ``kill.signal`` after ``kill.delay`` seconds, see the damage."""
         worker = self.start_worker()
         if worker is None:
-            return KillOutcome(kill, False, self.n_trials, self.n_trials, None)
+            return KillOutcome(kill, False, False, self.n_trials, self.n_trials, None)
         sent = False
         try:
             worker.wait(timeout=kill.delay)
@@ -157,7 +184,7 @@ class Run:
         last = trials[-1] if trials else None
         cut_off = last.number if last is not None and last.state != TrialState.COMPLETE else None
         landed = sent and worker.returncode != 0
-        return KillOutcome(kill, landed, len(trials), n_complete, cut_off)
+        return KillOutcome(kill, sent, landed, len(trials), n_complete, cut_off)
 
     def run(self, n_kills: int, next_kill: NextKill) -> None:
         """Run workers until the study is complete, killing the first ``n_kills`` of them.

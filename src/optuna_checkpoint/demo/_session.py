@@ -13,8 +13,8 @@ from optuna_checkpoint import uninterrupted_trials
 from optuna_checkpoint.demo._compare import identical_prefix
 from optuna_checkpoint.demo._compare import retry_notes
 from optuna_checkpoint.demo._compare import why_different
-from optuna_checkpoint.demo._run import SIGNALS
 from optuna_checkpoint.demo._run import Run
+from optuna_checkpoint.demo._run import kills_summary
 from optuna_checkpoint.demo._run import random_kills
 from optuna_checkpoint.demo._table import print_table
 from optuna_checkpoint.demo._worker import SAMPLER_CLASSES
@@ -48,7 +48,10 @@ def run_demo(sampler_name: str, seed: int, n_trials: int, n_kills: int, director
 
     print(f"optuna-checkpoint demo: {n_trials} trials per run, SQLite files in {directory}")
     print(f"  reference:     CheckpointingSampler({sampler}), never interrupted")
-    print(f"  checkpointed:  the same script, killed {n_kills} times and run again after each")
+    print(
+        f"  checkpointed:  the same script, killed up to {n_kills} times at random instants "
+        "and run again after each"
+    )
     print(f"  unwrapped:     plain {sampler}, killed in the same way (the control)")
     print(flush=True)
 
@@ -66,13 +69,17 @@ def run_demo(sampler_name: str, seed: int, n_trials: int, n_kills: int, director
 
     print()
     print("The reference run's trials beside the checkpointed run's, compared bit for bit")
-    print('(float.hex): = identical params and value, ≠ different. "retry of #n": a kill cut off')
-    print("attempt #n of the trial, and the resumed run ran it again.")
+    print("(float.hex): = identical params and value, ≠ different. Rows are logical trials: a")
+    print('trial\'s place in the run that was never interrupted. "trial m retries trial n": a')
+    print("kill cut off trial n of the checkpointed run, and its trial m ran that logical trial")
+    print("again (trial numbers as Optuna stores and logs them).")
     print()
     print_table(expected, resumed, retry_notes(all_resumed, resumed, checkpointed))
     print()
 
-    ok = print_verdict(expected, all_resumed, resumed, checkpointed, unwrapped, sampler_class)
+    ok = print_verdict(
+        expected, all_resumed, resumed, checkpointed, unwrapped, sampler_class, n_kills
+    )
     print(f"\n(ran in {elapsed:.1f} s)", flush=True)
     return 0 if ok else 1
 
@@ -84,6 +91,7 @@ def print_verdict(
     checkpointed: Run,
     unwrapped: Run,
     sampler_class: str,
+    n_kills: int,
 ) -> bool:
     """Say whether each interrupted run followed the reference, and where it parted if not.
 
@@ -94,17 +102,13 @@ def print_verdict(
         checkpointed: The run with CheckpointingSampler, killed.
         unwrapped: The run with the plain sampler, killed in the same way.
         sampler_class: The plain sampler's class name.
+        n_kills: How many kills were planned.
 
     Returns:
         Whether the checkpointed run is identical to the reference.
     """
     control = [t for t in unwrapped.trials() if t.state.is_finished()]
     n = len(expected)
-    signals = [o.kill.signal.name for o in checkpointed.outcomes if o.landed]
-    if len(signals) > 5:
-        signals = [f"{signals.count(name)} {name}" for name in SIGNALS if name in signals]
-    kills_text = f"after {sum(o.landed for o in checkpointed.outcomes)} kills"
-    kills_text += f" ({', '.join(signals)})" if signals else ""
     n_retried = len(all_resumed) - len(resumed)
     control_label = f"unwrapped {sampler_class}:"
     width = len(control_label) + 2
@@ -120,8 +124,11 @@ def print_verdict(
         report("resumed run:", f"{n}/{n} trials identical to the uninterrupted run, bit for bit,")
     else:
         why = why_different(resumed, same, checkpointed)
-        report("resumed run:", f"diverged at trial {same} ({why})", f"{same}/{n} identical")
-    report("", f"{kills_text} and {n_retried} retried trials")
+        report(
+            "resumed run:", f"diverged at logical trial {same} ({why})", f"{same}/{n} identical"
+        )
+    kills = kills_summary(checkpointed.outcomes, n_kills)
+    report("", f"after {kills} and {n_retried} retried trial{'' if n_retried == 1 else 's'}")
 
     same = identical_prefix(expected, control)
     if same == n == len(control):
@@ -129,7 +136,7 @@ def print_verdict(
     else:
         report(
             control_label,
-            f"diverged at trial {same} ({why_different(control, same, unwrapped)})",
+            f"diverged at logical trial {same} ({why_different(control, same, unwrapped)})",
             f"{same}/{n} identical: a sampler rebuilt from its seed restarts its RNG",
         )
     return ok

@@ -46,7 +46,7 @@ def print_table(
         (reference[i] if i < len(reference) else None, resumed[i] if i < len(resumed) else None)
         for i in range(n_rows)
     ]
-    header = ["trial", *names, " value (float.hex)"]
+    header = ["logical trial", *names, " value (float.hex)"]
     widths = [len(text) for text in header]
     for index, (ref, res) in enumerate(pairs):
         for row in (cells(index, ref), cells(index, res)):

@@ -114,7 +114,9 @@ def fork_study(
     trials = study.get_trials(deepcopy=False)
     hidden = {i.trial_id for i in store.where_interrupted(source.uid)}
     at = _trial_to_fork_at(trials, hidden, at_trial)
-    stream, checkpoint = _checkpoint_of(store, source, at)
+    # Interrupted attempts have checkpoints too, but cannot be forked at.
+    forkable = {t._trial_id: t.number for t in trials if t._trial_id not in hidden}
+    stream, checkpoint = _checkpoint_of(store, source, at, forkable)
     sealer.check_stored(checkpoint, source.uid, stream.name)
 
     adapter = adapter_for(sampler, allow_pickle=allow_pickle)
@@ -183,18 +185,33 @@ def _trial_to_fork_at(trials: list[FrozenTrial], hidden: set[int], number: int) 
 
 
 def _checkpoint_of(
-    store: CheckpointStore, source: StudyRef, trial: FrozenTrial
+    store: CheckpointStore, source: StudyRef, trial: FrozenTrial, numbers: dict[int, int]
 ) -> tuple[Stream, Checkpoint]:
+    """Find the checkpoint of ``trial``; ``numbers`` maps the forkable trials' ids to numbers."""
     kept: list[int] = []
     for stream in store.list_streams(source.uid):
         for checkpoint in store.all_checkpoints(stream.stream_id):
             if checkpoint.trial_id == trial._trial_id:
                 return stream, checkpoint
-            if checkpoint.trial_id is not None:
-                kept.append(checkpoint.trial_id)
-    numbers = [source.storage.get_trial(trial_id).number for trial_id in kept]
-    nearest = sorted(numbers, key=lambda n: abs(n - trial.number))[:5]
+            if checkpoint.trial_id in numbers:
+                kept.append(numbers[checkpoint.trial_id])
     raise CheckpointError(
         f"trial {trial.number} has no checkpoint (it was pruned by a retention rule, or run "
-        f"without CheckpointingSampler); trials near it that have one: {sorted(nearest)}"
+        f"without CheckpointingSampler); {_nearest(trial.number, kept)}"
     )
+
+
+def _nearest(number: int, with_checkpoints: list[int]) -> str:
+    """Name the nearest trials that have a checkpoint, one on each side of trial ``number``."""
+    before = max((n for n in with_checkpoints if n < number), default=None)
+    after = min((n for n in with_checkpoints if n > number), default=None)
+    if before is not None and after is not None:
+        return (
+            f"the nearest trials that have one are trial {before} before it and trial {after} "
+            "after it"
+        )
+    if after is not None:
+        return f"no trial before it has one; the nearest after it is trial {after}"
+    if before is not None:
+        return f"no trial after it has one; the nearest before it is trial {before}"
+    return "no trial of the study has one"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
+import datetime
 import itertools
 import os
 import time
@@ -39,6 +40,7 @@ from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._open import existing_store
 from optuna_checkpoint.study._identity import study_uid
+from optuna_checkpoint.tools._retries import retries_due
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -103,10 +105,12 @@ class InterruptedTrial:
     """A trial whose process died; it is hidden from the sampler and retried.
 
     Attributes:
-        number: Its trial number.
-        logical_number: The position it held in the uninterrupted run.
+        number: Its trial number (as Optuna stores it).
+        logical_number: Its logical trial: its number in the uninterrupted run, which its
+            retry takes.
         reason: Why it was taken for interrupted.
-        stream: The stream that retries it; ``None`` for a trial no stream ran.
+        stream: The stream that retries it; ``None`` for a trial no stream ran (or, among the
+            retries still to come, one that whichever idle stream resumes first adopts).
     """
 
     number: int
@@ -123,7 +127,9 @@ class StudyStatus:
         study_name: The study's name.
         trials: How many trials it has, in any state.
         streams: Its checkpoint streams, in the order they were created.
-        interrupted: Its interrupted trials, by trial number.
+        interrupted: Its interrupted trials, by trial number, as recorded by the resumes.
+        to_retry: The trials the next run will retry, which no resume has recorded yet: left
+            RUNNING (or failed) by a process that is gone; by trial number.
         resume_exact: Whether nothing checked stands in the way of a bit-identical resume
             (see :func:`study_status` for what is checked); ``reasons`` is then empty.
         reasons: What stands in the way, one sentence each.
@@ -133,6 +139,7 @@ class StudyStatus:
     trials: int
     streams: list[StreamStatus]
     interrupted: list[InterruptedTrial]
+    to_retry: list[InterruptedTrial]
     resume_exact: bool
     reasons: list[str]
 
@@ -172,15 +179,21 @@ class PruneReport:
         return sum(s.deleted for s in self.streams)
 
 
-def open_storage(location: str) -> BaseStorage:
+def open_storage(location: str, *, create: bool = False) -> BaseStorage:
     """Open a storage the way ``optuna-checkpoint --storage`` does.
 
     A database URL opens as Optuna's own command-line tool opens it; an existing file path
     (no ``://``) opens as a :class:`~optuna.storages.journal.JournalFileBackend` journal.
 
+    Args:
+        location: The URL or journal path.
+        create: Create a missing SQLite file, for a storage about to be written (a fork's
+            destination). Without it such a file is refused: a command that only reads would
+            otherwise leave an empty database behind a mistyped path.
+
     Raises:
-        ValueError: ``location`` is neither, or names an SQLite file that does not exist (which
-            opening would create, empty).
+        ValueError: ``location`` is neither, names an SQLite file that does not exist (unless
+            ``create``), or one in a directory that does not exist.
     """
     if "://" not in location:
         if not os.path.isfile(location):
@@ -206,7 +219,14 @@ def open_storage(location: str) -> BaseStorage:
         and database != ":memory:"
         and not os.path.exists(database)
     ):
-        raise ValueError(f"there is no SQLite database at {database!r}")
+        if not create:
+            raise ValueError(f"there is no SQLite database at {database!r}")
+        directory = os.path.dirname(os.path.abspath(database))
+        if not os.path.isdir(directory):
+            raise ValueError(
+                f"cannot create the SQLite database {database!r}: there is no directory "
+                f"{directory!r}; create it first"
+            )
     return optuna.storages.get_storage(location)
 
 
@@ -271,6 +291,10 @@ def list_studies(storage: BaseStorage) -> list[StudySummary]:
 def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
     """Describe a study's checkpoint streams and interrupted trials, and judge its resume.
 
+    Reads only. The interrupted trials are those the resumes recorded, and those the next run
+    will find and retry (:func:`~optuna_checkpoint.tools._retries.retries_due`), each with the
+    logical trial its retry takes.
+
     ``resume_exact`` is ``False`` when one of these holds, each given in ``reasons``:
 
     * the study has trials but no checkpoint stream (it was not run with
@@ -308,8 +332,11 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
     me = current_owner()
     grace_period, _ = lease_timing(storage, None, None)
     described = []
+    idle: dict[int, str] = {}  # stream id -> why no live process holds it
     for stream, summary in zip(streams, summaries, strict=True):
         verdict = judge_lease(stream.owner, stream.heartbeat_at, now, me, grace_period)
+        if verdict.may_take_over:
+            idle[stream.stream_id] = verdict.reason
         newest_id = summary.newest_trial_id
         newest = None if newest_id is None else by_id.get(newest_id)
         described.append(
@@ -328,19 +355,21 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
             )
         )
     reasons = _obstacles(opened, streams, described, interruptions)
+    due: list[Interruption] = []
+    if store is not None and opened.uid is not None:
+        moment = datetime.datetime.fromtimestamp(now)  # Optuna's datetimes are naive local
+        due = retries_due(store, opened.uid, opened.trials, streams, idle, interruptions, moment)
+
+    def listed(i: Interruption) -> InterruptedTrial:
+        stream = None if i.stream_id is None else names.get(i.stream_id)
+        return InterruptedTrial(i.trial_number, i.logical_number, i.reason, stream)
+
     return StudyStatus(
         study_name=study_name,
         trials=len(opened.trials),
         streams=described,
-        interrupted=[
-            InterruptedTrial(
-                number=i.trial_number,
-                logical_number=i.logical_number,
-                reason=i.reason,
-                stream=None if i.stream_id is None else names.get(i.stream_id),
-            )
-            for i in interruptions
-        ],
+        interrupted=[listed(i) for i in interruptions],
+        to_retry=[listed(i) for i in due],
         resume_exact=not reasons,
         reasons=reasons,
     )
