@@ -74,9 +74,9 @@ def rows(table: str) -> list[list[str]]:
     ]
 
 
-def open_study(url: str) -> optuna.Study:
+def open_study(url: str, name: str = "s") -> optuna.Study:
     return optuna.create_study(
-        study_name="s",
+        study_name=name,
         storage=url,
         load_if_exists=True,
         sampler=CheckpointingSampler(TPESampler(seed=5)),
@@ -123,6 +123,27 @@ def test_status_json(url: str) -> None:
     )
     assert stream["payload_bytes"] > 0
     assert (report["interrupted"], report["reasons"]) == ([], [])
+
+
+def test_status_says_where_the_guarantee_starts_in_a_study_begun_without_it(url: str) -> None:
+    # The fixture's study "plain" ran 2 trials without the wrapper; now it runs 3 with it.
+    study = open_study(url, name="plain")
+    study.optimize(objective, n_trials=3)
+    del study
+    gc.collect()
+    detail = cli("status", "--storage", url, "--study-name", "plain")
+    assert (
+        "Trials 0 to 1 ran without optuna-checkpoint: the guarantee holds from trial 2 on, "
+        "which is where a resume reproduces the run." in detail.stdout
+    )
+    assert (
+        json.loads(cli("status", "--storage", url, "--study-name", "plain", "--json").stdout)[
+            "checkpointed_from"
+        ]
+        == 2
+    )
+    # A study that began with the wrapper says nothing of the kind.
+    assert "ran without" not in cli("status", "--storage", url, "--study-name", "s").stdout
 
 
 def test_status_of_a_missing_study_exits_with_1(url: str) -> None:

@@ -133,6 +133,14 @@ def status(console: Console, report: StudyStatus) -> None:
             "The next run takes them for interrupted, hides them and retries each at its "
             "logical trial."
         )
+    start = report.checkpointed_from
+    if start:
+        console.print(
+            Text(
+                f"Trials 0 to {start - 1} ran without optuna-checkpoint: the guarantee holds "
+                f"from trial {start} on, which is where a resume reproduces the run."
+            )
+        )
     if report.resume_exact:
         console.print("Resume: exact (bit-identical), as far as checked here.")
     else:

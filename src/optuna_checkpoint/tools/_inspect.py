@@ -133,6 +133,9 @@ class StudyStatus:
         resume_exact: Whether nothing checked stands in the way of a bit-identical resume
             (see :func:`study_status` for what is checked); ``reasons`` is then empty.
         reasons: What stands in the way, one sentence each.
+        checkpointed_from: The first trial any stream ran: the trials before it ran without
+            optuna-checkpoint, and the guarantee holds from it on (0 for a study that began
+            with it; ``None`` without streams).
     """
 
     study_name: str
@@ -142,6 +145,7 @@ class StudyStatus:
     to_retry: list[InterruptedTrial]
     resume_exact: bool
     reasons: list[str]
+    checkpointed_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -371,6 +375,7 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
         interrupted=[listed(i) for i in interruptions],
         to_retry=[listed(i) for i in due],
         resume_exact=not reasons,
+        checkpointed_from=min((s.first_trial_number for s in streams), default=None),
         reasons=reasons,
     )
 
