@@ -56,6 +56,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 # resolve without intersphinx, so they are exempt: qualified names, and the bare names the
 # package's annotations use (it imports Optuna's types under TYPE_CHECKING only).
 _OPTUNA_TYPES = [
+    "ArtifactStore",
     "BaseDistribution",
     "BasePruner",
     "BaseSampler",
@@ -67,7 +68,7 @@ _OPTUNA_TYPES = [
     "TrialState",
 ]
 nitpick_ignore_regex = [
-    (r"py:.*", r"(optuna|numpy|np|collections|typing|types)\..*"),
+    (r"py:.*", r"(optuna|numpy|np|collections|typing|types|os)\..*"),
     (r"py:class", "|".join(_OPTUNA_TYPES)),
 ]
 # Private names that public docstrings mention: the worker-id rule's module (design.md gives the

@@ -12,14 +12,19 @@ trial is named by a key that every attempt of it computes alike:
 
 One state per logical trial is kept; each save replaces it in one transaction. Its payload is
 the codec's (``state._codec``, which executes nothing when decoding) of ``{"state": <the
-objective's state>, "intermediate_values": [[step, value], ...]}``: the values the attempt had
-reported when it saved, which the retry reports again, so its intermediate values equal the
-uninterrupted run's. The payload is sealed like a sampler checkpoint (``state._seal``, signed
-under the sampler's ``signing_key``), bound to the study, the logical trial and the attempt.
+objective's state>, "path": <a file or directory saved with it, or None>,
+"intermediate_values": [[step, value], ...]}``: the values the attempt had reported when it
+saved, which the retry reports again, so its intermediate values equal the uninterrupted run's.
+With an artifact store, ``state`` and ``path`` go to the store as one encoded body, and the
+payload holds ``"artifact": <its reference and digest>`` in their place
+(:mod:`optuna_checkpoint.record._trial_artifacts`). The payload is sealed like a sampler
+checkpoint (``state._seal``, signed under the sampler's ``signing_key``), bound to the study,
+the logical trial and the attempt.
 
 The state is deleted when the trial finishes (COMPLETE, PRUNED or a genuine FAIL), in the
 transaction that stores the trial's end where the store has a commit hook; a trial cut off by a
-kill or Ctrl-C keeps it for its retry.
+kill or Ctrl-C keeps it for its retry. Its artifacts go once that end is stored: when the
+sampler's next trial finishes (or at once, on stores without a commit hook).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from typing import Any
 
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.record._trial_artifacts import ArtifactRef
+from optuna_checkpoint.record._trial_artifacts import read_body
+from optuna_checkpoint.record._trial_artifacts import remove_slots
+from optuna_checkpoint.record._trial_artifacts import write_body
 from optuna_checkpoint.state import _codec
 from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.stores._base import Checkpoint
@@ -41,6 +50,7 @@ from optuna_checkpoint.study._trials import FAILED_TRIAL_ATTR
 
 
 if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
     from optuna.trial import FrozenTrial
 
     from optuna_checkpoint.attach._attachment import Attachment
@@ -53,6 +63,8 @@ ADAPTER = "trial-state"
 # The stream part of a trial state's place: no stream is named so (worker ids are printable).
 _PLACE = "\0trial-state"
 _STATE = "state"
+_PATH = "path"
+_ARTIFACT = "artifact"
 _INTERMEDIATE = "intermediate_values"
 
 _REMEDY = (
@@ -76,10 +88,13 @@ class SavedState:
     Attributes:
         state: The objective's state, as it was given to ``save``.
         intermediate_values: The values that attempt had reported when it saved, by step.
+        path: The file or directory saved with it (``{"kind": "file" | "directory", "data":
+            bytes}``, see ``tools._trial_checkpoint``), or ``None``.
     """
 
     state: Any
     intermediate_values: dict[int, float]
+    path: dict[str, Any] | None = None
 
 
 _UNREAD = object()
@@ -91,6 +106,19 @@ class _Attempt:
 
     logical_trial: int
     loaded: Any = _UNREAD  # SavedState, or None: nothing to load
+    # Where the record points in the artifact store, once known (_UNREAD: not looked up yet).
+    artifact: Any = _UNREAD
+    artifact_store: ArtifactStore | None = None
+
+
+@dataclass
+class _Slots:
+    """A finished trial's artifacts, removed once its end is stored."""
+
+    store: ArtifactStore
+    study_uid: str
+    logical_trial: int
+    trial_id: int
 
 
 class TrialStates:
@@ -109,6 +137,7 @@ class TrialStates:
         # The running attempts whose objective used trial_checkpoint, by trial id: their state
         # goes when they finish.
         self._attempts: dict[int, _Attempt] = {}
+        self._to_remove: list[_Slots] = []
         self._lock = threading.Lock()
 
     def _attempt(self, attachment: Attachment, trial_id: int) -> _Attempt:
@@ -132,8 +161,20 @@ class TrialStates:
         trial_id: int,
         state: Any,
         intermediate_values: dict[int, float],
+        *,
+        path: dict[str, Any] | None = None,
+        artifact_store: ArtifactStore | None = None,
     ) -> None:
         """Replace the logical trial's saved state by ``state`` and the values reported so far.
+
+        Args:
+            attachment: The sampler's attachment to the trial's study.
+            trial_id: The attempt that saves.
+            state: The objective's state.
+            intermediate_values: The values the attempt reported so far.
+            path: A file or directory saved with the state, as ``SavedState.path``.
+            artifact_store: Keep ``state`` and ``path`` there, and only their reference in the
+                study's storage.
 
         Raises:
             TypeError: ``state`` holds a value the codec cannot store.
@@ -145,16 +186,24 @@ class TrialStates:
             attempt.loaded = None  # it starts afresh: the earlier state is replaced now
         key = attempt.logical_trial
         steps = [[step, float(value)] for step, value in sorted(intermediate_values.items())]
-        payload = _codec.encode({_STATE: state, _INTERMEDIATE: steps})
+        body: dict[str, Any] = {_STATE: state, _PATH: path}
+        ref = None
+        if artifact_store is not None:
+            current = self._current_artifact(attachment, attempt)
+            encoded = _codec.encode(body)
+            ref = write_body(artifact_store, attachment.study_uid, key, encoded, current)
+            body = {_ARTIFACT: ref.to_dict()}
+            attempt.artifact_store = artifact_store
+        payload = _codec.encode({**body, _INTERMEDIATE: steps})
         store = attachment.store
         if len(payload) > store.trial_state_limit:
             raise CheckpointError(
                 f"the state saved for logical trial {key} is {len(payload):,} bytes once "
                 f"encoded, over the bound of {store.trial_state_limit:,} bytes for trial states "
                 f"kept in the study's storage ({store!r}). Save only what resuming needs, or "
-                "keep large objects such as model weights in files of your own and save their "
-                "paths. Keeping large states in an Optuna artifact store "
-                "(trial_checkpoint(trial, artifact_store=...)) is planned but not available yet."
+                "keep it in an Optuna artifact store: trial_checkpoint(trial, "
+                "artifact_store=optuna.artifacts.FileSystemArtifactStore(...)) keeps only a "
+                "reference in the database."
             )
         record = TrialStateRecord(key, trial_id, payload, "")
         seal = self._sealer.seal(_as_checkpoint(record), _where(attachment.study_uid, record))
@@ -164,8 +213,28 @@ class TrialStates:
             attachment.study_id,
             replace(record, checksum=seal),
         )
+        attempt.artifact = ref
 
-    def load(self, attachment: Attachment, trial_id: int) -> tuple[SavedState | None, bool]:
+    def _current_artifact(self, attachment: Attachment, attempt: _Attempt) -> ArtifactRef | None:
+        """The artifact the logical trial's record points to now, which a save must not touch."""
+        if attempt.artifact is _UNREAD:
+            attempt.artifact = None
+            record = attachment.store.find_trial_state(attachment.study_uid, attempt.logical_trial)
+            if record is not None:
+                try:
+                    fields = _codec.decode(record.payload).get(_ARTIFACT)
+                    attempt.artifact = None if fields is None else ArtifactRef.from_dict(fields)
+                except (CheckpointError, AttributeError, TypeError, ValueError):
+                    attempt.artifact = None  # unreadable: its load fails anyway
+        current: ArtifactRef | None = attempt.artifact
+        return current
+
+    def load(
+        self,
+        attachment: Attachment,
+        trial_id: int,
+        artifact_store: ArtifactStore | None = None,
+    ) -> tuple[SavedState | None, bool]:
         """What an earlier attempt of the logical trial saved last, or ``None``.
 
         Read once per attempt, on its first ``load`` (unless it saved first: then ``None``);
@@ -175,16 +244,25 @@ class TrialStates:
             The saved state, and whether this call read it (the attempt's first load).
 
         Raises:
-            CorruptCheckpointError: The saved state fails its seal or cannot be decoded.
+            CorruptCheckpointError: The saved state fails its seal or cannot be decoded, or its
+                artifact is missing or altered.
             SignatureError: Its signature cannot be checked (see ``state._seal``).
+            CheckpointError: It was saved to an artifact store, and none is given.
         """
         attempt = self._attempt(attachment, trial_id)
         if attempt.loaded is not _UNREAD:
             return attempt.loaded, False
-        attempt.loaded = self._read(attachment, attempt.logical_trial, trial_id)
+        attempt.loaded = self._read(attachment, attempt, trial_id, artifact_store)
         return attempt.loaded, True
 
-    def _read(self, attachment: Attachment, key: int, trial_id: int) -> SavedState | None:
+    def _read(
+        self,
+        attachment: Attachment,
+        attempt: _Attempt,
+        trial_id: int,
+        artifact_store: ArtifactStore | None,
+    ) -> SavedState | None:
+        key = attempt.logical_trial
         record = attachment.store.find_trial_state(attachment.study_uid, key)
         if record is None or record.trial_id == trial_id:
             return None  # a first attempt
@@ -193,10 +271,20 @@ class TrialStates:
             self._sealer.check(_as_checkpoint(record), _where(attachment.study_uid, record))
             decoded = _codec.decode(record.payload)
             steps = {int(step): float(value) for step, value in decoded[_INTERMEDIATE]}
-            return SavedState(decoded[_STATE], steps)
+            body = decoded
+            if _ARTIFACT in decoded:
+                ref = ArtifactRef.from_dict(decoded[_ARTIFACT])
+                attempt.artifact = ref
+                if artifact_store is None:
+                    raise CheckpointError(
+                        f"it was saved to an artifact store ({ref.artifact_id!r}): pass the same "
+                        "artifact_store to trial_checkpoint"
+                    )
+                body = _codec.decode(read_body(artifact_store, ref))
+            return SavedState(body[_STATE], steps, body.get(_PATH))
         except CheckpointError as e:
             raise type(e)(f"{what} cannot be trusted: {e}." + _REMEDY) from e
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CorruptCheckpointError(f"{what} is not a trial state." + _REMEDY) from e
 
     def trial_finished(self, attachment: Attachment, trial_id: int, *, cut_off: bool) -> None:
@@ -207,6 +295,7 @@ class TrialStates:
         """
         with self._lock:
             attempt = self._attempts.pop(trial_id, None)
+        self._remove_stored_ends_artifacts(attachment)
         if attempt is None or self._keep or cut_off:
             return
         key = attempt.logical_trial
@@ -214,6 +303,31 @@ class TrialStates:
             attachment.store.delete_trial_state_with_trial_end(attachment.study_uid, trial_id, key)
         else:
             attachment.store.delete_trial_state(attachment.study_uid, key)
+        if attempt.artifact_store is None:
+            return
+        if not attachment.atomic:
+            # The record went just now, not with the trial's end: nothing points to them.
+            remove_slots(attempt.artifact_store, attachment.study_uid, key)
+            return
+        with self._lock:
+            self._to_remove.append(
+                _Slots(attempt.artifact_store, attachment.study_uid, key, trial_id)
+            )
+
+    def _remove_stored_ends_artifacts(self, attachment: Attachment) -> None:
+        """Remove the artifacts of finished trials whose end is stored by now.
+
+        Not before: a kill between this trial's ``after_trial`` and the commit of its end leaves
+        it RUNNING, and its retry needs them.
+        """
+        with self._lock:
+            pending, self._to_remove = self._to_remove, []
+        for slots in pending:
+            if attachment.storage.get_trial(slots.trial_id).state.is_finished():
+                remove_slots(slots.store, slots.study_uid, slots.logical_trial)
+            else:
+                with self._lock:
+                    self._to_remove.append(slots)
 
 
 def _where(study_uid: str, record: TrialStateRecord) -> str:

@@ -3,12 +3,21 @@
 A trial cut off by a kill is retried as a new trial with the same parameters. With
 ``trial_checkpoint`` the objective saves its state as it goes (an epoch count, weights, its
 random generators), and the retry loads the newest save and continues from there instead of
-from the first step. How the state is kept is in :mod:`optuna_checkpoint.record._trial_states`.
+from the first step. A file or directory that a framework writes (``torch.save``, Lightning,
+Hugging Face) is saved with the state through ``path=``; with an Optuna artifact store, the bulk
+lives there and the database keeps a sealed reference. How the state is kept is in
+:mod:`optuna_checkpoint.record._trial_states` and :mod:`optuna_checkpoint.record._trial_artifacts`.
 """
 
 from __future__ import annotations
 
 import copy
+import io
+import os
+from pathlib import Path
+import shutil
+import tarfile
+import tempfile
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -20,7 +29,14 @@ from optuna_checkpoint.record._trial_states import SavedState
 
 
 if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
     from optuna_checkpoint.attach._attachment import Attachment
+
+_KIND = "kind"
+_DATA = "data"
+_FILE = "file"
+_DIRECTORY = "directory"
 
 
 def _attachment(sampler: CheckpointingSampler, trial: Trial) -> Attachment:
@@ -51,14 +67,20 @@ class TrialCheckpoint:
     Optuna trial; it finds here what the attempts before it saved last.
     """
 
-    def __init__(self, trial: Trial, sampler: CheckpointingSampler) -> None:
+    def __init__(
+        self,
+        trial: Trial,
+        sampler: CheckpointingSampler,
+        artifact_store: ArtifactStore | None = None,
+    ) -> None:
         self._trial = trial
         self._sampler = sampler
+        self._artifact_store = artifact_store
 
     def __repr__(self) -> str:
         return f"TrialCheckpoint(trial number {self._trial.number})"
 
-    def load(self) -> Any:
+    def load(self, *, path: str | os.PathLike[str] | None = None) -> Any:
         """Return what an earlier attempt of this logical trial saved last, or ``None``.
 
         ``None`` on the trial's first attempt. On a retry, the first call also reports again,
@@ -69,21 +91,38 @@ class TrialCheckpoint:
         is replaced and ``load`` returns ``None``.
 
         Nothing in the database is executed: the state is decoded by the safe codec, after its
-        seal is checked.
+        seal (and, in an artifact store, its digest) is checked.
+
+        Args:
+            path: Where to put back the file or directory saved with the state
+                (``save(..., path=...)``), replacing what is there. Untouched when nothing was
+                saved.
 
         Raises:
-            CorruptCheckpointError: The saved state fails its seal or cannot be decoded.
+            CorruptCheckpointError: The saved state fails its seal or cannot be decoded, or its
+                artifact is missing or altered.
             SignatureError: The seal cannot be checked with the sampler's signing key.
+            CheckpointError: ``path`` is given but no file or directory was saved, or the
+                state is in an artifact store and this checkpoint was given none.
         """
         attachment = _attachment(self._sampler, self._trial)
-        saved, first = self._sampler._trial_states.load(attachment, self._trial._trial_id)
+        saved, first = self._sampler._trial_states.load(
+            attachment, self._trial._trial_id, self._artifact_store
+        )
         if saved is None:
             return None
+        if path is not None:
+            if saved.path is None:
+                raise CheckpointError(
+                    f"no file or directory was saved for trial {self._trial.number}: save it "
+                    "with save(state, path=...) to have load(path=...) put it back."
+                )
+            _unpack_path(saved.path, Path(path))
         if first:
             self._report_again(saved)
         return copy.deepcopy(saved.state)
 
-    def save(self, state: Any) -> None:
+    def save(self, state: Any, *, path: str | os.PathLike[str] | None = None) -> None:
         """Replace this logical trial's saved state, atomically.
 
         A kill at any instant leaves either the previous state or this one for the retry. The
@@ -92,15 +131,29 @@ class TrialCheckpoint:
         ``None``, bytes and numpy arrays of dtype bool, uint8, uint32, uint64, int32, int64 or
         float64.
 
+        Args:
+            state: The objective's state.
+            path: A file or directory to save with it (a framework's checkpoint: weights,
+                optimizer state), read now; :meth:`load` puts it back.
+
         Raises:
             TypeError: ``state`` holds a value that cannot be stored.
+            FileNotFoundError: ``path`` does not exist.
             CheckpointError: ``state`` is larger than the storage takes (the message gives the
                 sizes).
         """
         attachment = _attachment(self._sampler, self._trial)
         trial_id = self._trial._trial_id
+        packed = None if path is None else _pack_path(Path(path))
         reported = self._trial.storage.get_trial(trial_id).intermediate_values
-        self._sampler._trial_states.save(attachment, trial_id, state, reported)
+        self._sampler._trial_states.save(
+            attachment,
+            trial_id,
+            state,
+            reported,
+            path=packed,
+            artifact_store=self._artifact_store,
+        )
 
     def _report_again(self, saved: SavedState) -> None:
         reported = self._trial.storage.get_trial(self._trial._trial_id).intermediate_values
@@ -109,13 +162,51 @@ class TrialCheckpoint:
                 self._trial.report(value, step)
 
 
-def trial_checkpoint(trial: Trial) -> TrialCheckpoint:
+def _pack_path(path: Path) -> dict[str, Any]:
+    """A file's bytes, or a directory as an uncompressed tar archive."""
+    if path.is_file():
+        return {_KIND: _FILE, _DATA: path.read_bytes()}
+    if not path.is_dir():
+        raise FileNotFoundError(f"no file or directory at {str(path)!r} to save")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for child in sorted(path.iterdir()):
+            archive.add(child, arcname=child.name)
+    return {_KIND: _DIRECTORY, _DATA: buffer.getvalue()}
+
+
+def _unpack_path(packed: dict[str, Any], path: Path) -> None:
+    """Put a saved file or directory at ``path``, replacing what is there, in one rename.
+
+    A directory's archive is extracted with tarfile's ``data`` filter: nothing outside it, no
+    links out, no devices.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        if packed[_KIND] == _FILE:
+            (staging / "file").write_bytes(packed[_DATA])
+            os.replace(staging / "file", path)
+            return
+        with tarfile.open(fileobj=io.BytesIO(packed[_DATA]), mode="r") as archive:
+            archive.extractall(staging / "dir", filter="data")
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(staging / "dir", path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def trial_checkpoint(
+    trial: Trial, *, artifact_store: ArtifactStore | None = None
+) -> TrialCheckpoint:
     """Return the checkpoint of ``trial``'s logical trial, to save and load the objective's state.
 
     Every attempt of a logical trial gets the same checkpoint: a retry of an attempt that a
     kill cut off loads what that attempt saved last, and continues from there. The study's
     sampler must be a :class:`~optuna_checkpoint.CheckpointingSampler`; the state lives in the
-    study's own database, and is deleted when the trial finishes.
+    study's own database (or, with ``artifact_store``, in that store, the database keeping a
+    sealed reference and digest), and is deleted when the trial finishes.
 
     Example:
 
@@ -136,6 +227,9 @@ def trial_checkpoint(trial: Trial) -> TrialCheckpoint:
 
     Args:
         trial: The trial the objective was given.
+        artifact_store: An Optuna artifact store (``FileSystemArtifactStore``,
+            ``Boto3ArtifactStore``, ``GCSArtifactStore``) for large states such as model
+            weights. Every attempt must be given the same store.
 
     Raises:
         TypeError: ``trial`` is not a running :class:`optuna.trial.Trial`.
@@ -157,4 +251,4 @@ def trial_checkpoint(trial: Trial) -> TrialCheckpoint:
     store = _attachment(sampler, trial).store
     if store.trial_states_unsupported is not None:
         raise CheckpointError(store.trial_states_unsupported)
-    return TrialCheckpoint(trial, sampler)
+    return TrialCheckpoint(trial, sampler, artifact_store)
