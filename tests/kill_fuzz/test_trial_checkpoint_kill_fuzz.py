@@ -43,6 +43,7 @@ SAVE_INTERVAL = 1  # steps between saves
 STEP_LOG_ENV = (
     "KILL_FUZZ_STEP_LOG"  # as scenarios_trial_checkpoint.py (a script's module) reads it
 )
+ARTIFACT_DIR_ENV = "KILL_FUZZ_ARTIFACT_DIR"  # likewise
 
 _config = functools.partial(scenario_config, seed=SEED, n_complete=N_COMPLETE, delay=DELAY)
 
@@ -150,6 +151,34 @@ def test_a_kill_inside_a_save_leaves_the_previous_state(
     _assert_exact(logical_trajectory(url), reference[1], log)
     executed = len((tmp_path / "steps").read_text().splitlines())
     assert executed - steps_reported(reference[1]) <= SAVE_INTERVAL * len(plan)
+
+
+@pytest.mark.parametrize("plan", [None, ["after_artifact_upload:9"]], ids=["random", "mid-save"])
+def test_with_an_artifact_store_and_a_weights_file_resume_is_exact(
+    plan: list[str] | None,
+    tmp_path: Path,
+    reference: Any,
+    kill_rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The vector travels as a file saved with the state, in an artifact store; a kill between
+    # an upload and the commit of its reference (mid-save) leaves the previous save in force.
+    monkeypatch.setenv(ARTIFACT_DIR_ENV, str(tmp_path / "artifacts"))
+    (tmp_path / "artifacts").mkdir()
+    url = sqlite_url(tmp_path / "study.db")
+    if plan is None:
+        log, actual, redone = _killed(
+            "trial-checkpoint-artifacts", url, tmp_path / "steps", reference, kill_rng, monkeypatch
+        )
+    else:
+        monkeypatch.setenv(STEP_LOG_ENV, str(tmp_path / "steps"))
+        log = run_with_crash_points(_config("trial-checkpoint-artifacts", url), plan)
+        assert log.kills_landed == len(plan)
+        actual = logical_trajectory(url)
+        executed = len((tmp_path / "steps").read_text().splitlines())
+        redone = executed - steps_reported(reference[1])
+    _assert_exact(actual, reference[1], log)
+    assert redone <= SAVE_INTERVAL * log.kills_landed, (redone, log.signals)
 
 
 # Under -m soak: about 4 s on an idle machine (a fresh PostgreSQL database and Optuna's schema in

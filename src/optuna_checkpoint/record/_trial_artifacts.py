@@ -26,6 +26,7 @@ from typing import Any
 
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 
 
@@ -87,6 +88,7 @@ def write_body(
     first, second = slot_ids(study_uid, logical_trial)
     target = second if current is not None and current.artifact_id == first else first
     store.write(target, io.BytesIO(body))
+    crash_point("after_artifact_upload")
     return ArtifactRef(target, hashlib.sha256(body).hexdigest(), len(body))
 
 
