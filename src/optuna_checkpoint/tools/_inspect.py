@@ -31,7 +31,7 @@ from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.record._retention import Retention
 from optuna_checkpoint.record._retention import prune_stream
-from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
+from optuna_checkpoint.resume._evidence import finished_without_checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
@@ -411,22 +411,8 @@ def _missing_checkpoints(
 ) -> list[str]:
     """A trial of the stream finished after its newest checkpoint, without one of its own."""
     newest = -1 if status.newest_trial_number is None else status.newest_trial_number
-    after = [
-        t
-        for t in own
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        and t.number > newest
-        and t.number >= stream.first_trial_number
-    ]
-    if not after:
-        return []
-    # With trials running at once, a later-numbered trial may have committed its checkpoint
-    # before the newest one: look among the newest few.
-    listed = store.latest_checkpoints(
-        stream.stream_id, excluding=hidden, limit=len(after) + RESUME_LOOKBACK + 32
-    )
-    have = {c.trial_id for c in listed}
-    missing = [t.number for t in after if t._trial_id not in have]
+    lost = finished_without_checkpoint(store, stream, own, newest, hidden)
+    missing = [t.number for t in lost]
     if not missing:
         return []
     shown = "the initial one" if newest < 0 else f"trial {newest}'s"
