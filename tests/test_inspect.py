@@ -19,11 +19,11 @@ from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import Retention
 from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.stores._open import existing_store
-from optuna_checkpoint.study._trials import TOLD_ELSEWHERE_ATTR
 from optuna_checkpoint.tools._inspect import list_studies
 from optuna_checkpoint.tools._inspect import open_storage
 from optuna_checkpoint.tools._inspect import prune_study
 from optuna_checkpoint.tools._inspect import study_status
+from tests.checkpoint_rows import tag_told_elsewhere
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -122,22 +122,6 @@ def test_a_finished_trial_without_its_checkpoint(url: str) -> None:
     # A trial told by a process not attached to its stream says so: no evidence of loss.
     tag_told_elsewhere(url, last._trial_id)
     assert study_status(open_storage(url), "s").reasons == []
-
-
-def tag_told_elsewhere(url: str, trial_id: int) -> None:
-    """Tag a finished trial as told elsewhere, in Optuna's own table (Optuna refuses to)."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(
-                sa.text(
-                    "INSERT INTO trial_system_attributes (trial_id, key, value_json) "
-                    "VALUES (:trial_id, :key, :value)"
-                ),
-                {"trial_id": trial_id, "key": TOLD_ELSEWHERE_ATTR, "value": '"by a test"'},
-            )
-    finally:
-        engine.dispose()
 
 
 def _uid(storage: optuna.storages.BaseStorage) -> str:
