@@ -376,46 +376,42 @@ def verify_command(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize(
-    ("given", "code", "verdict"),
-    [
-        (
-            "TPESampler(seed=7, n_startup_trials=4)",
-            0,
-            "verified: 9 checkpoints intact, 8 trials replayed bit for bit",
-        ),
-        (
-            "TPESampler(seed=8, n_startup_trials=4)",
-            1,
-            "NOT verified: the sampler given is configured differently from the one that wrote "
-            "the checkpoints (seed: recorded 7, given 8)",
-        ),
-        (
-            "RandomSampler(seed=7)",
-            1,
-            "NOT verified: the sampler given is a RandomSampler, the study's checkpoints were "
-            "written by TPESampler(seed=7)",
-        ),
-    ],
-    ids=["same", "other-seed", "other-class"],
-)
-def test_the_command_states_one_verdict_first_and_no_success_it_contradicts(
-    url: str, given: str, code: int, verdict: str
-) -> None:
+VERDICTS = [
+    (
+        "TPESampler(seed=7, n_startup_trials=4)",
+        0,
+        "verified: 9 checkpoints intact, 8 trials replayed bit for bit",
+    ),
+    (
+        "TPESampler(seed=8, n_startup_trials=4)",
+        1,
+        "NOT verified: the sampler given is configured differently from the one that wrote "
+        "the checkpoints (seed: recorded 7, given 8)",
+    ),
+    (
+        "RandomSampler(seed=7)",
+        1,
+        "NOT verified: the sampler given is a RandomSampler, the study's checkpoints were "
+        "written by TPESampler(seed=7)",
+    ),
+]
+
+
+def test_the_command_states_one_verdict_first_and_no_success_it_contradicts(url: str) -> None:
     open_study(url, TPESampler(seed=7, n_startup_trials=4)).optimize(
         objective, n_trials=8, catch=(ValueError,)
     )
+    for given, code, verdict in VERDICTS:
+        result = verify_command(url, "--sampler", given)
+        as_json = json.loads(verify_command(url, "--sampler", given, "--json").stdout)
 
-    result = verify_command(url, "--sampler", given)
-    as_json = json.loads(verify_command(url, "--sampler", given, "--json").stdout)
-
-    assert result.returncode == code, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == verdict
-    assert f"{as_json['verdict']}: {as_json['reason']}" == verdict
-    if code:
-        assert "bit for bit" not in result.stdout and "attrs" not in result.stdout
-        assert len(lines) <= 3, result.stdout  # the verdict, the integrity, one more line
+        assert result.returncode == code, result.stdout + result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == verdict
+        assert f"{as_json['verdict']}: {as_json['reason']}" == verdict
+        if code:
+            assert "bit for bit" not in result.stdout and "attrs" not in result.stdout
+            assert len(lines) <= 3, result.stdout  # the verdict, the integrity, one more line
 
 
 def test_the_command_reports_a_replay_that_diverges(url: str) -> None:
