@@ -12,6 +12,7 @@ from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._sql_schema import checkpoints
+from optuna_checkpoint.study._trials import TOLD_ELSEWHERE_ATTR
 
 
 def where_of(row: Any, stream: Any) -> str:
@@ -53,5 +54,21 @@ def seals(url: str) -> list[str]:
     try:
         with engine.connect() as connection:
             return list(connection.execute(sa.select(checkpoints.c.checksum)).scalars())
+    finally:
+        engine.dispose()
+
+
+def tag_told_elsewhere(url: str, trial_id: int) -> None:
+    """Tag a finished trial as told elsewhere, in Optuna's own table (Optuna's API refuses to)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO trial_system_attributes (trial_id, key, value_json) "
+                    "VALUES (:trial_id, :key, :value)"
+                ),
+                {"trial_id": trial_id, "key": TOLD_ELSEWHERE_ATTR, "value": '"by a test"'},
+            )
     finally:
         engine.dispose()

@@ -27,6 +27,8 @@ from optuna_checkpoint.state._fingerprint import comparable
 from optuna_checkpoint.state._fingerprint import describe
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import digest
+from optuna_checkpoint.state._fingerprint import readable_differences
+from optuna_checkpoint.state._fingerprint import sampler_named
 
 
 STUDY = "fp"
@@ -119,6 +121,33 @@ def test_float_configuration_differences_are_shown_as_decimal_floats() -> None:
         fingerprint(CmaEsSampler(seed=1, x0={"x": 0.5000000000000001})),
     )
     assert lines == ["sampler.attrs._x0.x: was 0.5, now 0.5000000000000001"]
+
+
+def test_readable_differences_name_arguments_and_seeds_each_once() -> None:
+    # TPE hands its seed to the RandomSampler it holds: one seed, two generators, one line.
+    assert readable_differences(
+        fingerprint(TPESampler(seed=42, n_startup_trials=4)),
+        fingerprint(TPESampler(seed=43, n_startup_trials=2)),
+    ) == ["n_startup_trials: recorded 4, given 2", "seed: recorded 42, given 43"]
+    assert readable_differences(
+        fingerprint(CmaEsSampler(seed=1)), fingerprint(CmaEsSampler(n_startup_trials=3))
+    ) == ["seed: recorded 1, given none", "n_startup_trials: recorded 1, given 3"]
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: TPESampler(seed=42), "TPESampler(seed=42)"),
+        (lambda: CmaEsSampler(seed=3), "CmaEsSampler(seed=3)"),
+        (lambda: optuna.samplers.QMCSampler(seed=5), "QMCSampler(seed=5)"),  # its seed is held
+        (lambda: RandomSampler(), "RandomSampler"),
+    ],
+    ids=["tpe", "cmaes", "qmc", "unseeded"],
+)
+def test_a_fingerprint_names_its_sampler_as_constructed(
+    make: Callable[[], BaseSampler], named: str
+) -> None:
+    assert sampler_named(fingerprint(make())) == named
 
 
 # -- resume ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from optuna_checkpoint.tools._inspect import open_storage
 from optuna_checkpoint.tools._inspect import prune_study
 from optuna_checkpoint.tools._inspect import study_status
 from optuna_checkpoint.tools._retries import retries_due
+from tests.checkpoint_rows import tag_told_elsewhere
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -121,6 +122,10 @@ def test_a_finished_trial_without_its_checkpoint(url: str) -> None:
         "with no checkpoint of its own: checkpoints were lost or deleted; the next run "
         "refuses to resume the stream"
     )
+
+    # A trial told by a process not attached to its stream says so: no evidence of loss.
+    tag_told_elsewhere(url, last._trial_id)
+    assert study_status(open_storage(url), "s").reasons == []
 
 
 def _uid(storage: optuna.storages.BaseStorage) -> str:

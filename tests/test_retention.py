@@ -15,6 +15,7 @@ from optuna.storages.journal import JournalFileBackend
 import pytest
 
 from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint import MissingCheckpointError
 from optuna_checkpoint import Retention
 from optuna_checkpoint import uninterrupted_trials
 from optuna_checkpoint._logging import ROOT_LOGGER_NAME
@@ -227,8 +228,10 @@ def test_keep_last_two_is_enough_after_a_failed_last_trial_and_is_needed(
         assert store.delete_checkpoints(stream.stream_id, [before.trial_id]) == 1
 
     assert resumed_after(prune, "kept.sqlite3") == expected
-    # Control: without the checkpoint before the failed trial, the resume is inexact.
-    assert resumed_after(drop_the_one_before_the_newest, "dropped.sqlite3") != expected
+    # Control: without the checkpoint before the failed trial, the resume would restore an
+    # older state; the trial that checkpoint belonged to is evidence, so it refuses instead.
+    with pytest.raises(MissingCheckpointError, match=r"trial 6 of stream 'main'"):
+        resumed_after(drop_the_one_before_the_newest, "dropped.sqlite3")
 
 
 def test_retention_is_ignored_with_a_warning_on_a_journal(

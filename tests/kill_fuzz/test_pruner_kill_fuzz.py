@@ -50,15 +50,12 @@ STATEFUL = [
     "pruners-sh-explicit",
 ]
 EXACT_UNWRAPPED = ["pruners-median"]
-# Wrapped explicitly, the pruners resume as when the sampler wraps them; two of four by default.
-WRAPPED = [
-    pytest.param(f"{name}-wrapped", marks=() if name.endswith("auto") else pytest.mark.soak)
-    for name in STATEFUL
-]
-OPAQUE = [
-    pytest.param(name, marks=() if name.endswith("auto") else pytest.mark.soak)
-    for name in STATEFUL
-]
+# Wrapped explicitly, the pruners resume as when the sampler wraps them (each kind once here;
+# test_pruners.py compares the two forms for every pruner).
+WRAPPED = ["pruners-hyperband-auto-wrapped", "pruners-sh-auto-wrapped"]
+# Left bare, Hyperband diverges by its brackets and "auto", successive halving by the rung
+# values of interrupted attempts.
+OPAQUE = ["pruners-hyperband-auto", "pruners-sh-explicit"]
 
 
 _config = functools.partial(scenario_config, seed=SEED, n_complete=N_COMPLETE)

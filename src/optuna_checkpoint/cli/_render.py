@@ -169,38 +169,11 @@ def pruned(console: Console, report: PruneReport) -> None:
 
 
 def verification(console: Console, report: VerificationReport) -> None:
-    """The verdict, the checkpoints that failed, the replay and its first divergence."""
-    verdict = (
-        Text("verified", style="bold green") if report.ok else Text("NOT verified", "bold red")
-    )
-    console.print(Text.assemble(f"Study {report.study_name!r}: ", verdict))
-    console.print(
-        f"{report.checkpoints_checked} checkpoint(s) in {len(report.streams)} stream(s) passed "
-        "the integrity check."
-    )
-    if report.problems:
-        table = Table("stream", "trial", "problem", "details", title="Problems")
-        for problem in report.problems:
-            trial = "initial" if problem.trial_number is None else str(problem.trial_number)
-            table.add_row(problem.stream, trial, problem.kind, problem.message)
-        console.print(table)
-    if report.replayed_stream is not None:
-        console.print(
-            f"Replay of stream {report.replayed_stream!r}: {report.trials_replayed} trial(s) "
-            "reproduced bit for bit."
-        )
-    divergence = report.divergence
-    if divergence is not None:
-        what = "the sampler state" if divergence.param is None else repr(divergence.param)
-        console.print(
-            Text(f"First divergence at trial {divergence.trial_number}, {what}:", "bold red")
-        )
-        console.print(f"  recorded {divergence.recorded}\n  replayed {divergence.replayed}")
-        console.print("Likely causes:")
-        for cause in divergence.likely_causes:
-            console.print(f"  - {cause}")
-    for note in report.notes:
-        console.print(Text(f"Note: {note}", style="dim"))
+    """The verdict and its reason on the first line, then the details, each once."""
+    style = {"verified": "bold green", "NOT verified": "bold red"}.get(report.verdict, "bold")
+    console.print(Text.assemble((report.verdict, style), f": {report.reason}"), soft_wrap=True)
+    for line in report.details():
+        console.print(Text(line, style="dim" if line.startswith("Note: ") else ""), soft_wrap=True)
 
 
 def imported(console: Console, report: ImportReport) -> None:

@@ -39,14 +39,17 @@ from optuna_checkpoint.tools._verify import verify as verify_study
 def verify(
     storage: str, study_name: str, sampler_spec: str | None, allow_pickle: bool, as_json: bool
 ) -> None:
-    """Check every checkpoint of a study and replay its sampler against the recorded trials.
+    """Check every checkpoint of a study, that none is missing, and replay its sampler.
 
     Each checkpoint's seal is checked (its signature, when the environment variable
-    OPTUNA_CHECKPOINT_SIGNING_KEY holds the key), and its payload decoded. With --sampler, the
-    sampler is replayed from the stream's first checkpoint over the recorded trials, in the
-    order of the uninterrupted run: every parameter must come out bit for bit as recorded, and
-    the state after every trial must equal its checkpoint. The first divergence is reported
-    with its likely causes. Exits with 0 when everything checks out, 1 otherwise.
+    OPTUNA_CHECKPOINT_SIGNING_KEY holds the key), and its payload decoded. A finished trial
+    newer than its stream's newest checkpoint and without one of its own is reported as a
+    missing checkpoint. With --sampler, the sampler is replayed over the recorded trials: a
+    stream from its first checkpoint in the order of the uninterrupted run, or, in a study run
+    with deterministic_workers, every position with its own random streams and fixed history.
+    Every parameter must come out bit for bit as recorded, and the state after every trial
+    must equal its checkpoint. The first line is the verdict and its reason; the details
+    follow. Exits with 0 when everything checks out, 1 otherwise.
     """
     sampler = None if sampler_spec is None else load_sampler(sampler_spec)
     opened = open_or_fail(storage, as_json=as_json)

@@ -20,7 +20,7 @@ from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import MissingCheckpointError
 from optuna_checkpoint.resume._evidence import describe_missing
-from optuna_checkpoint.resume._evidence import finished_without_checkpoint
+from optuna_checkpoint.resume._evidence import lost_checkpoints_of_stream
 from optuna_checkpoint.resume._interruptions import RETRIES_EXHAUSTED
 from optuna_checkpoint.resume._interruptions import adoptable_trials
 from optuna_checkpoint.resume._interruptions import find_interrupted
@@ -241,13 +241,13 @@ def _refuse_if_checkpoints_lost(
     Raises:
         MissingCheckpointError: Such trials exist.
     """
-    missing = finished_without_checkpoint(
+    missing = lost_checkpoints_of_stream(
         attachment.store,
         attachment.study_uid,
         attachment.stream,
         trials,
-        newest_number=restored_after,
-        hidden=attachment.hidden.trial_ids,
+        restored_after,
+        attachment.hidden.trial_ids,
     )
     if missing:
         raise MissingCheckpointError(

@@ -11,6 +11,7 @@ fingerprint stays small.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Iterator
 import enum
 import functools
 import hashlib
@@ -227,31 +228,114 @@ def digest(description: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+_ABSENT = object()  # a key one description has and the other has not
+
+
 def differences(stored: Any, current: Any, path: str = "") -> list[str]:
     """List human-readable differences between two descriptions, one line per leaf."""
+    lines = []
+    for where, was, now in _differing(stored, current, path):
+        if was is _ABSENT:
+            lines.append(f"{where}: not present before, now {_short(now)}")
+        elif now is _ABSENT:
+            lines.append(f"{where}: was {_short(was)}, now not present")
+        else:
+            lines.append(f"{where}: was {_short(was)}, now {_short(now)}")
+    return lines
+
+
+def _differing(stored: Any, current: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    """Each differing leaf as ``(path, stored, current)``; a missing side is ``_ABSENT``."""
     if _is_float(stored) or _is_float(current):
-        return (
-            [] if stored == current else [f"{path}: was {_short(stored)}, now {_short(current)}"]
-        )
+        if stored != current:
+            yield path, stored, current
+        return
     if isinstance(stored, dict) and isinstance(current, dict):
-        lines = []
         for key in sorted(set(stored) | set(current)):
             child = f"{path}.{key}" if path else key
-            if key not in stored:
-                lines.append(f"{child}: not present before, now {_short(current[key])}")
-            elif key not in current:
-                lines.append(f"{child}: was {_short(stored[key])}, now not present")
-            else:
-                lines.extend(differences(stored[key], current[key], child))
-        return lines
+            yield from _differing(stored.get(key, _ABSENT), current.get(key, _ABSENT), child)
+        return
     if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
-        lines = []
         for i, (a, b) in enumerate(zip(stored, current, strict=True)):
-            lines.extend(differences(a, b, f"{path}[{i}]"))
-        return lines
+            yield from _differing(a, b, f"{path}[{i}]")
+        return
     if stored != current and comparable(stored) != comparable(current):
-        return [f"{path or '<root>'}: was {_short(stored)}, now {_short(current)}"]
-    return []
+        yield path or "<root>", stored, current
+
+
+def readable_differences(stored: Any, current: Any) -> list[str]:
+    """The differences between two fingerprints as their user reads them, each once.
+
+    Named as the constructor argument is (``n_startup_trials``, not
+    ``sampler.attrs._n_startup_trials``), a generator by its seed, and a seed that a sampler
+    passes on to the sampler it holds (TPE's to its ``RandomSampler``) shown once, e.g.
+    ``"seed: recorded 42, given 43"``.
+    """
+    shown: dict[tuple[str, str, str], str] = {}
+    for where, was, now in _differing(stored, current, ""):
+        parts = [p.lstrip("_") for p in where.split(".") if p != "attrs"]
+        if parts[:1] == ["sampler"] and len(parts) > 1:
+            parts = parts[1:]
+        if parts[-1].endswith("rng") and any(_is_seed(v) for v in (was, now)):
+            parts[-1] = "seed"
+        key = (parts[-1], _readable(was), _readable(now))
+        name = ".".join(parts)
+        if key not in shown or len(name) < len(shown[key]):
+            shown[key] = name
+    return [f"{name}: recorded {was}, given {now}" for (_, was, now), name in shown.items()]
+
+
+def sampler_named(fingerprint: Any) -> str:
+    """The sampler a fingerprint describes as its constructor call starts: ``TPESampler(seed=1)``.
+
+    Only the class and an integer seed are shown. The seed is that of the sampler's own
+    generator, else of the sampler it holds (``QMCSampler`` passes its seed on).
+    """
+    description = fingerprint.get("sampler") if isinstance(fingerprint, dict) else None
+    if not isinstance(description, dict) or not isinstance(description.get("class"), str):
+        return str(fingerprint.get("adapter", "a sampler"))
+    name = description["class"].rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    seed = _integer_seed_of(description) or next(
+        (
+            found
+            for held in (description.get("attrs") or {}).values()
+            if isinstance(held, dict) and (found := _integer_seed_of(held))
+        ),
+        None,
+    )
+    return name if seed is None else f"{name}(seed={seed})"
+
+
+def _integer_seed_of(description: dict[str, Any]) -> str | None:
+    attrs = description.get("attrs")
+    if not isinstance(attrs, dict):
+        return None
+    return next(
+        (
+            value[len("seed:") :]
+            for key, value in sorted(attrs.items())
+            if key.endswith("rng") and isinstance(value, str) and value.startswith("seed:")
+        ),
+        None,
+    )
+
+
+def _is_seed(value: Any) -> bool:
+    return isinstance(value, str) and (
+        value.startswith(("seed:", "seeded:")) or value == "unseeded"
+    )
+
+
+def _readable(value: Any) -> str:
+    if value is _ABSENT:
+        return "nothing"
+    if isinstance(value, str) and value.startswith("seed:"):
+        return value[len("seed:") :]
+    if value == "unseeded":
+        return "none"
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    return _short(value)
 
 
 def _is_float(value: Any) -> bool:

@@ -31,8 +31,11 @@ INTERRUPTED_ATTR = "optuna_checkpoint:interrupted"
 """System attribute set on a trial that was interrupted (and retried, unless it says not)."""
 
 TOLD_ELSEWHERE_ATTR = "optuna_checkpoint:told_elsewhere"
-"""System attribute set on a trial told by a process that did not run it (a copy of the study
-elsewhere): it ends without a checkpoint of its stream, legitimately."""
+"""System attribute set on a trial told by a process not attached to the stream that claimed it.
+
+That process has no checkpoint of the stream to write, so such a trial legitimately finishes
+without one; a finished trial without a checkpoint and without this tag is evidence of a lost or
+deleted checkpoint."""
 
 # Optuna's own retry bookkeeping, read by RetryHeartbeatStaleTrialCallback.retried_trial_number.
 FAILED_TRIAL_ATTR = "failed_trial"

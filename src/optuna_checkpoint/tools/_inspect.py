@@ -422,7 +422,7 @@ def _obstacles(
             )
             continue
         own = [t for t in finished if claims.get(t._trial_id) == stream.stream_id]
-        reasons.extend(_missing_checkpoints(store, uid, stream, status, own, hidden))
+        reasons.extend(_missing_checkpoints(store, stream, status, own, hidden))
         if _overlapping(own):
             reasons.append(
                 f"trials of stream {stream.name!r} ran at the same time (n_jobs > 1, or "
@@ -439,7 +439,6 @@ def _obstacles(
 
 def _missing_checkpoints(
     store: CheckpointStore,
-    uid: str,
     stream: Stream,
     status: StreamStatus,
     trials: Sequence[FrozenTrial],
@@ -447,9 +446,7 @@ def _missing_checkpoints(
 ) -> list[str]:
     """A trial of the stream finished after its newest checkpoint, without one of its own."""
     newest = -1 if status.newest_trial_number is None else status.newest_trial_number
-    missing = finished_without_checkpoint(
-        store, uid, stream, trials, newest_number=newest, hidden=hidden
-    )
+    missing = finished_without_checkpoint(store, stream, trials, newest, hidden)
     if not missing:
         return []
     return [

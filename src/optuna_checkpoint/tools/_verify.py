@@ -1,12 +1,23 @@
-"""Verify a checkpointed study: every checkpoint's seal, and a replay of the sampler.
+"""Verify a checkpointed study: every checkpoint's seal, that none is missing, and a replay.
 
-Two passes. The *integrity* pass reads every checkpoint of every stream and checks its seal
-(and signature, when a key is configured), its format and whether it decodes. The *replay* pass
-proves the trajectory: starting from the stream's initial checkpoint, a fresh sampler is run on
-an in-memory copy of the study, trial by trial in the order of the uninterrupted run, asked for
-each recorded parameter and told each recorded result. Every parameter must come out bit for bit
-as recorded, and the sampler's state after each trial must equal that trial's checkpoint. The
-first difference is reported with the likely causes.
+Three passes. The *integrity* pass reads every checkpoint of every stream and checks its seal
+(and signature, when a key is configured), its format and whether it decodes. The *evidence*
+pass looks for checkpoints that should exist and do not: a finished trial a stream claimed,
+newer than the stream's newest checkpoint and without one of its own, means a checkpoint was
+deleted or lost (``resume._evidence``, which ``status`` uses too). The *replay* pass proves the
+trajectory (``tools._replay``): a fresh sampler is run on an in-memory copy of the study, and
+every parameter must come out bit for bit as recorded and every checkpointed state equal.
+
+Which trials can be replayed depends on how the study ran:
+
+* one worker: its stream, in the order of the uninterrupted run;
+* ``deterministic_workers=K``: every position, whichever worker ran it, since each position's
+  proposal depends only on the sampler, the position and its fixed history;
+* several free workers: which results each proposal saw depends on timing, and the checkpoints
+  do not record it. A worker's stream is replayed in order when no trial of another worker ran
+  while one of its trials ran (the workers took turns), so that each of its trials saw exactly
+  the trials finished before it; the other streams are checked for integrity only, and the
+  report says why.
 
 The replay feeds the recorded objective values back, so it checks the sampler side only; whether
 the objective returns the same values is what :func:`optuna_checkpoint.audit_determinism`
@@ -15,36 +26,43 @@ checks.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import field
+import copy
+import datetime
 from typing import TYPE_CHECKING
 from typing import Any
-
-import optuna
-from optuna.distributions import BaseDistribution
-from optuna.distributions import CategoricalDistribution
-from optuna.distributions import FloatDistribution
-from optuna.distributions import IntDistribution
-from optuna.storages import InMemoryStorage
-from optuna.trial import TrialState
 
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import SignatureError
+from optuna_checkpoint.parallel._schedule import history_lag
+from optuna_checkpoint.resume._evidence import claiming_streams
+from optuna_checkpoint.resume._evidence import finished_without_checkpoint
 from optuna_checkpoint.state import _codec
-from optuna_checkpoint.state._composite import sampler_part
 from optuna_checkpoint.state._fingerprint import differences
+from optuna_checkpoint.state._fingerprint import readable_differences
 from optuna_checkpoint.state._fingerprint import sampler_fingerprint
+from optuna_checkpoint.state._fingerprint import sampler_named
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
-from optuna_checkpoint.state._versions import library_versions
 from optuna_checkpoint.state.adapters import adapter_for
-from optuna_checkpoint.study._trials import FAILED_TRIAL_ATTR
+from optuna_checkpoint.study._positions import DETERMINISTIC_ATTR
+from optuna_checkpoint.study._positions import PositionBook
 from optuna_checkpoint.study._trials import RETRY_HISTORY_ATTR
+from optuna_checkpoint.tools._replay import Causes
+from optuna_checkpoint.tools._replay import Replayed
+from optuna_checkpoint.tools._replay import exact
+from optuna_checkpoint.tools._replay import replay_by_position
+from optuna_checkpoint.tools._replay import replay_in_order
 from optuna_checkpoint.tools._transplant import StudyRef
+from optuna_checkpoint.tools._verify_report import CONFIGURED_OTHERWISE
+from optuna_checkpoint.tools._verify_report import Divergence
+from optuna_checkpoint.tools._verify_report import Problem
+from optuna_checkpoint.tools._verify_report import VerificationReport
+from optuna_checkpoint.tools._verify_report import numbers
 
 
 if TYPE_CHECKING:
@@ -52,119 +70,23 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-    from optuna_checkpoint.state.adapters import StateAdapter
     from optuna_checkpoint.stores._base import Checkpoint
+    from optuna_checkpoint.stores._base import CheckpointStore
     from optuna_checkpoint.stores._base import Stream
 
-_FIXED_PARAMS_ATTR = "fixed_params"  # where Optuna keeps an enqueued trial's parameters
+    Decoded = tuple[Checkpoint, dict[str, Any]]
 
+FREE_WORKERS = (
+    "workers without deterministic_workers do not record which results each of their proposals "
+    "saw, so a worker's stream is replayed only if no other worker's trial ran during its "
+    "trials; a study run with deterministic_workers is replayed in full"
+)
+"""The note that explains why a stream of free parallel workers was not replayed."""
 
-@dataclass(frozen=True)
-class Problem:
-    """A checkpoint that cannot be trusted or read.
+# The report's classes are exported here too, where the package and the CLI import them from.
+__all__ = ["Divergence", "Problem", "VerificationReport", "verify"]
 
-    Attributes:
-        stream: The stream's name.
-        trial_number: The checkpoint's trial, or ``None`` for the stream's initial checkpoint.
-        kind: ``"corrupt"``, ``"signature"``, ``"unreadable"``, ``"pickled"``, or
-            ``"configuration"`` (the sampler given is not configured as the stream's was).
-        message: What is wrong and what to do.
-    """
-
-    stream: str
-    trial_number: int | None
-    kind: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """The first point where the replayed sampler differs from the recorded study.
-
-    Attributes:
-        trial_number: The trial's number in the study.
-        param: The first parameter that differs, or ``None`` when the parameters all match but
-            the sampler's state after the trial differs from its checkpoint.
-        recorded: The recorded value (floats as ``float.hex``).
-        replayed: The replayed value.
-        likely_causes: The causes the study's records point to, most likely first.
-    """
-
-    trial_number: int
-    param: str | None
-    recorded: str
-    replayed: str
-    likely_causes: list[str]
-
-
-@dataclass
-class VerificationReport:
-    """What :func:`verify` found.
-
-    Attributes:
-        study_name: The study verified.
-        streams: The names of the study's checkpoint streams.
-        checkpoints_checked: How many checkpoints passed the integrity pass.
-        problems: Checkpoints that failed it.
-        replayed_stream: The stream whose trajectory was replayed, if any.
-        trials_replayed: How many trials the replay reproduced bit for bit.
-        divergence: The first difference the replay found, if any.
-        notes: Why parts were not checked, and other remarks.
-    """
-
-    study_name: str
-    streams: list[str] = field(default_factory=list)
-    checkpoints_checked: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    replayed_stream: str | None = None
-    trials_replayed: int = 0
-    divergence: Divergence | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Whether every checkpoint is sound and the replay, if run, matched throughout."""
-        return not self.problems and self.divergence is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the report as JSON-compatible data."""
-        return {
-            "study_name": self.study_name,
-            "ok": self.ok,
-            "streams": self.streams,
-            "checkpoints_checked": self.checkpoints_checked,
-            "problems": [vars(p) for p in self.problems],
-            "replayed_stream": self.replayed_stream,
-            "trials_replayed": self.trials_replayed,
-            "divergence": None if self.divergence is None else vars(self.divergence),
-            "notes": self.notes,
-        }
-
-    def __str__(self) -> str:
-        lines = [
-            f"Study {self.study_name!r}: {'verified' if self.ok else 'NOT verified'}.",
-            f"  {self.checkpoints_checked} checkpoints in {len(self.streams)} stream(s) passed "
-            "the integrity check.",
-        ]
-        for problem in self.problems:
-            at = "initial" if problem.trial_number is None else f"trial {problem.trial_number}"
-            lines.append(f"  {problem.kind}: stream {problem.stream!r}, {at}: {problem.message}")
-        if self.replayed_stream is not None:
-            lines.append(
-                f"  Replay of stream {self.replayed_stream!r}: {self.trials_replayed} trials "
-                "reproduced bit for bit."
-            )
-        if self.divergence is not None:
-            d = self.divergence
-            what = f"parameter {d.param!r}" if d.param is not None else "the sampler state"
-            lines.append(
-                f"  First divergence at trial {d.trial_number}, {what}: recorded {d.recorded}, "
-                f"replayed {d.replayed}."
-            )
-            lines.append("  Likely causes:")
-            lines.extend(f"    - {cause}" for cause in d.likely_causes)
-        lines.extend(f"  Note: {note}" for note in self.notes)
-        return "\n".join(lines)
+_NEVER = datetime.datetime.max  # the end of a trial that has not finished
 
 
 def verify(
@@ -175,7 +97,7 @@ def verify(
     allow_pickle: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerificationReport:
-    """Check every checkpoint of a study and replay its sampler against the recorded history.
+    """Check every checkpoint of a study, that none is missing, and replay its sampler.
 
     Example:
 
@@ -185,14 +107,14 @@ def verify(
                 optuna.load_study(study_name="demo", storage="sqlite:///demo.db"),
                 optuna.samplers.TPESampler(seed=42),
             )
-            print(report)
+            print(report)  # the verdict and its reason, then the details
             assert report.ok
 
     Args:
         study: The study, as loaded with :func:`optuna.load_study`.
         sampler: A freshly constructed sampler, configured exactly as the one the study's
             :class:`CheckpointingSampler` wraps (a ``CheckpointingSampler`` is unwrapped).
-            Without it, only the integrity pass runs.
+            Without it, the replay does not run.
         signing_key: The key the checkpoints were signed with; defaults to the environment
             variable ``OPTUNA_CHECKPOINT_SIGNING_KEY``.
         allow_pickle: Whether checkpoints holding pickles may be loaded for the replay (this
@@ -207,47 +129,38 @@ def verify(
     report = VerificationReport(study.study_name)
     trials = study.get_trials(deepcopy=False)
     if not trials:
-        report.notes.append("the study has no trials")
+        report.empty = "the study has no trials"
         return report
     ref = StudyRef.of(study._storage, study.study_name)
-    uid = ref.uid
     store = ref.existing_store()  # creates nothing: verifying writes nothing
-    streams = [] if store is None else store.list_streams(uid)
+    streams = [] if store is None else store.list_streams(ref.uid)
     report.streams = [s.name for s in streams]
     if store is None or not streams:
-        report.notes.append(
-            "the study has no checkpoints: it was not run with CheckpointingSampler"
-        )
+        report.empty = "the study has no checkpoints (it was not run with CheckpointingSampler)"
         return report
-    numbers = {t._trial_id: t.number for t in trials}
     report.notes.extend(_objective_differences(trials))
+    stored = {s.stream_id: store.all_checkpoints(s.stream_id) for s in streams}
+    numbers_of = {t._trial_id: t.number for t in trials}
     sealer = Sealer.from_option(signing_key)
-    readable: dict[str, list[tuple[Checkpoint, dict[str, Any]]]] = {}
-    for stream in streams:
-        readable[stream.name] = _check_stream(
-            report,
-            store.all_checkpoints(stream.stream_id),
-            stream,
-            uid,
-            numbers,
-            sealer,
-            allow_pickle,
+    readable = {
+        s.stream_id: _check_stream(
+            report, stored[s.stream_id], s, ref.uid, numbers_of, sealer, allow_pickle
         )
+        for s in streams
+    }
+    interruptions = store.where_interrupted(ref.uid)
+    hidden = {i.trial_id for i in interruptions}
+    claims = _check_for_lost(report, store, ref.uid, streams, stored, trials, hidden)
+    # An interrupted attempt belongs to the stream that retries it.
+    claims.update((i.trial_id, i.stream_id) for i in interruptions if i.stream_id is not None)
     if sampler is None:
-        report.notes.append("replay not run: pass the sampler (--sampler) to prove the trajectory")
-        return report
-    if len(streams) > 1:
-        report.notes.append(
-            f"replay not run: {len(streams)} streams (workers) wrote this study, and how their "
-            "trials interleaved in time is not recorded, so it cannot be replayed"
-        )
-        return report
-    if report.problems:
-        report.notes.append("replay not run: the checkpoints above cannot be trusted")
-        return report
-    hidden = {i.trial_id for i in store.where_interrupted(uid)}
-    logical = [t for t in trials if t._trial_id not in hidden and t.state.is_finished()]
-    _replay(report, study, streams[0], readable[streams[0].name], logical, sampler, progress)
+        report.replay_not_run = "no sampler given (pass the one the study ran with: --sampler)"
+    elif report.problems:
+        report.replay_not_run = "the checkpoints cannot be trusted (see above)"
+    else:
+        plan = _ReplayPlan(study, trials, streams, readable, hidden, claims, sampler)
+        if plan.check_configuration(report):
+            plan.run(report, progress)
     return report
 
 
@@ -256,14 +169,14 @@ def _check_stream(
     checkpoints: Sequence[Checkpoint],
     stream: Stream,
     uid: str,
-    numbers: Mapping[int, int],
+    numbers_of: Mapping[int, int],
     sealer: Sealer,
     allow_pickle: bool,
-) -> list[tuple[Checkpoint, dict[str, Any]]]:
+) -> list[Decoded]:
     """Check each checkpoint of a stream (oldest first); return those that decoded."""
     readable = []
     for checkpoint in checkpoints:
-        number = None if checkpoint.trial_id is None else numbers.get(checkpoint.trial_id)
+        number = None if checkpoint.trial_id is None else numbers_of.get(checkpoint.trial_id)
 
         def problem(kind: str, message: str, number: int | None = number) -> None:
             report.problems.append(Problem(stream.name, number, kind, message))
@@ -288,81 +201,287 @@ def _check_stream(
     return readable
 
 
-def _replay(
+def _check_for_lost(
     report: VerificationReport,
-    study: Study,
-    stream: Stream,
-    checkpoints: list[tuple[Checkpoint, dict[str, Any]]],
-    logical: list[FrozenTrial],
-    sampler: BaseSampler,
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    report.replayed_stream = stream.name
-    initial = next((state for c, state in checkpoints if c.trial_id is None), None)
-    if initial is None:
-        report.notes.append(f"replay not run: stream {stream.name!r} has no initial checkpoint")
-        report.replayed_stream = None
-        return
-    adapter = adapter_for(sampler, allow_pickle=True)
-    configuration = differences(stream.fingerprint, sampler_fingerprint(sampler, adapter))
-    if configuration:
-        # A resume with this sampler would be refused; the replay still shows where it matters.
-        message = "the sampler given is configured differently: " + "; ".join(configuration)
-        report.problems.append(Problem(stream.name, None, "configuration", message))
-    replica = optuna.create_study(
-        storage=InMemoryStorage(), sampler=sampler, directions=study.directions
-    )
-    adapter.bind_study(replica._storage, replica._study_id, sole_stream=True)
-    adapter.load_state_dict(_sampler_part(initial))
-    states = {c.trial_id: (c, state) for c, state in checkpoints if c.trial_id is not None}
-    ours = [t for t in logical if t.number >= stream.first_trial_number]
-    for before in logical[: len(logical) - len(ours)]:
-        replica.add_trial(before)  # history the stream started after
-    causes = _Causes(configuration, checkpoints, logical)
-    for done, recorded in enumerate(ours):
-        if progress is not None:
-            progress(done, len(ours))
-        divergence = _replay_trial(replica, recorded, adapter, states.get(recorded._trial_id))
-        if divergence is not None:
-            param, was, now = divergence
-            report.divergence = Divergence(recorded.number, param, was, now, causes.of(recorded))
+    store: CheckpointStore,
+    uid: str,
+    streams: Sequence[Stream],
+    stored: Mapping[int, Sequence[Checkpoint]],
+    trials: Sequence[FrozenTrial],
+    hidden: set[int],
+) -> dict[int, int]:
+    """Report the finished trials whose checkpoints are missing; return the claims read."""
+    start = min(s.first_trial_number for s in streams)
+    finished = [
+        t
+        for t in trials
+        if t.state.is_finished() and t.number >= start and t._trial_id not in hidden
+    ]
+    claims = claiming_streams(store, uid, finished)
+    number_of = {t._trial_id: t.number for t in trials}
+    for stream in streams:
+        checkpoints = stored[stream.stream_id]
+        if not any(c.trial_id is None for c in checkpoints):
+            # Every stream is created with one, and nothing deletes it.
+            report.problems.append(
+                Problem(
+                    stream.name,
+                    None,
+                    "missing",
+                    "the stream's initial checkpoint is missing: deleted or lost",
+                )
+            )
+        newest_id = checkpoints[-1].trial_id if checkpoints else None
+        newest = -1 if newest_id is None else number_of.get(newest_id, -1)
+        own = [t for t in finished if claims.get(t._trial_id) == stream.stream_id]
+        lost = [t.number for t in finished_without_checkpoint(store, stream, own, newest, hidden)]
+        if lost:
+            shown = "its initial one" if newest < 0 else f"trial {newest}'s"
+            one = len(lost) == 1
+            report.problems.append(
+                Problem(
+                    stream.name,
+                    lost[0],
+                    "missing",
+                    f"{numbers(lost)} finished after the stream's newest checkpoint ({shown}) "
+                    f"without one of {'its' if one else 'their'} own: the checkpoint"
+                    f"{'' if one else 's'} deleted or lost, or the trial{'' if one else 's'} "
+                    "told by a process not attached to the stream",
+                    trials=tuple(lost),
+                )
+            )
+    return claims
+
+
+class _ReplayPlan:
+    """Which streams can be replayed and how, and the replays themselves."""
+
+    def __init__(
+        self,
+        study: Study,
+        trials: Sequence[FrozenTrial],
+        streams: Sequence[Stream],
+        readable: Mapping[int, list[Decoded]],
+        hidden: set[int],
+        claims: Mapping[int, int],
+        sampler: BaseSampler,
+    ) -> None:
+        self._study = study
+        self._trials = trials
+        self._streams = streams
+        self._readable = readable
+        self._hidden = hidden
+        self._claims = claims
+        # Copies taken before anything runs the sampler: each replay needs a fresh one.
+        self._pristine = sampler
+        self._fingerprint = sampler_fingerprint(sampler, adapter_for(sampler, allow_pickle=True))
+        self._logical = [t for t in trials if t._trial_id not in hidden and t.state.is_finished()]
+        self._checkpoints = {
+            c.trial_id: (c, state)
+            for decoded in readable.values()
+            for c, state in decoded
+            if c.trial_id is not None
+        }
+        self._configured_otherwise = False
+        mode = study._storage.get_study_system_attrs(study._study_id).get(DETERMINISTIC_ATTR)
+        # K of a study run with deterministic_workers=K, else None.
+        self._workers: int | None = None if mode is None else int(mode["workers"])
+
+    def check_configuration(self, report: VerificationReport) -> bool:
+        """Report each stream configured otherwise; return whether the replay may run."""
+        given = self._fingerprint
+        other_class = False
+        for stream in self._streams:
+            recorded = stream.fingerprint
+            if not differences(recorded, given):
+                continue
+            self._configured_otherwise = True
+            if _class_of(recorded) != _class_of(given):
+                other_class = True
+                message = (
+                    f"the sampler given is a {type(self._pristine).__name__}, the study's "
+                    f"checkpoints were written by {sampler_named(recorded)}"
+                )
+                report.problems.append(Problem(stream.name, None, "configuration", message))
+                continue
+            # A resume with this sampler would be refused; the replay still shows where it
+            # matters (a seed does not: the replay starts from the recorded random state).
+            report.problems.append(
+                Problem(
+                    stream.name,
+                    None,
+                    "configuration",
+                    CONFIGURED_OTHERWISE,
+                    differences=tuple(readable_differences(recorded, given)),
+                )
+            )
+        if other_class:
+            report.replay_not_run = "a sampler of another class cannot replay the trials"
+        return not other_class
+
+    def run(self, report: VerificationReport, progress: Callable[[int, int], None] | None) -> None:
+        """Replay every stream that can be, by position or in order."""
+        if self._workers is not None:
+            self._by_position(report, progress, self._workers)
+        else:
+            self._in_order(report, progress)
+
+    def _by_position(
+        self,
+        report: VerificationReport,
+        progress: Callable[[int, int], None] | None,
+        workers: int,
+    ) -> None:
+        lag = history_lag(workers)
+        names = {s.stream_id: s.name for s in self._streams}
+        stream_of = {t: names[s] for t, s in self._claims.items() if s in names}
+        checkpoints = [c for decoded in self._readable.values() for c, _ in decoded]
+        causes = Causes(
+            self._configured_otherwise, checkpoints, self._logical, timing_matters=False
+        )
+        tick = _ticker(progress, len(PositionBook.read(self._trials, self._hidden).settled))
+        replayed = replay_by_position(
+            self._study,
+            self._trials,
+            self._hidden,
+            lag,
+            self._pristine,
+            self._checkpoints,
+            stream_of,
+            causes,
+            tick,
+        )
+        if replayed.not_run is not None:
+            report.replay_not_run = replayed.not_run
             return
-        report.trials_replayed += 1
-    if progress is not None:
-        progress(len(ours), len(ours))
+        report.by_position = True
+        ran = {stream_of.get(t._trial_id) for t in self._logical}
+        report.replayed_streams = [s.name for s in self._streams if s.name in ran]
+        self._record(report, replayed)
+
+    def _in_order(
+        self, report: VerificationReport, progress: Callable[[int, int], None] | None
+    ) -> None:
+        runs = []
+        for stream in self._streams:
+            ours = self._trials_of(stream)
+            why = self._why_not_in_order(stream, ours)
+            if why is not None:
+                report.not_replayed[stream.name] = why
+            elif ours:
+                runs.append((stream, ours))
+        if report.not_replayed:
+            report.notes.append(FREE_WORKERS)
+        planned = []
+        for i, (stream, ours) in enumerate(runs):
+            try:
+                # The first replay runs the sampler given; the copies are taken before it does.
+                planned.append((stream, ours, copy.deepcopy(self._pristine) if i else None))
+            except Exception as e:  # a sampler holding something that cannot be copied
+                report.not_replayed[stream.name] = (
+                    f"the sampler given cannot be copied for another replay ({e})"
+                )
+        tick = _ticker(progress, sum(len(ours) for _, ours, _ in planned))
+        for stream, ours, copied in planned:
+            sampler = self._pristine if copied is None else copied
+            initial = next(
+                (s for c, s in self._readable[stream.stream_id] if c.trial_id is None), None
+            )
+            causes = Causes(
+                self._configured_otherwise,
+                [c for c, _ in self._readable[stream.stream_id]],
+                ours,
+                timing_matters=True,
+            )
+            assert initial is not None  # else a problem was reported, and no replay runs
+            replayed = replay_in_order(
+                self._study,
+                stream.name,
+                initial,
+                self._logical,
+                {t._trial_id for t in ours},
+                sampler,
+                self._checkpoints,
+                causes,
+                tick,
+            )
+            report.replayed_streams.append(stream.name)
+            self._record(report, replayed)
+            if replayed.divergence is not None:
+                return
+
+    def _trials_of(self, stream: Stream) -> list[FrozenTrial]:
+        """The logical trials the stream ran (with one stream: all from its first on)."""
+        if len(self._streams) == 1:
+            return [t for t in self._logical if t.number >= stream.first_trial_number]
+        return [t for t in self._logical if self._claims.get(t._trial_id) == stream.stream_id]
+
+    def _why_not_in_order(self, stream: Stream, ours: list[FrozenTrial]) -> str | None:
+        if len(self._streams) == 1:
+            return None
+        # Its own interrupted attempts overlap its retries (a resume closes them only after
+        # its first trial started), but it never saw them: they are hidden from its sampler.
+        others = [t for t in self._trials if self._claims.get(t._trial_id) != stream.stream_id]
+        clash = _ran_during(ours, others)
+        if clash is None:
+            return None
+        mine, theirs = clash
+        owner = next(
+            (s.name for s in self._streams if s.stream_id == self._claims.get(theirs._trial_id)),
+            None,
+        )
+        of = "unclaimed" if owner is None else f"of stream {owner!r}"
+        return f"its trial {mine.number} ran at the same time as trial {theirs.number} ({of})"
+
+    def _record(self, report: VerificationReport, replayed: Replayed) -> None:
+        report.trials_replayed += replayed.trials
+        report.divergence = replayed.divergence
 
 
-def _replay_trial(
-    replica: Study,
-    recorded: FrozenTrial,
-    adapter: StateAdapter,
-    checkpoint: tuple[Checkpoint, dict[str, Any]] | None,
-) -> tuple[str | None, str, str] | None:
-    """Replay one trial; return ``(param, recorded, replayed)`` at the first difference."""
-    fixed = recorded.system_attrs.get(_FIXED_PARAMS_ATTR)
-    if fixed:
-        replica.enqueue_trial(fixed, skip_if_exists=False)
-    trial = replica.ask()
-    for name, distribution in recorded.distributions.items():
-        replayed = _suggest(trial, name, distribution)
-        if _exact(replayed) != _exact(recorded.params[name]):
-            replica.tell(trial, state=TrialState.FAIL)
-            return name, _exact(recorded.params[name]), _exact(replayed)
-    for key, value in recorded.user_attrs.items():
-        trial.set_user_attr(key, value)  # e.g. what a constraints function reads
-    for step, value in recorded.intermediate_values.items():
-        trial.report(value, step)
-    if recorded.state == TrialState.COMPLETE:
-        replica.tell(trial, recorded.values)
-    else:
-        replica.tell(trial, state=recorded.state)
-    if checkpoint is None:
-        return None  # pruned by retention: the next checkpoint still checks the state
-    stored = _codec.encode(_sampler_part(checkpoint[1]), allow_pickle=True)
-    now = _codec.encode(adapter.state_dict(), allow_pickle=True)
-    if stored != now:
-        return None, f"checkpoint of {len(stored)} bytes", f"state of {len(now)} bytes"
+def _class_of(fingerprint: Any) -> Any:
+    sampler = fingerprint.get("sampler") if isinstance(fingerprint, dict) else None
+    return sampler.get("class") if isinstance(sampler, dict) else fingerprint
+
+
+def _ran_during(
+    ours: Sequence[FrozenTrial], others: Sequence[FrozenTrial]
+) -> tuple[FrozenTrial, FrozenTrial] | None:
+    """A trial of ``others`` that ran while one of ``ours`` ran, as ``(ours, theirs)``.
+
+    A trial of ``others`` that has not finished counts as running until now. Sorted by start,
+    the others that started before one of ours ended are a prefix; the one among them that
+    ended last decides.
+    """
+    spans = sorted(
+        (t.datetime_start, t.datetime_complete or _NEVER, i)
+        for i, t in enumerate(others)
+        if t.datetime_start is not None
+    )
+    starts = [start for start, _, _ in spans]
+    latest: list[tuple[datetime.datetime, int]] = []  # the latest end among the first k
+    for _, end, i in spans:
+        latest.append(max(latest[-1], (end, i)) if latest else (end, i))
+    for trial in ours:
+        if trial.datetime_start is None or trial.datetime_complete is None:
+            continue
+        k = bisect_left(starts, trial.datetime_complete)
+        if k and latest[k - 1][0] > trial.datetime_start:
+            return trial, others[latest[k - 1][1]]
     return None
+
+
+def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
+    done = 0
+    if progress is not None:
+        progress(0, total)
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return tick
 
 
 def _objective_differences(trials: list[FrozenTrial]) -> list[str]:
@@ -380,7 +499,7 @@ def _objective_differences(trials: list[FrozenTrial]) -> list[str]:
                 continue
             for step, value in sorted(attempt.intermediate_values.items()):
                 again = retry.intermediate_values.get(step)
-                if again is not None and _exact(again) != _exact(value):
+                if again is not None and exact(again) != exact(value):
                     found.append(
                         f"the objective is not deterministic: trial {retry.number} repeated "
                         f"interrupted trial {number} with the same parameters but reported "
@@ -389,97 +508,3 @@ def _objective_differences(trials: list[FrozenTrial]) -> list[str]:
                     )
                     break
     return found
-
-
-def _suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
-    if isinstance(distribution, FloatDistribution):
-        return trial.suggest_float(
-            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
-        )
-    if isinstance(distribution, IntDistribution):
-        return trial.suggest_int(
-            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
-        )
-    if isinstance(distribution, CategoricalDistribution):
-        return trial.suggest_categorical(name, distribution.choices)
-    raise CheckpointError(f"cannot replay a parameter of type {type(distribution).__name__}")
-
-
-def _exact(value: Any) -> str:
-    return value.hex() if isinstance(value, float) else repr(value)
-
-
-def _sampler_part(state: dict[str, Any]) -> dict[str, Any]:
-    return sampler_part(state)
-
-
-class _Causes:
-    """What in the study's records can explain a divergence at a given trial."""
-
-    def __init__(
-        self,
-        configuration: list[str],
-        checkpoints: list[tuple[Checkpoint, dict[str, Any]]],
-        logical: list[FrozenTrial],
-    ) -> None:
-        self._configuration = configuration
-        # Each distinct set of library versions the stream's checkpoints were written under.
-        self._versions = {tuple(sorted(c.versions.items())) for c, _ in checkpoints if c.versions}
-        self._logical = logical
-        self._retries = [t.number for t in logical if FAILED_TRIAL_ATTR in t.system_attrs]
-
-    def of(self, trial: FrozenTrial) -> list[str]:
-        causes = []
-        if self._configuration:
-            causes.append(
-                "the sampler is configured differently from the one that wrote the stream: "
-                + "; ".join(self._configuration)
-            )
-        current = library_versions()
-        # As on resume, a library recorded on one side only (cmaes not imported) is not compared.
-        changed = sorted(
-            {
-                f"{name} {old} (recorded) vs {current[name]} (now)"
-                for recorded in self._versions
-                for name, old in recorded
-                if name in current and current[name] != old and name != "optuna-checkpoint"
-            }
-        )
-        if len(self._versions) > 1:
-            causes.append("the stream was written under several library versions")
-        if changed:
-            causes.append("library versions differ: " + ", ".join(changed))
-        overlap = self._overlap_before(trial)
-        if overlap is not None:
-            causes.append(
-                f"trials {overlap[0]} and {overlap[1]} ran at the same time (n_jobs > 1, or "
-                "several ask() before tell()): the order the sampler saw them in is not recorded"
-            )
-        resumes = [n for n in self._retries if n <= trial.number]
-        if resumes and not causes:
-            causes.append(
-                f"the study resumed after interruptions at trial(s) {resumes}, and nothing "
-                "else explains it: please report it, as this is what optuna-checkpoint guarantees"
-            )
-        if not causes:
-            causes.append(
-                "none recorded: the sampler may read something outside the study (the clock, "
-                "global random state, files), or the study was edited by hand. If neither, "
-                "please report it: this is what optuna-checkpoint guarantees"
-            )
-        return causes
-
-    def _overlap_before(self, trial: FrozenTrial) -> tuple[int, int] | None:
-        previous: FrozenTrial | None = None
-        for t in self._logical:
-            if t.number > trial.number:
-                break
-            if (
-                previous is not None
-                and previous.datetime_complete is not None
-                and t.datetime_start is not None
-                and t.datetime_start < previous.datetime_complete
-            ):
-                return previous.number, t.number
-            previous = t
-        return None
