@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import gc
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from optuna_checkpoint.stores._sql_schema import TABLES_FORMAT
 from optuna_checkpoint.stores._sql_schema import formats
 from optuna_checkpoint.stores._sql_schema import trial_states
 from optuna_checkpoint.study._positions import POSITION_ATTR
+from tests.test_cli import cli
+from tests.test_cli import rows
 
 
 SEED = 5
@@ -348,3 +351,42 @@ def test_tables_of_format_2_are_upgraded_with_the_trial_states_table(tmp_path: P
             assert connection.execute(sa.select(formats.c.version)).scalar_one() == TABLES_FORMAT
     finally:
         engine.dispose()
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def test_status_lists_the_saved_states_and_why_they_are_kept(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_study(url, keep_trial_checkpoints=True).optimize(run_steps, n_trials=1)
+    gc.collect()
+    abandon(url, steps=3, keep_trial_checkpoints=True)  # trial 1, cut off after its third save
+    shown = cli("status", "--storage", url, "--study-name", "t")
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout[shown.stdout.index("Trial states saved with trial_checkpoint (2, ") :]
+    assert [row[:2] + row[3:] for row in rows(table)][:2] == [
+        ["0", "0", "kept (keep_trial_checkpoints)"],
+        ["1", "1", "the retry of its trial loads it"],
+    ]
+    report = json.loads(cli("status", "--storage", url, "--study-name", "t", "--json").stdout)
+    assert [(s["logical_trial"], s["kept_for"]) for s in report["trial_states"]] == [
+        (0, "kept"),
+        (1, "retry"),
+    ]
+    assert all(s["payload_bytes"] > 0 for s in report["trial_states"])
+
+
+def test_every_store_lists_its_trial_states_without_their_payloads(
+    storage: str | BaseStorage,
+) -> None:
+    study = open_study(storage, keep_trial_checkpoints=True)
+    study.optimize(run_steps, n_trials=2)
+    attachment = study.sampler._attachment  # type: ignore[attr-defined]
+    listed = attachment.store.list_trial_states(attachment.study_uid)
+    assert [(s.logical_trial, s.trial_id) for s in listed] == [
+        (t.number, t._trial_id) for t in study.trials
+    ]
+    found = [
+        attachment.store.find_trial_state(attachment.study_uid, s.logical_trial) for s in listed
+    ]
+    assert [s.payload_bytes for s in listed] == [len(r.payload) for r in found if r is not None]

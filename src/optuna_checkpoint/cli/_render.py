@@ -133,6 +133,8 @@ def status(console: Console, report: StudyStatus) -> None:
             "The next run takes them for interrupted, hides them and retries each at its "
             "logical trial."
         )
+    if report.trial_states:
+        console.print(_trial_states(report))
     start = report.checkpointed_from
     if start:
         console.print(
@@ -147,6 +149,28 @@ def status(console: Console, report: StudyStatus) -> None:
         console.print("Resume: not guaranteed bit-identical:")
         for reason in report.reasons:
             console.print(Text(f"  - {reason}"))
+
+
+_KEPT_FOR = {
+    "running": "its trial is running",
+    "retry": "the retry of its trial loads it",
+    "kept": "kept (keep_trial_checkpoints)",
+}
+
+
+def _trial_states(report: StudyStatus) -> Table:
+    states = report.trial_states
+    total = size(sum(s.payload_bytes for s in states))
+    table = Table(title=f"Trial states saved with trial_checkpoint ({len(states)}, {total})")
+    table.add_column("logical trial", justify="right")
+    table.add_column("saved by trial", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("why it is kept")
+    for s in states:
+        table.add_row(
+            str(s.logical_trial), str(s.saved_by), size(s.payload_bytes), _KEPT_FOR[s.kept_for]
+        )
+    return table
 
 
 def pruned(console: Console, report: PruneReport) -> None:

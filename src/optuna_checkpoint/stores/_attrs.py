@@ -45,6 +45,7 @@ from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._base import TrialStateRecord
+from optuna_checkpoint.stores._base import TrialStateSummary
 
 
 KEPT_CHECKPOINTS = 4
@@ -418,6 +419,19 @@ class AttributeCheckpointStore(CheckpointStore):
         return TrialStateRecord(
             logical_trial, data["trial_id"], base64.b64decode(data["payload"]), data["checksum"]
         )
+
+    def list_trial_states(self, study_uid: str) -> list[TrialStateSummary]:
+        """The study's saved trial states, read from its system attributes."""
+        attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
+        found = []
+        for key, value in attrs.items():
+            data = _of_study(value, study_uid) if key.startswith(_TRIAL_STATE_PREFIX) else None
+            if data is not None:
+                size = len(base64.b64decode(data["payload"]))
+                found.append(
+                    TrialStateSummary(int(key[len(_TRIAL_STATE_PREFIX) :]), data["trial_id"], size)
+                )
+        return sorted(found, key=lambda s: s.logical_trial)
 
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
         """Blank the logical trial's attribute; whether it held a state."""

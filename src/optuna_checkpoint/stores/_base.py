@@ -154,6 +154,22 @@ class TrialStateRecord:
     checksum: str
 
 
+@dataclass(frozen=True)
+class TrialStateSummary:
+    """One saved trial state, as listed without its payload.
+
+    Attributes:
+        logical_trial: Which logical trial it belongs to.
+        trial_id: The attempt that saved it.
+        payload_bytes: The size of its encoded payload in the store (a reference only, when
+            the body is in an artifact store).
+    """
+
+    logical_trial: int
+    trial_id: int
+    payload_bytes: int
+
+
 TRIAL_STATE_LIMIT = 8 << 20
 """The default bound on an encoded trial state, in bytes: well under MySQL's default
 ``max_allowed_packet`` (16 MiB), which a larger row would exceed."""
@@ -404,6 +420,10 @@ class CheckpointStore(abc.ABC):
     @abc.abstractmethod
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
         """Delete the logical trial's saved state; whether there was one."""
+
+    @abc.abstractmethod
+    def list_trial_states(self, study_uid: str) -> list[TrialStateSummary]:
+        """The study's saved trial states by logical trial, without reading their payloads."""
 
     def delete_trial_state_with_trial_end(
         self, study_uid: str, trial_id: int, logical_trial: int

@@ -51,6 +51,7 @@ from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import TrialStateRecord
+from optuna_checkpoint.stores._base import TrialStateSummary
 from optuna_checkpoint.stores._journal_catalog import CHECKPOINT_KEY
 from optuna_checkpoint.stores._journal_catalog import Catalog
 from optuna_checkpoint.stores._journal_catalog import Entry
@@ -135,6 +136,10 @@ class JournalCheckpointStore(JournalReads):
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
         """Not supported here (:attr:`trial_states_unsupported`)."""
         raise CheckpointError(self.trial_states_unsupported)
+
+    def list_trial_states(self, study_uid: str) -> list[TrialStateSummary]:
+        """None: a journal keeps no trial states."""
+        return []
 
     def delete_checkpoints(self, stream_id: int, trial_ids: Collection[int]) -> int:
         """Refuse: the side record is append-only (see :attr:`deletion_unsupported`)."""

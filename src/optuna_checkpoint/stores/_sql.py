@@ -32,12 +32,14 @@ from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._base import TrialStateRecord
+from optuna_checkpoint.stores._base import TrialStateSummary
 from optuna_checkpoint.stores._sql_commit import INSERT_CLAIM
 from optuna_checkpoint.stores._sql_commit import CreationClaimer
 from optuna_checkpoint.stores._sql_commit import DeferredSave
 from optuna_checkpoint.stores._sql_commit import TrialCommitHook
 from optuna_checkpoint.stores._sql_queries import find_stream_by_name
 from optuna_checkpoint.stores._sql_queries import find_trial_state
+from optuna_checkpoint.stores._sql_queries import list_trial_states
 from optuna_checkpoint.stores._sql_queries import summarize_stream
 from optuna_checkpoint.stores._sql_queries import where_claimed
 from optuna_checkpoint.stores._sql_queries import where_interrupted
@@ -368,6 +370,11 @@ class SQLCheckpointStore(CheckpointStore):
                 )
             )
         return result.rowcount > 0
+
+    def list_trial_states(self, study_uid: str) -> list[TrialStateSummary]:
+        """The study's saved trial states, sized by the server; no payload leaves it."""
+        with self._engine.connect() as connection:
+            return list_trial_states(connection, study_uid)
 
     def delete_trial_state_with_trial_end(
         self, study_uid: str, trial_id: int, logical_trial: int

@@ -17,6 +17,7 @@ from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._base import TrialStateRecord
+from optuna_checkpoint.stores._base import TrialStateSummary
 from optuna_checkpoint.stores._sql_rows import INITIAL_TRIAL_ID
 from optuna_checkpoint.stores._sql_rows import checkpoint_from_row
 from optuna_checkpoint.stores._sql_rows import stream_from_row
@@ -102,6 +103,20 @@ def find_trial_state(
     if row is None:
         return None
     return TrialStateRecord(logical_trial, int(row.trial_id), bytes(row.payload), row.checksum)
+
+
+def list_trial_states(connection: sa.Connection, study_uid: str) -> list[TrialStateSummary]:
+    """The study's saved trial states, by logical trial; only their sizes are read."""
+    rows = connection.execute(
+        sa.select(
+            trial_states.c.logical_trial,
+            trial_states.c.trial_id,
+            sa.func.length(trial_states.c.payload).label("size"),
+        )
+        .where(trial_states.c.study_uid == study_uid)
+        .order_by(trial_states.c.logical_trial)
+    ).all()
+    return [TrialStateSummary(int(r.logical_trial), int(r.trial_id), int(r.size)) for r in rows]
 
 
 def summarize_stream(connection: sa.Connection, stream_id: int) -> StreamSummary:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
 import datetime
 import itertools
 import os
@@ -101,6 +102,26 @@ class StreamStatus:
 
 
 @dataclass(frozen=True)
+class SavedTrialState:
+    """A state an objective saved with ``trial_checkpoint``, as ``status`` lists it.
+
+    Attributes:
+        logical_trial: The logical trial it belongs to.
+        saved_by: The number of the trial (attempt) that saved it.
+        payload_bytes: Its size in the study's storage (a reference only, for a state kept in
+            an artifact store).
+        kept_for: Why it is still there: ``"running"`` (its trial runs), ``"retry"`` (its
+            trial was cut off: the retry loads it) or ``"kept"`` (its trial finished, and the
+            sampler keeps states, ``keep_trial_checkpoints=True``).
+    """
+
+    logical_trial: int
+    saved_by: int
+    payload_bytes: int
+    kept_for: str
+
+
+@dataclass(frozen=True)
 class InterruptedTrial:
     """A trial whose process died; it is hidden from the sampler and retried.
 
@@ -136,6 +157,7 @@ class StudyStatus:
         checkpointed_from: The first trial any stream ran: the trials before it ran without
             optuna-checkpoint, and the guarantee holds from it on (0 for a study that began
             with it; ``None`` without streams).
+        trial_states: The states objectives saved with ``trial_checkpoint``, by logical trial.
     """
 
     study_name: str
@@ -146,6 +168,7 @@ class StudyStatus:
     resume_exact: bool
     reasons: list[str]
     checkpointed_from: int | None = None
+    trial_states: list[SavedTrialState] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -377,7 +400,30 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
         resume_exact=not reasons,
         checkpointed_from=min((s.first_trial_number for s in streams), default=None),
         reasons=reasons,
+        trial_states=_saved_trial_states(opened, by_id, {i.trial_id for i in due}),
     )
+
+
+def _saved_trial_states(
+    opened: _Opened, by_id: dict[int, FrozenTrial], due: set[int]
+) -> list[SavedTrialState]:
+    if opened.store is None or opened.uid is None:
+        return []
+    listed = []
+    for saved in opened.store.list_trial_states(opened.uid):
+        trial = by_id.get(saved.trial_id)
+        if trial is None:
+            continue  # left by a trial that is no longer in the study
+        if trial.state == TrialState.RUNNING and trial._trial_id not in due:
+            kept_for = "running"
+        elif trial.state in (TrialState.RUNNING, TrialState.FAIL):
+            kept_for = "retry"
+        else:
+            kept_for = "kept"
+        listed.append(
+            SavedTrialState(saved.logical_trial, trial.number, saved.payload_bytes, kept_for)
+        )
+    return listed
 
 
 def _obstacles(
