@@ -183,7 +183,7 @@ def _crash_plans() -> list[tuple[str, list[str]]]:
     for point in POINTS:
         if point == "after_save":
             continue  # never passed on SQL storages: their checkpoint goes with the commit
-        if point == "inside_trial_state_save":
+        if point in ("inside_trial_state_save", "after_artifact_upload"):
             continue  # passed only by objectives that save their state (test_trial_checkpoint_*)
         if point == "after_resume":
             # Passed once per process, when it resumes: create something to resume first.
