@@ -176,10 +176,11 @@ def _pack_path(path: Path) -> dict[str, Any]:
 
 
 def _unpack_path(packed: dict[str, Any], path: Path) -> None:
-    """Put a saved file or directory at ``path``, replacing what is there, in one rename.
+    """Put a saved file or directory at ``path``, replacing what is there.
 
-    A directory's archive is extracted with tarfile's ``data`` filter: nothing outside it, no
-    links out, no devices.
+    A file takes its place with one rename. A directory's archive is extracted beside it with
+    tarfile's ``data`` filter (nothing outside it, no links out, no devices), then replaces the
+    old directory; a kill in between leaves the saved state, which the next attempt restores.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
