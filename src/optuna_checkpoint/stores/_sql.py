@@ -36,6 +36,7 @@ from optuna_checkpoint.stores._sql_commit import INSERT_CLAIM
 from optuna_checkpoint.stores._sql_commit import CreationClaimer
 from optuna_checkpoint.stores._sql_commit import DeferredSave
 from optuna_checkpoint.stores._sql_commit import TrialCommitHook
+from optuna_checkpoint.stores._sql_cursors import close_cursors_left_open
 from optuna_checkpoint.stores._sql_queries import find_stream_by_name
 from optuna_checkpoint.stores._sql_queries import find_trial_state
 from optuna_checkpoint.stores._sql_queries import summarize_stream
@@ -110,6 +111,9 @@ class SQLCheckpointStore(CheckpointStore):
         self._url = rdb.url
         upgrade_tables(self._engine, created=create_tables(self._engine))
         self._hook = TrialCommitHook(rdb)
+        # So that a Ctrl-C cannot leave this process holding SQLite's lock while it stores the
+        # trial's failure and releases its lease.
+        close_cursors_left_open(self._engine)
 
     @classmethod
     def for_storage(cls, rdb: RDBStorage) -> SQLCheckpointStore:
