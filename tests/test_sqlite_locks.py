@@ -16,13 +16,17 @@ from collections.abc import Iterator
 import contextlib
 from pathlib import Path
 import sqlite3
+import time
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
 import pytest
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 
+from optuna_checkpoint.attach._lease import current_owner
+from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 
 
@@ -89,3 +93,34 @@ def test_control_a_cursor_left_open_holds_the_lock(tmp_path: Path) -> None:
             _write_from_another_connection(path)
         cursor.close()
         _write_from_another_connection(path)
+
+
+def test_lease_release_gives_up_quickly_while_the_database_is_locked(tmp_path: Path) -> None:
+    path = tmp_path / "study.db"
+    storage, study_id = _study_with_trials(f"sqlite:///{path}")
+    store = SQLCheckpointStore.for_storage(storage)
+    me = current_owner()
+    initial = Checkpoint(
+        trial_id=None,
+        logical_number=-1,
+        trial_state=None,
+        trial_values=None,
+        adapter="random",
+        payload=b"state",
+        checksum="0" * 64,
+    )
+    stream = store.create_stream(study_id, "uid", "main", {}, me, initial, first_trial_number=0)
+    assert stream is not None
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        cursor = reader.execute("SELECT * FROM trials")  # another process reading, say
+        started = time.monotonic()
+        with pytest.raises(sa_exc.OperationalError, match="database is locked"):
+            store.release(stream.stream_id, me.token)
+        waited = time.monotonic() - started
+        cursor.close()
+    assert waited < 2.0, f"the release waited {waited:.1f} s for the lock"
+    held = store.find_stream("uid", "main")
+    assert held is not None and held.owner == me  # it gave up: the lease lapses instead
+    store.release(stream.stream_id, me.token)
+    released = store.find_stream("uid", "main")
+    assert released is not None and released.owner is None

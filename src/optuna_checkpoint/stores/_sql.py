@@ -223,19 +223,24 @@ class SQLCheckpointStore(CheckpointStore):
     def release(self, stream_id: int, token: str) -> None:
         """Give the lease up, waiting at most briefly for a lock."""
         self._hook.stop_claiming_for(stream_id)
-        with self._engine.begin() as connection:
-            if connection.dialect.name == "sqlite":
-                # A statement cut short by Ctrl-C can hold SQLite's lock until exit; rather than
-                # the default five seconds, give up quickly: the lease then simply lapses.
+        release = (
+            streams.update()
+            .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
+            .values(**owner_columns(None))
+        )
+        with self._engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Another process may hold SQLite's lock as this one exits; rather than wait the
+                # default five seconds, give up quickly: the lease then simply lapses. The commit
+                # waits for the lock too, so the timeout is restored only after it.
                 connection.exec_driver_sql(f"PRAGMA busy_timeout = {_RELEASE_BUSY_TIMEOUT_MS}")
             try:
-                connection.execute(
-                    streams.update()
-                    .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
-                    .values(**owner_columns(None))
-                )
+                connection.execute(release)
+                connection.commit()
             finally:
-                if connection.dialect.name == "sqlite":
+                if sqlite:
+                    connection.rollback()  # after a commit that gave up; else nothing to end
                     connection.exec_driver_sql(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
 
     def save(self, stream: Stream, checkpoint: Checkpoint, token: str, now: float) -> None:
