@@ -83,6 +83,45 @@ def test_ctrl_c_after_a_query_ran_leaves_no_lock_behind(tmp_path: Path, instant:
     assert len(storage.get_all_trials(study_id)) == 3  # the storage works on
 
 
+class _CursorInterruptedOnFirstClose(sqlite3.Cursor):
+    """Once armed, the first ``close()`` of such a cursor is cut short by a Ctrl-C."""
+
+    armed = False
+    interrupted = False
+
+    def close(self) -> None:
+        cls = _CursorInterruptedOnFirstClose
+        if cls.armed and not cls.interrupted:
+            cls.interrupted = True
+            raise KeyboardInterrupt
+        super().close()
+
+
+class _ConnectionWithInterruptibleCursors(sqlite3.Connection):
+    def cursor(self, factory: Any = _CursorInterruptedOnFirstClose) -> Any:
+        return super().cursor(factory)
+
+
+def test_second_ctrl_c_while_the_cursors_close_leaves_no_lock_behind(tmp_path: Path) -> None:
+    path = tmp_path / "study.db"
+    url = f"sqlite:///{path}"
+    _study_with_trials(url)
+    storage = RDBStorage(
+        url, engine_kwargs={"connect_args": {"factory": _ConnectionWithInterruptibleCursors}}
+    )
+    SQLCheckpointStore.for_storage(storage)
+    study_id = storage.get_all_studies()[0]._study_id
+    # The first Ctrl-C leaves the query's cursor open; the second lands as the pool's reset
+    # closes it, so SQLAlchemy closes the connection instead: the cursor must still be closed.
+    _CursorInterruptedOnFirstClose.armed = True
+    interrupted = _ctrl_c_after_next_select(storage, "after-execution")
+    with pytest.raises(KeyboardInterrupt) as caught, interrupted:
+        storage.get_all_trials(study_id)
+    assert _CursorInterruptedOnFirstClose.interrupted
+    _write_from_another_connection(path)
+    assert caught.value is not None
+
+
 def test_control_a_cursor_left_open_holds_the_lock(tmp_path: Path) -> None:
     """Without the cursors closed, the same write fails: the tests above can fail."""
     path = tmp_path / "study.db"

@@ -85,8 +85,13 @@ def _close_on_close(dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
 
 
 def _close_remembered(entry: ConnectionPoolEntry) -> None:
-    cursors = entry.info.pop(_OPEN_CURSORS, None)
-    for cursor in list(cursors or ()):
+    cursors = entry.info.get(_OPEN_CURSORS)
+    if not cursors:
+        return
+    for cursor in list(cursors):
         # A cursor that cannot close belongs to a broken connection, whose closing frees it.
         with contextlib.suppress(Exception):
             cursor.close()
+    # Forgotten only once all are closed: when a second Ctrl-C cuts the reset short, SQLAlchemy
+    # closes the connection, and the close event closes the rest.
+    cursors.clear()
