@@ -31,6 +31,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal import JournalRedisBackend
 from optuna.study import StudyDirection
 import pytest
+from sqlalchemy import event as sa_event
 
 from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.exceptions import CheckpointError
@@ -612,6 +613,32 @@ def test_interruptions(
     assert store.where_interrupted(other.uid) == [Interruption(50, 1, 1, "other study")]
     assert store.where_interrupted(new_study(*make_store).uid) == []
     assert store.interruption_count_hint(study.uid) in (None, 3)
+
+
+def test_interruption_recorded_by_another_process_meanwhile_is_skipped(
+    spec: StoreSpec, make_store: tuple[BaseStorage, CheckpointStore], study: Study
+) -> None:
+    """Two workers that find the same dead trial both record it: neither fails."""
+    storage, store = make_store
+    if not isinstance(storage, RDBStorage):
+        pytest.skip("the interleaving is placed with SQLAlchemy's execution events")
+    _, elsewhere = spec.open()  # another process, as far as the database can tell
+    dead = Interruption(30, 5, 4, "its process died while the trial ran")
+
+    pending = [dead]
+
+    def record_elsewhere_first(*args: Any) -> None:
+        # Between this store's read of the known interruptions and its insert.
+        statement = str(args[2]).lstrip().upper()
+        if pending and statement.startswith("INSERT INTO OPTUNA_CHECKPOINT_INTERRUPTED"):
+            elsewhere.add_interruptions(study.study_id, study.uid, [pending.pop()])
+
+    sa_event.listen(storage.engine, "before_cursor_execute", record_elsewhere_first)
+    try:
+        store.add_interruptions(study.study_id, study.uid, [dead, Interruption(40, 6, 5, "x")])
+    finally:
+        sa_event.remove(storage.engine, "before_cursor_execute", record_elsewhere_first)
+    assert store.where_interrupted(study.uid) == [dead, Interruption(40, 6, 5, "x")]
 
 
 # -- claims ----------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ migrations; SQLAlchemy configures its mappers), and the kill-fuzz tests start it
 times. This zygote does those imports once, and opens and runs a throwaway study of plain
 Optuna (no ``CheckpointingSampler``, so that no lease, stream or exit handler of the library
 exists before a fork); each run is then a ``fork`` of it that calls ``child.main()`` (or
-``worker_child.main()``, ``deterministic_child.main()``). The children are still real processes
-with their own pid and start time, killed with real signals by the tests. What a fresh
-interpreter would do on its own is done here explicitly: the crash plan is read from the run's
-environment, stdout goes to a FIFO the test reads (or a file), stderr to a file, and on exit the
-``atexit`` handlers run (they release checkpoint leases) before the process ends.
+``worker_child.main()``, ``deterministic_child.main()``, ``ctrl_c_child.main()``). The children
+are still real processes with their own pid and start time, killed with real signals by the
+tests. What a fresh interpreter would do on its own is done here explicitly: the crash plan is
+read from the run's environment, stdout goes to a FIFO the test reads (or a file), stderr to a
+file, and on exit the ``atexit`` handlers run (they release checkpoint leases) before the
+process ends.
 
 Protocol, one JSON object per line: the harness writes ``{"argv", "env", "stdout", "stderr",
 "main"}`` to stdin (``main``: a name in ``MAINS``; ``stderr`` may be the ``stdout``
@@ -42,6 +43,7 @@ from typing import Any
 # sampler imports cmaes, and SciPy's statistics with it: 0.6 s a child.)
 import child
 import cmaes  # noqa: F401
+import ctrl_c_child
 import deterministic_child
 import optuna
 import scenarios
@@ -57,6 +59,7 @@ MAINS = {
     "child": child.main,
     "worker_child": worker_child.main,
     "deterministic_child": deterministic_child.main,
+    "ctrl_c_child": ctrl_c_child.main,
 }
 _wakeup: tuple[int, int] | None = None  # the pipe SIGCHLD wakes the main loop through
 

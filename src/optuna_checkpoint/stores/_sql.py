@@ -37,6 +37,7 @@ from optuna_checkpoint.stores._sql_commit import INSERT_CLAIM
 from optuna_checkpoint.stores._sql_commit import CreationClaimer
 from optuna_checkpoint.stores._sql_commit import DeferredSave
 from optuna_checkpoint.stores._sql_commit import TrialCommitHook
+from optuna_checkpoint.stores._sql_cursors import close_cursors_left_open
 from optuna_checkpoint.stores._sql_queries import find_stream_by_name
 from optuna_checkpoint.stores._sql_queries import find_trial_state
 from optuna_checkpoint.stores._sql_queries import list_trial_states
@@ -112,6 +113,9 @@ class SQLCheckpointStore(CheckpointStore):
         self._url = rdb.url
         upgrade_tables(self._engine, created=create_tables(self._engine))
         self._hook = TrialCommitHook(rdb)
+        # So that a Ctrl-C cannot leave this process holding SQLite's lock while it stores the
+        # trial's failure and releases its lease.
+        close_cursors_left_open(self._engine)
 
     @classmethod
     def for_storage(cls, rdb: RDBStorage) -> SQLCheckpointStore:
@@ -221,19 +225,24 @@ class SQLCheckpointStore(CheckpointStore):
     def release(self, stream_id: int, token: str) -> None:
         """Give the lease up, waiting at most briefly for a lock."""
         self._hook.stop_claiming_for(stream_id)
-        with self._engine.begin() as connection:
-            if connection.dialect.name == "sqlite":
-                # A statement cut short by Ctrl-C can hold SQLite's lock until exit; rather than
-                # the default five seconds, give up quickly: the lease then simply lapses.
+        release = (
+            streams.update()
+            .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
+            .values(**owner_columns(None))
+        )
+        with self._engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Another process may hold SQLite's lock as this one exits; rather than wait the
+                # default five seconds, give up quickly: the lease then simply lapses. The commit
+                # waits for the lock too, so the timeout is restored only after it.
                 connection.exec_driver_sql(f"PRAGMA busy_timeout = {_RELEASE_BUSY_TIMEOUT_MS}")
             try:
-                connection.execute(
-                    streams.update()
-                    .where(streams.c.stream_id == stream_id, streams.c.owner_token == token)
-                    .values(**owner_columns(None))
-                )
+                connection.execute(release)
+                connection.commit()
             finally:
-                if connection.dialect.name == "sqlite":
+                if sqlite:
+                    connection.rollback()  # after a commit that gave up; else nothing to end
                     connection.exec_driver_sql(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
 
     def save(self, stream: Stream, checkpoint: Checkpoint, token: str, now: float) -> None:

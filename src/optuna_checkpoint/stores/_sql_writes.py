@@ -117,10 +117,15 @@ def delete_checkpoints_of_trials(
 def add_new_interruptions(
     engine: sa.Engine, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
 ) -> None:
-    """Record the interrupted trials the study has not recorded yet, in one transaction."""
+    """Record the interrupted trials the study has not recorded yet, in one transaction.
+
+    Workers that find the same dead trial at once may both try to record it; the one whose
+    insert loses reads the known ones again and skips them.
+    """
     if not interruptions:
         return
-    with engine.begin() as connection:
+
+    def add(connection: sa.Connection) -> None:
         known = set(
             connection.execute(
                 sa.select(interrupted_trials.c.trial_id).where(
@@ -144,6 +149,13 @@ def add_new_interruptions(
         ]
         if rows:
             connection.execute(interrupted_trials.insert(), rows)
+
+    try:
+        transaction_with_retries(engine, add)
+    except sa_exc.IntegrityError:
+        # Another process recorded some of them between this one's read and its insert: they
+        # are known now, and committed once recorded, so the second read sees them.
+        transaction_with_retries(engine, add)
 
 
 _REPLACE_RACES = 3
