@@ -78,11 +78,11 @@ class Resumer:
             SignatureError, VersionMismatchError, ConfigMismatchError: As the restore finds.
         """
         all_trials = trials_of_this_trial(study)
-        store, storage = attachment.store, attachment.storage
+        storage = attachment.storage
         # Only the newest two checkpoints are needed: the FAIL-marker rule below may hide the
         # newest, and no rule hides a trial before it that has a checkpoint.
-        known, latest = store.resume_point(
-            attachment.study_uid, attachment.stream.stream_id, limit=RESUME_LOOKBACK
+        known, latest = attachment.rows.resume_point(
+            attachment.stream.stream_id, limit=RESUME_LOOKBACK
         )
         trials = {t._trial_id: t for t in all_trials}
         newest = latest[0] if latest else None
@@ -111,7 +111,7 @@ class Resumer:
         )
         # Recorded first: if this process dies before closing them, the next one still hides
         # them and closes them (closing is idempotent).
-        store.add_interruptions(attachment.study_id, attachment.study_uid, fresh)
+        attachment.rows.add_interruptions(attachment.study_id, fresh)
         interrupted = sorted([*known, *fresh], key=lambda i: i.trial_number)
         # This stream's own: another worker's recorded ones are closed by that worker's resume,
         # which may be doing so right now.
@@ -169,7 +169,7 @@ class Resumer:
         before its first sampler hook; the first worker to resume adopts it, atomically, so it
         is hidden and retried exactly once. Other workers' trials are never touched.
         """
-        store, stream = attachment.store, attachment.stream
+        stream = attachment.stream
         hidden = {i.trial_id for i in known}
         newest_trial = trials.get(newest.trial_id) if newest and newest.trial_id else None
         after = newest_trial.number if newest_trial is not None else -1
@@ -186,7 +186,7 @@ class Resumer:
         ]
 
         def claims_of(trial_ids: list[int]) -> dict[int, int]:
-            claims = store.claims(attachment.study_uid, trial_ids)
+            claims = attachment.rows.claims(trial_ids)
             # Trials other threads of this process are starting count as claimed, not by us.
             claims.update((t, _THIS_PROCESS) for t in trial_ids if t in self._arrivals)
             return claims
@@ -201,7 +201,7 @@ class Resumer:
             and t.number >= stream.first_trial_number
         ]
         for trial in adoptable_trials(unclaimed, claims_of, CLAIM_WINDOW):
-            if store.claim_trial(stream, attachment.study_id, trial._trial_id):
+            if attachment.rows.claim(stream, attachment.study_id, trial._trial_id):
                 mine.add(trial._trial_id)
         return mine
 
@@ -251,6 +251,4 @@ def refresh_hidden_trials(attachment: Attachment, *, without_hint: bool = False)
     """
     hint = attachment.store.interruption_count_hint(attachment.study_uid)
     if without_hint if hint is None else hint != len(attachment.hidden.trial_ids):
-        attachment.hidden = HiddenTrials.of(
-            attachment.store.where_interrupted(attachment.study_uid)
-        )
+        attachment.hidden = HiddenTrials.of(attachment.rows.interruptions())

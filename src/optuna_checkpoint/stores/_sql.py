@@ -12,6 +12,7 @@ transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Sequence
 import time
@@ -26,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import StoreRegistry
@@ -52,6 +54,7 @@ from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import streams
 from optuna_checkpoint.stores._sql_schema import trial_claims
 from optuna_checkpoint.stores._sql_schema import trial_states
+from optuna_checkpoint.stores._sql_schema import unsealed_rows_until
 from optuna_checkpoint.stores._sql_schema import upgrade_tables
 from optuna_checkpoint.stores._sql_writes import add_new_interruptions
 from optuna_checkpoint.stores._sql_writes import delete_checkpoints_of_trials
@@ -109,6 +112,7 @@ class SQLCheckpointStore(CheckpointStore):
         self._engine = rdb.engine
         self._url = rdb.url
         upgrade_tables(self._engine, created=create_tables(self._engine))
+        self._unsealed_rows_until = unsealed_rows_until(self._engine)
         self._hook = TrialCommitHook(rdb)
 
     @classmethod
@@ -312,7 +316,7 @@ class SQLCheckpointStore(CheckpointStore):
         """The study's number of interruptions as of the latest checkpoint committed here."""
         return self._hook.interruption_counts.get(study_uid)
 
-    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
+    def claim_trial(self, stream: Stream, study_id: int, trial_id: int, seal: str) -> bool:
         """Claim the trial for the stream, unless another stream has it."""
         if self._hook.take_creation_claim(trial_id) == stream.stream_id:
             return True  # claimed in the transaction that created it
@@ -321,6 +325,7 @@ class SQLCheckpointStore(CheckpointStore):
             "trial_id": trial_id,
             "study_id": study_id,
             "stream_id": stream.stream_id,
+            "seal": seal,
         }
         try:
             with self._engine.begin() as connection:
@@ -328,18 +333,26 @@ class SQLCheckpointStore(CheckpointStore):
             return True
         except sa_exc.IntegrityError:
             pass  # claimed before: by this stream (a retried call) or by another
-        return self.claims(stream.study_uid, [trial_id]).get(trial_id) == stream.stream_id
+        claim = self.claims(stream.study_uid, [trial_id]).get(trial_id)
+        return claim is not None and claim.stream_id == stream.stream_id
 
-    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
-        """Return the claiming stream of each claimed trial among ``trial_ids``."""
+    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, Claim]:
+        """Return the claim of each claimed trial among ``trial_ids``."""
         if not trial_ids:
             return {}
         with self._engine.connect() as connection:
             return where_claimed(connection, study_uid, trial_ids)
 
-    def claim_trials_at_creation(self, stream: Stream, study_id: int) -> None:
+    def claim_trials_at_creation(
+        self, stream: Stream, study_id: int, seal: Callable[[int], str]
+    ) -> None:
         """Claim the study's trials created by this process from now on, as they are created."""
-        self._hook.claim_new_trials(study_id, CreationClaimer(stream.study_uid, stream.stream_id))
+        claimer = CreationClaimer(stream.study_uid, stream.stream_id, seal)
+        self._hook.claim_new_trials(study_id, claimer)
+
+    def unsealed_rows_until(self, study_uid: str) -> int:
+        """As recorded when the tables were upgraded to sealed rows (the same for every study)."""
+        return self._unsealed_rows_until
 
     def save_trial_state(
         self, stream: Stream, token: str, study_id: int, record: TrialStateRecord

@@ -16,8 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from optuna_checkpoint._faults import crash_point
+from optuna_checkpoint.stores._base import REASON_CHARS
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import TrialStateRecord
+from optuna_checkpoint.stores._base import require_seals
 from optuna_checkpoint.stores._sql_queries import has_rows_of_deleted_studies
 from optuna_checkpoint.stores._sql_queries import of_deleted_studies
 from optuna_checkpoint.stores._sql_queries import where_streams_of_deleted_studies
@@ -118,6 +120,7 @@ def add_new_interruptions(
     engine: sa.Engine, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
 ) -> None:
     """Record the interrupted trials the study has not recorded yet, in one transaction."""
+    require_seals(interruptions)
     if not interruptions:
         return
     with engine.begin() as connection:
@@ -136,8 +139,9 @@ def add_new_interruptions(
                 "study_id": study_id,
                 "trial_number": i.trial_number,
                 "logical_number": i.logical_number,
-                "reason": i.reason[:255],
+                "reason": i.reason[:REASON_CHARS],
                 "stream_id": i.stream_id,
+                "seal": i.seal,
             }
             for i in interruptions
             if i.trial_id not in known

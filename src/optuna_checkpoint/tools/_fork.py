@@ -23,6 +23,7 @@ from optuna_checkpoint.state import _codec
 from optuna_checkpoint.state._composite import sampler_part
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import sampler_fingerprint
+from optuna_checkpoint.state._rows import SealedRows
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state.adapters import adapter_for
 from optuna_checkpoint.state.adapters._registry import carry_over_study
@@ -102,7 +103,8 @@ def fork_study(
     Raises:
         CheckpointError: The trial cannot be forked at, or the new study exists.
         ConfigMismatchError: ``sampler`` is configured differently from the stream's.
-        CorruptCheckpointError: The trial's checkpoint fails its seal or does not load.
+        CorruptCheckpointError: The trial's checkpoint fails its seal or does not load, or a
+            record of an interrupted trial fails its seal.
     """
     if isinstance(sampler, CheckpointingSampler):
         sampler = sampler.sampler
@@ -112,7 +114,7 @@ def fork_study(
     if store is None:
         raise CheckpointError(f"study {study.study_name!r} has no checkpoints to fork from")
     trials = study.get_trials(deepcopy=False)
-    hidden = {i.trial_id for i in store.where_interrupted(source.uid)}
+    hidden = {i.trial_id for i in SealedRows(store, source.uid, sealer).interruptions()}
     at = _trial_to_fork_at(trials, hidden, at_trial)
     stream, checkpoint = _checkpoint_of(store, source, at)
     sealer.check_stored(checkpoint, source.uid, stream.name)

@@ -32,6 +32,8 @@ from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.record._retention import Retention
 from optuna_checkpoint.record._retention import prune_stream
 from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
+from optuna_checkpoint.state._rows import SealedRows
+from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
@@ -285,8 +287,9 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
     * a finished trial, numbered after checkpointing began, was claimed by no stream: a
       process without ``CheckpointingSampler`` ran it, and a resumed run will not.
 
-    Not checked here: the checkpoints' payloads and checksums, that the sampler is configured
-    as before (the resume itself checks both), and that the objective is deterministic
+    Not checked here: the checkpoints' payloads and checksums and the seals of the records of
+    interrupted and claimed trials, that the sampler is configured as before (the resume itself
+    checks all of these), and that the objective is deterministic
     (:func:`~optuna_checkpoint.audit_determinism`).
 
     Raises:
@@ -378,7 +381,8 @@ def _obstacles(
     claims: dict[int, int] = {}
     for i in range(0, len(finished), _CLAIMS_CHUNK):
         chunk = finished[i : i + _CLAIMS_CHUNK]
-        claims.update(store.claims(uid, [t._trial_id for t in chunk]))
+        found = store.claims(uid, [t._trial_id for t in chunk])
+        claims.update((trial_id, claim.stream_id) for trial_id, claim in found.items())
     for stream, status in zip(streams, described, strict=True):
         if status.checkpoints == 0:
             reasons.append(
@@ -462,6 +466,7 @@ def prune_study(
     *,
     dry_run: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    signing_key: str | bytes | None = None,
 ) -> PruneReport:
     """Delete the checkpoints ``retention`` does not keep, from every stream of the study.
 
@@ -474,10 +479,14 @@ def prune_study(
         dry_run: Count what would be deleted, and delete nothing.
         on_progress: Called with how many streams are done and how many there are: once
             before the first, then after each one.
+        signing_key: The key the study's rows are signed with, as for
+            :class:`~optuna_checkpoint.CheckpointingSampler`; defaults to the environment
+            variable ``OPTUNA_CHECKPOINT_SIGNING_KEY``.
 
     Raises:
         StudyNotFoundError: The storage has no study of that name.
         CheckpointError: The storage cannot delete checkpoints (a journal file).
+        CorruptCheckpointError: A record of an interrupted trial fails its seal.
     """
     opened = _open_study(storage, study_name)
     store = opened.store
@@ -488,9 +497,10 @@ def prune_study(
     if on_progress is not None:
         on_progress(0, len(streams))
     for stream in streams:
-        assert store is not None
+        assert store is not None and opened.uid is not None
+        rows = SealedRows(store, opened.uid, Sealer.from_option(signing_key))
         before = store.stream_summary(stream.stream_id).checkpoints
-        deleted = prune_stream(store, stream, retention, dry_run=dry_run)
+        deleted = prune_stream(rows, stream, retention, dry_run=dry_run)
         done.append(StreamPruning(stream.name, before, deleted))
         if on_progress is not None:
             on_progress(len(done), len(streams))

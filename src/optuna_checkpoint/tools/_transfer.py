@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._rows import SealedRows
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.state.adapters._registry import carry_over_study
@@ -179,6 +180,7 @@ def export_checkpoints(
         )
 
     names = {s.stream_id: s.name for s in streams}
+    rows = SealedRows(store, study.uid, sealer)
     interruptions = [
         {
             "trial_number": number_of(i.trial_id, "an interruption record"),
@@ -186,13 +188,13 @@ def export_checkpoints(
             "reason": i.reason,
             "stream": None if i.stream_id is None else names.get(i.stream_id),
         }
-        for i in store.where_interrupted(study.uid)
+        for i in rows.interruptions()
     ]
     trial_ids = sorted(numbers, key=numbers.__getitem__)
     claims: list[dict[str, Any]] = []
     for start in range(0, len(trial_ids), _CLAIMS_CHUNK):
         chunk = trial_ids[start : start + _CLAIMS_CHUNK]
-        found = store.claims(study.uid, chunk)
+        found = rows.claims(chunk)
         claims.extend(
             {"trial_number": numbers[trial_id], "stream": names[found[trial_id]]}
             for trial_id in chunk
@@ -297,11 +299,11 @@ def import_checkpoints(
             sealer=sealer,
         )
     store = store_of(study)
+    rows = SealedRows(store, study.uid, sealer)
     planted = {s.name: s for s in store.list_streams(study.uid)}
     if parsed.interruptions:
-        store.add_interruptions(
+        rows.add_interruptions(
             study.study_id,
-            study.uid,
             [
                 Interruption(
                     trial_id=ids[i.trial_number],
@@ -319,7 +321,7 @@ def import_checkpoints(
         {old: ids[number] for old, number in parsed.trial_ids.items() if number in ids},
     )
     for number, name in parsed.claims:
-        if not store.claim_trial(planted[name], study.study_id, ids[number]):
+        if not rows.claim(planted[name], study.study_id, ids[number]):
             raise CheckpointError(
                 f"trial {number} of study {study_name!r} was claimed by another stream while "
                 "importing: a worker is running on the study; stop it, delete the copy, copy "
