@@ -18,6 +18,7 @@ from optuna_checkpoint.attach._attacher import CLAIM_WINDOW
 from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.resume._interruptions import RETRIES_EXHAUSTED
 from optuna_checkpoint.resume._interruptions import adoptable_trials
+from optuna_checkpoint.resume._interruptions import check_trials_named
 from optuna_checkpoint.resume._interruptions import find_interrupted
 from optuna_checkpoint.resume._interruptions import mark_retry
 from optuna_checkpoint.resume._interruptions import roll_forward
@@ -85,6 +86,7 @@ class Resumer:
             attachment.stream.stream_id, limit=RESUME_LOOKBACK
         )
         trials = {t._trial_id: t for t in all_trials}
+        check_trials_named(trials, latest, known, attachment.stream)
         newest = latest[0] if latest else None
         if newest is not None and newest.trial_state is not None:
             # Before its recorded end is trusted.

@@ -19,10 +19,12 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
+from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.state import _codec
 from optuna_checkpoint.state._composite import sampler_part
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import sampler_fingerprint
+from optuna_checkpoint.state._packing import no_such_trial
 from optuna_checkpoint.state._rows import SealedRows
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state.adapters import adapter_for
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Checkpoint
     from optuna_checkpoint.stores._base import CheckpointStore
     from optuna_checkpoint.stores._base import Stream
+
+
+_CHECK_REMEDY = " Check the study with optuna-checkpoint verify, and fork a study that passes."
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ def fork_study(
     trials = study.get_trials(deepcopy=False)
     hidden = {i.trial_id for i in SealedRows(store, source.uid, sealer).interruptions()}
     at = _trial_to_fork_at(trials, hidden, at_trial)
-    stream, checkpoint = _checkpoint_of(store, source, at)
+    stream, checkpoint = _checkpoint_of(store, source, trials, at)
     sealer.check_stored(checkpoint, source.uid, stream.name)
 
     adapter = adapter_for(sampler, allow_pickle=allow_pickle)
@@ -185,16 +190,30 @@ def _trial_to_fork_at(trials: list[FrozenTrial], hidden: set[int], number: int) 
 
 
 def _checkpoint_of(
-    store: CheckpointStore, source: StudyRef, trial: FrozenTrial
+    store: CheckpointStore, source: StudyRef, trials: list[FrozenTrial], trial: FrozenTrial
 ) -> tuple[Stream, Checkpoint]:
-    kept: list[int] = []
+    """The checkpoint of ``trial``, and its stream.
+
+    Raises:
+        CheckpointError: The trial has none (the message names the nearest that do).
+        CorruptCheckpointError: The trial has none, and a checkpoint names a trial the study
+            does not have (the trial's own, altered, or one copied from elsewhere).
+    """
+    numbers_of = {t._trial_id: t.number for t in trials}
+    numbers: list[int] = []
+    strays: list[CorruptCheckpointError] = []
     for stream in store.list_streams(source.uid):
         for checkpoint in store.all_checkpoints(stream.stream_id):
             if checkpoint.trial_id == trial._trial_id:
                 return stream, checkpoint
-            if checkpoint.trial_id is not None:
-                kept.append(checkpoint.trial_id)
-    numbers = [source.storage.get_trial(trial_id).number for trial_id in kept]
+            if checkpoint.trial_id is None:
+                continue
+            if checkpoint.trial_id in numbers_of:
+                numbers.append(numbers_of[checkpoint.trial_id])
+            else:
+                strays.append(no_such_trial(checkpoint, stream.name, _CHECK_REMEDY))
+    if strays:
+        raise strays[0]  # perhaps the trial's own checkpoint, its trial id altered
     nearest = sorted(numbers, key=lambda n: abs(n - trial.number))[:5]
     raise CheckpointError(
         f"trial {trial.number} has no checkpoint (it was pruned by a retention rule, or run "

@@ -285,7 +285,9 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
     * trials of one stream ran at the same time (``n_jobs > 1``, or several asks before a
       tell), whose interleaving differs from run to run;
     * a finished trial, numbered after checkpointing began, was claimed by no stream: a
-      process without ``CheckpointingSampler`` ran it, and a resumed run will not.
+      process without ``CheckpointingSampler`` ran it, and a resumed run will not;
+    * a stream's newest checkpoint names a trial the study does not have (the row was altered,
+      or copied from another study), which a resume refuses.
 
     Not checked here: the checkpoints' payloads and checksums and the seals of the records of
     interrupted and claimed trials, that the sampler is configured as before (the resume itself
@@ -330,6 +332,13 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
             )
         )
     reasons = _obstacles(opened, streams, described, interruptions)
+    reasons.extend(
+        f"the newest checkpoint of stream {stream.name!r} names trial id "
+        f"{summary.newest_trial_id}, which is not a trial of this study: the row was altered, "
+        "or copied from another study, and a resume will refuse it"
+        for stream, summary in zip(streams, summaries, strict=True)
+        if summary.newest_trial_id is not None and summary.newest_trial_id not in by_id
+    )
     return StudyStatus(
         study_name=study_name,
         trials=len(opened.trials),

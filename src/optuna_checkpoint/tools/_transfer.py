@@ -29,10 +29,13 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.state import _codec
 from optuna_checkpoint.state._rows import SealedRows
+from optuna_checkpoint.state._rows import describe_interruption
 from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state._seal import describe
 from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.state.adapters._registry import carry_over_study
 from optuna_checkpoint.stores._base import Checkpoint
@@ -114,9 +117,11 @@ def export_checkpoints(
         StudyNotFoundError: The storage has no study of that name.
         CheckpointError: The study has no checkpoint streams, or a stream has no initial
             checkpoint.
-        CorruptCheckpointError: A checkpoint fails its seal (it was altered or damaged).
-        SignatureError: A checkpoint is unsigned while a key is given, or signed while none
-            is.
+        CorruptCheckpointError: A checkpoint, or a record of an interrupted or claimed trial,
+            fails its seal (it was altered or damaged) or names a trial the study does not
+            have.
+        SignatureError: A checkpoint or record is unsigned while a key is given, or signed
+            while none is.
     """
     sealer = Sealer.from_option(signing_key)
     study = _find_study(storage, study_name)
@@ -133,9 +138,10 @@ def export_checkpoints(
 
     def number_of(trial_id: int, what: str) -> int:
         if trial_id not in numbers:
-            raise CheckpointError(
-                f"{what} names trial id {trial_id}, which is not a trial of study "
-                f"{study_name!r}; check the study with optuna-checkpoint verify"
+            raise CorruptCheckpointError(
+                f"{what} names a trial that study {study_name!r} does not have: the row was "
+                "altered, or copied from another study; check the study with "
+                "optuna-checkpoint verify"
             )
         return numbers[trial_id]
 
@@ -154,7 +160,11 @@ def export_checkpoints(
             number = (
                 None
                 if checkpoint.trial_id is None
-                else number_of(checkpoint.trial_id, f"a checkpoint of stream {stream.name!r}")
+                else number_of(
+                    checkpoint.trial_id,
+                    f"{describe(checkpoint)} (logical trial {checkpoint.logical_number}) in "
+                    f"stream {stream.name!r}",
+                )
             )
             where = portable_place(study_name, stream.name, number, checkpoint.logical_number)
             values = checkpoint.trial_values
@@ -183,7 +193,7 @@ def export_checkpoints(
     rows = SealedRows(store, study.uid, sealer)
     interruptions = [
         {
-            "trial_number": number_of(i.trial_id, "an interruption record"),
+            "trial_number": number_of(i.trial_id, describe_interruption(i)),
             "logical_number": i.logical_number,
             "reason": i.reason,
             "stream": None if i.stream_id is None else names.get(i.stream_id),
