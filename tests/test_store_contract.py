@@ -11,6 +11,7 @@ so kinds whose database is shared by the whole session (PostgreSQL, MySQL) need 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import replace
 import math
@@ -43,6 +44,7 @@ from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import PlantedStream
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._journal import JournalCheckpointStore
@@ -697,6 +699,46 @@ def test_claims_from_threads_have_one_winner(store: CheckpointStore, study: Stud
         thread.join()
     assert all(len(w) == 1 for w in wins.values()), wins
     assert claimants(store.claims(study.uid, list(wins))) == {t: w[0] for t, w in wins.items()}
+
+
+# -- planting streams (import, fork) ----------------------------------------------------------
+
+
+def test_plant_streams_creates_released_streams_with_their_rows(
+    store: CheckpointStore, study: Study
+) -> None:
+    trials = study.trials(3)
+    planted = [
+        PlantedStream("w0", {"seed": 1}, 0, [checkpoint(None), *map(checkpoint, trials[:2])]),
+        PlantedStream("w1", {"seed": 2}, 2, [checkpoint(None)]),
+    ]
+
+    def rows_for(ids: Mapping[str, int]) -> tuple[list[Interruption], dict[int, Claim]]:
+        interrupted = sealed(Interruption(trials[2], 2, 2, "killed", ids["w0"]))
+        return interrupted, {trials[0]: Claim(ids["w0"], "a"), trials[1]: Claim(ids["w1"], "b")}
+
+    store.plant_streams(study.study_id, study.uid, planted, rows_for, owner())
+
+    def planted_state() -> Any:
+        streams = {s.name: s for s in store.list_streams(study.uid)}
+        return (
+            {n: (s.fingerprint, s.first_trial_number, s.owner) for n, s in streams.items()},
+            {n: trial_ids(store, s.stream_id) for n, s in streams.items()},
+            store.where_interrupted(study.uid),
+            store.claims(study.uid, trials),
+        )
+
+    state = planted_state()
+    ids = {s.name: s.stream_id for s in store.list_streams(study.uid)}
+    assert state[0] == {"w0": ({"seed": 1}, 0, None), "w1": ({"seed": 2}, 2, None)}
+    assert state[1] == {"w0": [trials[1], trials[0], None], "w1": [None]}
+    assert state[2:] == rows_for(ids)
+    if store.plants_atomically:
+        with pytest.raises(CheckpointError, match="already has a checkpoint stream"):
+            store.plant_streams(study.study_id, study.uid, planted, rows_for, owner())
+    else:  # resumable: planting again completes what is missing, here nothing
+        store.plant_streams(study.study_id, study.uid, planted, rows_for, owner())
+    assert planted_state() == state
 
 
 # -- other processes -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ POINTS = (
     "inside_commit",
     "after_save",  # stores without a commit hook: checkpoint saved, trial end not yet stored
     "inside_trial_state_save",  # SQL: the previous trial state deleted, the new one not inserted
+    "inside_import",  # a stream or a row of an import written, the next one not yet
     # Passed by the kill-fuzz tests' own objective and callback, not by the library.
     "objective",
     "between_trials",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import asdict
 import hashlib
 import time
@@ -41,10 +42,13 @@ from optuna_checkpoint.stores._attrs_rows import AttributeRows
 from optuna_checkpoint.stores._attrs_rows import of_study
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._base import TrialStateRecord
+from optuna_checkpoint.stores._plant import plant_step_by_step
 
 
 KEPT_CHECKPOINTS = 4
@@ -312,6 +316,17 @@ class AttributeCheckpointStore(AttributeRows):
                 data.update(checkpoints=kept)
                 self._write(study_uid, data)
         return deleted
+
+    def plant_streams(
+        self,
+        study_id: int,
+        study_uid: str,
+        planted: Sequence[PlantedStream],
+        rows_for: RowsFor,
+        owner: Owner,
+    ) -> None:
+        """Plant the streams and their rows step by step, resumably (see :mod:`._plant`)."""
+        plant_step_by_step(self, study_id, study_uid, planted, rows_for, owner)
 
     # -- trial states ------------------------------------------------------------------------
 

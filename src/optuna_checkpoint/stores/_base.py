@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from collections.abc import Collection
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 import threading
@@ -145,6 +146,25 @@ class Claim:
 
     stream_id: int
     seal: str | None = None
+
+
+@dataclass(frozen=True)
+class PlantedStream:
+    """A stream to create, with its checkpoints, outside a running sampler (import, fork).
+
+    ``checkpoints`` start with the initial one (``trial_id=None``); each is sealed for its
+    place in the study and stream it goes to.
+    """
+
+    name: str
+    fingerprint: Any
+    first_trial_number: int
+    checkpoints: Sequence[Checkpoint]
+
+
+RowsFor = Callable[[Mapping[str, int]], tuple[Sequence[Interruption], Mapping[int, Claim]]]
+"""Given the ids the planted streams got, by name, the sealed rows that name them: the
+interruptions, and the claims by trial id."""
 
 
 def require_seals(interruptions: Sequence[Interruption]) -> None:
@@ -380,6 +400,32 @@ class CheckpointStore(abc.ABC):
     @abc.abstractmethod
     def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, Claim]:
         """Return the claim of each of ``trial_ids`` that is claimed."""
+
+    plants_atomically = False
+    """Whether :meth:`plant_streams` is one transaction (else it is resumable)."""
+
+    @abc.abstractmethod
+    def plant_streams(
+        self,
+        study_id: int,
+        study_uid: str,
+        planted: Sequence[PlantedStream],
+        rows_for: RowsFor,
+        owner: Owner,
+    ) -> None:
+        """Create the ``planted`` streams, released, then record the rows ``rows_for`` gives.
+
+        For tools that carry checkpoints between studies, never for a running sampler. With
+        :attr:`plants_atomically` it is one transaction: a failure leaves nothing. Else it is
+        resumable: run again with the same arguments after a failure, it completes what is
+        missing (a stream already there with the same fingerprint is taken over by ``owner``
+        and refilled; rows and claims already there are skipped).
+
+        Raises:
+            CheckpointError: A stream of that name exists already (atomic stores), or exists
+                with another fingerprint or first trial (the others); a trial is claimed by
+                another stream.
+        """
 
     def claim_trials_at_creation(
         self, stream: Stream, study_id: int, seal: Callable[[int], str]

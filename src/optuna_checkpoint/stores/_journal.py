@@ -50,6 +50,8 @@ from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import TrialStateRecord
@@ -61,6 +63,7 @@ from optuna_checkpoint.stores._journal_catalog import Recorded
 from optuna_checkpoint.stores._journal_catalog import checkpoint_to_json
 from optuna_checkpoint.stores._journal_reads import JournalReads
 from optuna_checkpoint.stores._journal_reads import token_tag
+from optuna_checkpoint.stores._plant import plant_step_by_step
 from optuna_checkpoint.stores._record_log import BASE_KEY
 from optuna_checkpoint.stores._record_log import CATALOG_KEY
 from optuna_checkpoint.stores._record_log import FileRecordLog
@@ -350,6 +353,17 @@ class JournalCheckpointStore(JournalReads):
 
         with self._lock:
             return self._log.transact(decide)
+
+    def plant_streams(
+        self,
+        study_id: int,
+        study_uid: str,
+        planted: Sequence[PlantedStream],
+        rows_for: RowsFor,
+        owner: Owner,
+    ) -> None:
+        """Plant the streams and their rows step by step, resumably (see :mod:`._plant`)."""
+        plant_step_by_step(self, study_id, study_uid, planted, rows_for, owner)
 
 
 # -- finding the journal --------------------------------------------------------------------

@@ -30,6 +30,8 @@ from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
@@ -58,6 +60,7 @@ from optuna_checkpoint.stores._sql_schema import unsealed_rows_until
 from optuna_checkpoint.stores._sql_schema import upgrade_tables
 from optuna_checkpoint.stores._sql_writes import add_new_interruptions
 from optuna_checkpoint.stores._sql_writes import delete_checkpoints_of_trials
+from optuna_checkpoint.stores._sql_writes import plant_streams_at_once
 from optuna_checkpoint.stores._sql_writes import remove_rows_of_deleted_studies
 from optuna_checkpoint.stores._sql_writes import replace_trial_state
 from optuna_checkpoint.stores._sql_writes import transaction_with_retries
@@ -295,6 +298,19 @@ class SQLCheckpointStore(CheckpointStore):
     ) -> None:
         """Record interrupted trials; known ones are skipped."""
         add_new_interruptions(self._engine, study_id, study_uid, interruptions)
+
+    plants_atomically = True
+
+    def plant_streams(
+        self,
+        study_id: int,
+        study_uid: str,
+        planted: Sequence[PlantedStream],
+        rows_for: RowsFor,
+        owner: Owner,
+    ) -> None:
+        """Plant the streams, released, and their rows in one transaction."""
+        plant_streams_at_once(self._engine, study_id, study_uid, planted, rows_for)
 
     def defer_save_to_trial_commit(
         self, stream: Stream, trial_id: int, checkpoint: Checkpoint | None, token: str

@@ -16,14 +16,20 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from optuna_checkpoint._faults import crash_point
-from optuna_checkpoint.stores._base import REASON_CHARS
+from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._base import require_seals
 from optuna_checkpoint.stores._sql_queries import has_rows_of_deleted_studies
 from optuna_checkpoint.stores._sql_queries import of_deleted_studies
 from optuna_checkpoint.stores._sql_queries import where_streams_of_deleted_studies
 from optuna_checkpoint.stores._sql_rows import INITIAL_TRIAL_ID
+from optuna_checkpoint.stores._sql_rows import checkpoint_row
+from optuna_checkpoint.stores._sql_rows import fingerprint_text
+from optuna_checkpoint.stores._sql_rows import interruption_row
+from optuna_checkpoint.stores._sql_rows import owner_columns
 from optuna_checkpoint.stores._sql_schema import checkpoints
 from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import streams
@@ -133,21 +139,77 @@ def add_new_interruptions(
             ).scalars()
         )
         rows = [
-            {
-                "trial_id": i.trial_id,
-                "study_uid": study_uid,
-                "study_id": study_id,
-                "trial_number": i.trial_number,
-                "logical_number": i.logical_number,
-                "reason": i.reason[:REASON_CHARS],
-                "stream_id": i.stream_id,
-                "seal": i.seal,
-            }
+            interruption_row(study_id, study_uid, i)
             for i in interruptions
             if i.trial_id not in known
         ]
         if rows:
             connection.execute(interrupted_trials.insert(), rows)
+
+
+def plant_streams_at_once(
+    engine: sa.Engine,
+    study_id: int,
+    study_uid: str,
+    planted: Sequence[PlantedStream],
+    rows_for: RowsFor,
+) -> None:
+    """Create the streams, released, with their checkpoints, then their rows: one transaction.
+
+    Raises:
+        CheckpointError: The study has a stream of one of those names already, or rows of
+            those trials (nothing is written then).
+    """
+
+    def plant(connection: sa.Connection) -> None:
+        ids = {}
+        for spec in planted:
+            stream = {
+                "study_id": study_id,
+                "study_uid": study_uid,
+                "name": spec.name,
+                "fingerprint": fingerprint_text(spec.fingerprint),
+                "heartbeat_at": time.time(),
+                "first_trial_number": spec.first_trial_number,
+                **owner_columns(None),
+            }
+            key = connection.execute(streams.insert().values(stream)).inserted_primary_key
+            assert key is not None
+            ids[spec.name] = key[0]
+            rows = [checkpoint_row(key[0], c) for c in spec.checkpoints]
+            connection.execute(checkpoints.insert(), rows)
+            crash_point("inside_import")
+        interruptions, claims = rows_for(ids)
+        require_seals(interruptions)
+        if not all(claim.seal for claim in claims.values()):
+            raise ValueError("claims are sealed before they are stored")
+        if interruptions:
+            rows = [interruption_row(study_id, study_uid, i) for i in interruptions]
+            connection.execute(interrupted_trials.insert(), rows)
+        if claims:
+            connection.execute(
+                trial_claims.insert(),
+                [
+                    {
+                        "study_uid": study_uid,
+                        "trial_id": trial_id,
+                        "study_id": study_id,
+                        "stream_id": claim.stream_id,
+                        "seal": claim.seal,
+                    }
+                    for trial_id, claim in claims.items()
+                ],
+            )
+        crash_point("inside_import")
+
+    remove_rows_of_deleted_studies(engine, study_id, study_uid)
+    try:
+        transaction_with_retries(engine, plant)
+    except sa_exc.IntegrityError as e:
+        raise CheckpointError(
+            "the study already has a checkpoint stream of that name, or records of its trials, "
+            "so nothing was planted; plant into a fresh copy of the study"
+        ) from e
 
 
 _REPLACE_RACES = 3
