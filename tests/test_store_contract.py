@@ -45,8 +45,10 @@ from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
+from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._journal import JournalCheckpointStore
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 
@@ -739,6 +741,44 @@ def test_plant_streams_creates_released_streams_with_their_rows(
     else:  # resumable: planting again completes what is missing, here nothing
         store.plant_streams(study.study_id, study.uid, planted, rows_for, owner())
     assert planted_state() == state
+
+
+# -- re-keying --------------------------------------------------------------------------------
+
+
+def test_reseal_replaces_the_seals_and_nothing_else(store: CheckpointStore, study: Study) -> None:
+    trials = study.trials(2)
+    stream, me = stream_of(store, study)
+    store.save(stream, checkpoint(trials[0]), me.token, time.time())
+    interrupted = Interruption(trials[1], 1, 1, "killed", stream.stream_id)
+    store.add_interruptions(study.study_id, study.uid, sealed(interrupted))
+    claim(store, stream, study.study_id, trials[0])
+    if store.trial_states_unsupported is None:
+        state = TrialStateRecord(0, trials[0], b"state", "old")
+        store.save_trial_state(stream, me.token, study.study_id, state)
+    resealed = Resealed(
+        checkpoints={
+            stream.stream_id: [
+                replace(c, checksum=f"new-{c.trial_id}")
+                for c in store.all_checkpoints(stream.stream_id)
+            ]
+        },
+        interruptions=[replace(i, seal="new") for i in store.where_interrupted(study.uid)],
+        claims={t: replace(c, seal="new") for t, c in store.claims(study.uid, trials).items()},
+        trial_states=[replace(r, checksum="new") for r in store.where_trial_states(study.uid)],
+    )
+    if store.resealing_unsupported is not None:
+        with pytest.raises(CheckpointError, match="not supported"):
+            store.reseal(study.uid, resealed)
+        return
+    assert len(resealed.trial_states) == 1
+
+    store.reseal(study.uid, resealed)
+
+    assert store.all_checkpoints(stream.stream_id) == resealed.checkpoints[stream.stream_id]
+    assert store.where_interrupted(study.uid) == resealed.interruptions
+    assert store.claims(study.uid, trials) == resealed.claims
+    assert store.where_trial_states(study.uid) == resealed.trial_states
 
 
 # -- other processes -------------------------------------------------------------------------

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 ROW_REMEDY = (
     " Restore the study's database from a backup. If the row was sealed under another signing "
-    "key, use that key (signing_key= or OPTUNA_CHECKPOINT_SIGNING_KEY)."
+    "key, use that key (signing_key= or OPTUNA_CHECKPOINT_SIGNING_KEY), or re-sign the study "
+    "under yours with optuna-checkpoint rekey."
 )
 
 
@@ -123,9 +124,14 @@ class SealedRows:
     def checked_interruptions(self, interruptions: list[Interruption]) -> list[Interruption]:
         """Check each interruption's seal; return them all, or raise for the first that fails."""
         for i in interruptions:
-            fields = interruption_fields(self.study_uid, i)
-            self._check(i.seal, fields, i.trial_id, describe_interruption(i))
+            self.check_interruption(i)
         return interruptions
+
+    def check_interruption(self, interruption: Interruption) -> None:
+        """Check one interruption's seal (see :meth:`interruptions` for what is raised)."""
+        i = interruption
+        fields = interruption_fields(self.study_uid, i)
+        self._check(i.seal, fields, i.trial_id, describe_interruption(i))
 
     # -- claims --------------------------------------------------------------------------------
 
@@ -162,9 +168,13 @@ class SealedRows:
         """
         found = self.store.claims(self.study_uid, trial_ids) if trial_ids else {}
         for trial_id, claim in found.items():
-            fields = claim_fields(self.study_uid, trial_id, claim.stream_id)
-            self._check(claim.seal, fields, trial_id, describe_claim(trial_id, claim))
+            self.check_claim(trial_id, claim)
         return {trial_id: claim.stream_id for trial_id, claim in found.items()}
+
+    def check_claim(self, trial_id: int, claim: Claim) -> None:
+        """Check one claim's seal (see :meth:`claims` for what is raised)."""
+        fields = claim_fields(self.study_uid, trial_id, claim.stream_id)
+        self._check(claim.seal, fields, trial_id, describe_claim(trial_id, claim))
 
     # -- checking ------------------------------------------------------------------------------
 

@@ -122,8 +122,8 @@ class Sealer:
             _message(checkpoint, where),
             legacy=_legacy_digest(checkpoint, where) if scheme == "" else None,
             unsigned=(
-                "unsigned checkpoints are refused. If the stream was written before signing "
-                "was turned on, start it again with start_new_stream=True"
+                "unsigned checkpoints are refused. If the study was run before signing was "
+                "turned on, sign it with optuna-checkpoint rekey"
             ),
             copied="study, stream or trial",
         )
@@ -142,8 +142,9 @@ class Sealer:
             _row_message(fields),
             legacy=None,
             unsigned=(
-                "unsigned rows are refused: it was written without the key, or by someone "
-                "who lacks it"
+                "unsigned rows are refused: it was written by someone who lacks the key, or "
+                "before signing was turned on (then sign the study with optuna-checkpoint "
+                "rekey)"
             ),
             copied="study or trial",
         )

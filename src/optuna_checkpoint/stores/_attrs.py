@@ -36,6 +36,7 @@ from typing import ClassVar
 from optuna.storages import BaseStorage
 
 from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.stores._attrs_rows import CLAIM_ATTR
 from optuna_checkpoint.stores._attrs_rows import INTERRUPTED_PREFIX
 from optuna_checkpoint.stores._attrs_rows import STREAM_PREFIX
 from optuna_checkpoint.stores._attrs_rows import AttributeRows
@@ -43,6 +44,7 @@ from optuna_checkpoint.stores._attrs_rows import of_study
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
 from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
@@ -361,6 +363,39 @@ class AttributeCheckpointStore(AttributeRows):
         return TrialStateRecord(
             logical_trial, data["trial_id"], base64.b64decode(data["payload"]), data["checksum"]
         )
+
+    def where_trial_states(self, study_uid: str) -> list[TrialStateRecord]:
+        """Return every state the study's logical trials saved (one attribute read)."""
+        attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
+        found = [
+            self.find_trial_state(study_uid, int(key[len(_TRIAL_STATE_PREFIX) :]))
+            for key, value in attrs.items()
+            if key.startswith(_TRIAL_STATE_PREFIX) and of_study(value, study_uid) is not None
+        ]
+        return sorted((r for r in found if r is not None), key=lambda r: r.logical_trial)
+
+    def reseal(self, study_uid: str, resealed: Resealed) -> None:
+        """Rewrite each sealed record with its new seal: one attribute write per record."""
+        study_id = self._study_id(study_uid)
+        with self._lock:
+            for stream_id, listed in resealed.checkpoints.items():
+                _, data = self._by_id(stream_id)
+                seals = {c.trial_id: c.checksum for c in listed}
+                for saved in data["checkpoints"]:
+                    saved["checksum"] = seals.get(saved["trial_id"], saved["checksum"])
+                self._write(study_uid, data)
+            for i in resealed.interruptions:
+                record = {**asdict(i), "study_uid": study_uid}
+                self._storage.set_study_system_attr(
+                    study_id, f"{INTERRUPTED_PREFIX}{i.trial_id}", record
+                )
+            for trial_id, claim in resealed.claims.items():
+                self._storage.set_trial_system_attr(trial_id, CLAIM_ATTR, asdict(claim))
+            for r in resealed.trial_states:
+                key = f"{_TRIAL_STATE_PREFIX}{r.logical_trial}"
+                data = {"study_uid": study_uid, "trial_id": r.trial_id, "checksum": r.checksum}
+                data["payload"] = base64.b64encode(r.payload).decode()
+                self._storage.set_study_system_attr(study_id, key, data)
 
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
         """Blank the logical trial's attribute; whether it held a state."""

@@ -38,7 +38,8 @@ STREAM_PREFIX = "optuna_checkpoint:stream:"
 """The prefix of the study attributes holding streams (one per stream name)."""
 INTERRUPTED_PREFIX = "optuna_checkpoint:interrupted:"
 """The prefix of the study attributes holding interruptions (one per trial id)."""
-_CLAIM_ATTR = "optuna_checkpoint:stream"
+CLAIM_ATTR = "optuna_checkpoint:stream"
+"""The trial attribute holding the trial's claim."""
 _UNSEALED_ATTR = "optuna_checkpoint:unsealed_rows_until"
 
 
@@ -115,13 +116,13 @@ class AttributeRows(CheckpointStore):
         self._record_unsealed_bound(stream.study_uid)
         with self._lock:
             claimed = _claim_from_attr(
-                self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR)
+                self._storage.get_trial_system_attrs(trial_id).get(CLAIM_ATTR)
             )
             if claimed is not None:
                 return claimed.stream_id == stream.stream_id
             record: dict[str, Any] = {"stream_id": stream.stream_id, "seal": seal}
-            self._storage.set_trial_system_attr(trial_id, _CLAIM_ATTR, record)
-            written = self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR)
+            self._storage.set_trial_system_attr(trial_id, CLAIM_ATTR, record)
+            written = self._storage.get_trial_system_attrs(trial_id).get(CLAIM_ATTR)
             return bool(written == record)
 
     def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, Claim]:
@@ -129,7 +130,7 @@ class AttributeRows(CheckpointStore):
         found = {}
         for trial_id in trial_ids:
             claim = _claim_from_attr(
-                self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR)
+                self._storage.get_trial_system_attrs(trial_id).get(CLAIM_ATTR)
             )
             if claim is not None:
                 found[trial_id] = claim
@@ -145,7 +146,7 @@ class AttributeRows(CheckpointStore):
         """The newest trial id of an interruption or claim without a seal (reads every trial)."""
         unsealed = [i.trial_id for i in self.where_interrupted(study_uid) if not i.seal]
         for trial in self._storage.get_all_trials(self._study_id(study_uid), deepcopy=False):
-            claim = _claim_from_attr(trial.system_attrs.get(_CLAIM_ATTR))
+            claim = _claim_from_attr(trial.system_attrs.get(CLAIM_ATTR))
             if claim is not None and not claim.seal:
                 unsealed.append(trial._trial_id)
         return max(unsealed, default=NO_UNSEALED_ROWS)

@@ -212,6 +212,20 @@ class TrialStateRecord:
     checksum: str
 
 
+@dataclass(frozen=True)
+class Resealed:
+    """A study's sealed records with new seals, nothing else changed: a re-keying's writes.
+
+    ``checkpoints`` are by stream id, ``claims`` by trial id; ``trial_states`` are the states
+    saved for logical trials.
+    """
+
+    checkpoints: Mapping[int, Sequence[Checkpoint]]
+    interruptions: Sequence[Interruption]
+    claims: Mapping[int, Claim]
+    trial_states: Sequence[TrialStateRecord]
+
+
 TRIAL_STATE_LIMIT = 8 << 20
 """The default bound on an encoded trial state, in bytes: well under MySQL's default
 ``max_allowed_packet`` (16 MiB), which a larger row would exceed."""
@@ -402,7 +416,22 @@ class CheckpointStore(abc.ABC):
         """Return the claim of each of ``trial_ids`` that is claimed."""
 
     plants_atomically = False
-    """Whether :meth:`plant_streams` is one transaction (else it is resumable)."""
+    """Whether :meth:`plant_streams` and :meth:`reseal` are one transaction (else resumable)."""
+
+    resealing_unsupported: str | None = None
+    """Why :meth:`reseal` cannot work on this store, or ``None`` when it can."""
+
+    @abc.abstractmethod
+    def reseal(self, study_uid: str, resealed: Resealed) -> None:
+        """Replace the seals of a study's records by those in ``resealed``; nothing else changes.
+
+        For a re-keying, while no worker runs. One transaction where :attr:`plants_atomically`;
+        else one write per record, so a failure leaves some records with their new seal and the
+        others with their old one, and the re-keying is run again.
+
+        Raises:
+            CheckpointError: The store cannot reseal (:attr:`resealing_unsupported` says why).
+        """
 
     @abc.abstractmethod
     def plant_streams(
@@ -501,6 +530,10 @@ class CheckpointStore(abc.ABC):
     @abc.abstractmethod
     def find_trial_state(self, study_uid: str, logical_trial: int) -> TrialStateRecord | None:
         """Return the logical trial's saved state, or ``None`` if it has none."""
+
+    @abc.abstractmethod
+    def where_trial_states(self, study_uid: str) -> list[TrialStateRecord]:
+        """Return every state the study's logical trials saved (for tools; none if unsupported)."""
 
     @abc.abstractmethod
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:

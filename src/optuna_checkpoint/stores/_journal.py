@@ -51,6 +51,7 @@ from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
 from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
@@ -127,6 +128,21 @@ class JournalCheckpointStore(JournalReads):
         "every state ever saved. Run studies that use trial_checkpoint on an RDB storage "
         "(a SQLite file such as sqlite:///study.db, PostgreSQL or MySQL)."
     )
+
+    resealing_unsupported = (
+        "re-keying is not supported for JournalStorage: its checkpoints live in an append-only "
+        "side record, where each points to the stream's previous one, so they cannot be given "
+        "new seals in place, nor all at once. Export the study under the old key and import it "
+        "into a copy on an RDB storage (SQLite, PostgreSQL, MySQL), then re-key the copy."
+    )
+
+    def reseal(self, study_uid: str, resealed: Resealed) -> None:
+        """Refuse: the side record is append-only (see :attr:`resealing_unsupported`)."""
+        raise CheckpointError(self.resealing_unsupported)
+
+    def where_trial_states(self, study_uid: str) -> list[TrialStateRecord]:
+        """None: a journal keeps no trial states."""
+        return []
 
     def save_trial_state(
         self, stream: Stream, token: str, study_id: int, record: TrialStateRecord

@@ -31,6 +31,7 @@ from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
 from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
@@ -47,6 +48,7 @@ from optuna_checkpoint.stores._sql_queries import where_claimed
 from optuna_checkpoint.stores._sql_queries import where_interrupted
 from optuna_checkpoint.stores._sql_queries import where_latest_checkpoints
 from optuna_checkpoint.stores._sql_queries import where_streams_of_study
+from optuna_checkpoint.stores._sql_queries import where_trial_states
 from optuna_checkpoint.stores._sql_rows import checkpoint_row
 from optuna_checkpoint.stores._sql_rows import fingerprint_text
 from optuna_checkpoint.stores._sql_rows import owner_columns
@@ -63,6 +65,7 @@ from optuna_checkpoint.stores._sql_writes import delete_checkpoints_of_trials
 from optuna_checkpoint.stores._sql_writes import plant_streams_at_once
 from optuna_checkpoint.stores._sql_writes import remove_rows_of_deleted_studies
 from optuna_checkpoint.stores._sql_writes import replace_trial_state
+from optuna_checkpoint.stores._sql_writes import reseal_study
 from optuna_checkpoint.stores._sql_writes import transaction_with_retries
 
 
@@ -386,6 +389,15 @@ class SQLCheckpointStore(CheckpointStore):
         """Return the logical trial's saved state, or ``None``."""
         with self._engine.connect() as connection:
             return find_trial_state(connection, study_uid, logical_trial)
+
+    def where_trial_states(self, study_uid: str) -> list[TrialStateRecord]:
+        """Return every state the study's logical trials saved."""
+        with self._engine.connect() as connection:
+            return where_trial_states(connection, study_uid)
+
+    def reseal(self, study_uid: str, resealed: Resealed) -> None:
+        """Write the new seals in one transaction."""
+        reseal_study(self._engine, study_uid, resealed)
 
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
         """Delete the logical trial's saved state; whether there was one."""

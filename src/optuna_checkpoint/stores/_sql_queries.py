@@ -106,6 +106,19 @@ def find_trial_state(
     return TrialStateRecord(logical_trial, int(row.trial_id), bytes(row.payload), row.checksum)
 
 
+def where_trial_states(connection: sa.Connection, study_uid: str) -> list[TrialStateRecord]:
+    """Return every state the study's logical trials saved, in logical-trial order."""
+    rows = connection.execute(
+        trial_states.select()
+        .where(trial_states.c.study_uid == study_uid)
+        .order_by(trial_states.c.logical_trial)
+    )
+    return [
+        TrialStateRecord(int(r.logical_trial), int(r.trial_id), bytes(r.payload), r.checksum)
+        for r in rows
+    ]
+
+
 def summarize_stream(connection: sa.Connection, stream_id: int) -> StreamSummary:
     """Count and size the stream's checkpoints in one query; no payload leaves the server."""
     mine = checkpoints.c.stream_id == stream_id

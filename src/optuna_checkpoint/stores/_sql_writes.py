@@ -11,6 +11,7 @@ from collections.abc import Collection
 from collections.abc import Sequence
 import random
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -19,6 +20,7 @@ from optuna_checkpoint._faults import crash_point
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
 from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._base import require_seals
@@ -210,6 +212,66 @@ def plant_streams_at_once(
             "the study already has a checkpoint stream of that name, or records of its trials, "
             "so nothing was planted; plant into a fresh copy of the study"
         ) from e
+
+
+_RESEAL_CHECKPOINT = (
+    checkpoints.update()
+    .where(
+        checkpoints.c.stream_id == sa.bindparam("b_stream_id"),
+        checkpoints.c.trial_id == sa.bindparam("b_trial_id"),
+    )
+    .values(checksum=sa.bindparam("b_seal"))
+)
+
+
+def _reseal_by_trial(table: sa.Table, column: str, key: str) -> sa.Update:
+    """``UPDATE table SET column = :b_seal`` for one study and one ``key`` (bound as b_key)."""
+    return (
+        table.update()
+        .where(
+            table.c.study_uid == sa.bindparam("b_study_uid"),
+            table.c[key] == sa.bindparam("b_key"),
+        )
+        .values({column: sa.bindparam("b_seal")})
+    )
+
+
+def reseal_study(engine: sa.Engine, study_uid: str, resealed: Resealed) -> None:
+    """Write the new seals of a study's checkpoints, rows and trial states: one transaction."""
+    statements: list[tuple[sa.Update, list[dict[str, Any]]]] = [
+        (
+            _RESEAL_CHECKPOINT,
+            [
+                {
+                    "b_stream_id": stream_id,
+                    "b_trial_id": INITIAL_TRIAL_ID if c.trial_id is None else c.trial_id,
+                    "b_seal": c.checksum,
+                }
+                for stream_id, listed in resealed.checkpoints.items()
+                for c in listed
+            ],
+        ),
+        (
+            _reseal_by_trial(interrupted_trials, "seal", "trial_id"),
+            [{"b_key": i.trial_id, "b_seal": i.seal} for i in resealed.interruptions],
+        ),
+        (
+            _reseal_by_trial(trial_claims, "seal", "trial_id"),
+            [{"b_key": t, "b_seal": c.seal} for t, c in resealed.claims.items()],
+        ),
+        (
+            _reseal_by_trial(trial_states, "checksum", "logical_trial"),
+            [{"b_key": r.logical_trial, "b_seal": r.checksum} for r in resealed.trial_states],
+        ),
+    ]
+
+    def reseal(connection: sa.Connection) -> None:
+        for statement, rows in statements:
+            if rows:
+                connection.execute(statement, [{"b_study_uid": study_uid, **r} for r in rows])
+                crash_point("inside_reseal")
+
+    transaction_with_retries(engine, reseal)
 
 
 _REPLACE_RACES = 3
