@@ -474,7 +474,7 @@ def test_piped_tables_keep_each_row_on_one_line(tmp_path: Path) -> None:
 # -- the package's layout: one registry of verbs, and no import cycle ----------------------
 
 CLI_PACKAGE = "optuna_checkpoint.cli"
-VERB_MODULES = {"_status", "_prune", "_verify", "_fork", "_transfer"}
+VERB_MODULES = {"_status", "_prune", "_verify", "_fork", "_transfer", "_rekey"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -519,7 +519,7 @@ def test_the_cli_package_runs_no_code_and_imports_in_one_direction() -> None:
 
 
 def test_every_verb_is_registered_once_and_the_version_is_the_package_s() -> None:
-    verbs = ["export", "fork", "import", "prune", "rewind", "status", "verify"]
+    verbs = ["export", "fork", "import", "prune", "rekey", "rewind", "status", "verify"]
     assert sorted(main.commands) == verbs
     assert sorted(command.name or "" for command in VERBS) == verbs
     result = CliRunner().invoke(main, ["--version"])

@@ -25,13 +25,18 @@ import sqlalchemy as sa
 import optuna_checkpoint
 from optuna_checkpoint import CheckpointError
 from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint import CorruptCheckpointError
 from optuna_checkpoint import VersionMismatchError
+from optuna_checkpoint import uninterrupted_trials
 from optuna_checkpoint._logging import ROOT_LOGGER_NAME
 from optuna_checkpoint.state._versions import library_versions
 from optuna_checkpoint.stores._sql_schema import TABLES_FORMAT
+from optuna_checkpoint.stores._sql_schema import UNSEALED_ROWS_UNTIL
 from optuna_checkpoint.stores._sql_schema import checkpoints
 from optuna_checkpoint.stores._sql_schema import formats
+from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import streams
+from optuna_checkpoint.stores._sql_schema import trial_claims
 from tests.checkpoint_rows import count_rows
 from tests.checkpoint_rows import seal_of_row
 from tests.checkpoint_rows import seals
@@ -44,7 +49,11 @@ def objective(trial: optuna.Trial) -> float:
 
 
 def params_hex(study: optuna.Study) -> list[tuple[str, int]]:
-    return [(t.params["x"].hex(), t.params["k"]) for t in study.trials]
+    return params_hex_of(study.trials)
+
+
+def params_hex_of(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[str, int]]:
+    return [(t.params["x"].hex(), t.params["k"]) for t in trials]
 
 
 def run(url: str, n_trials: int, sampler: BaseSampler | None = None) -> optuna.Study:
@@ -68,7 +77,19 @@ def tables_format(url: str) -> int | None:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
-            found = connection.execute(sa.select(formats.c.version)).scalar()
+            query = sa.select(formats.c.version).where(formats.c.component == "tables")
+            found = connection.execute(query).scalar()
+    finally:
+        engine.dispose()
+    return None if found is None else int(found)
+
+
+def unsealed_bound(url: str) -> int | None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = sa.select(formats.c.version).where(formats.c.component == UNSEALED_ROWS_UNTIL)
+            found = connection.execute(query).scalar()
     finally:
         engine.dispose()
     return None if found is None else int(found)
@@ -135,6 +156,75 @@ def test_a_database_of_release_0_3_resumes_exactly_and_is_upgraded(database_url:
     assert sum(seal.startswith("sha256:") for seal in seals(database_url)) == 4
 
 
+def test_unsealed_rows_of_format_3_are_read_and_the_upgrade_bounds_them(database_url: str) -> None:
+    plain = optuna.create_study(sampler=TPESampler(seed=3))
+    plain.optimize(objective, n_trials=10)
+    release(run(database_url, 6))
+    # What a release of format 3 left after two kills: trial 6 recorded as interrupted and
+    # closed, and its retry, trial 7, left RUNNING; neither row has a seal.
+    storage = optuna.storages.RDBStorage(database_url)  # no sampler: nothing claims trials
+    study_id = storage.get_study_id_from_name("formats")
+    interrupted, orphan = (storage.create_new_trial(study_id) for _ in range(2))
+    storage.set_trial_state_values(interrupted, optuna.trial.TrialState.FAIL)
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            stream = connection.execute(streams.select()).one()
+            for table in (interrupted_trials, trial_claims):
+                connection.exec_driver_sql(f"ALTER TABLE {table.name} DROP COLUMN seal")
+            connection.execute(formats.delete().where(formats.c.component != "tables"))
+            connection.execute(formats.update().values(version=3))
+            # As that release wrote them: the tables had no seal column.
+            connection.execute(
+                interrupted_trials.insert().values(
+                    study_uid=stream.study_uid,
+                    trial_id=interrupted,
+                    study_id=study_id,
+                    trial_number=6,
+                    logical_number=6,
+                    reason="killed",
+                    stream_id=stream.stream_id,
+                )
+            )
+            connection.execute(
+                trial_claims.insert().values(
+                    study_uid=stream.study_uid,
+                    trial_id=orphan,
+                    study_id=study_id,
+                    stream_id=stream.stream_id,
+                )
+            )
+    finally:
+        engine.dispose()
+
+    resumed = run(database_url, 4)
+
+    assert params_hex_of(uninterrupted_trials(resumed)) == params_hex(plain)
+    assert tables_format(database_url) == TABLES_FORMAT
+    assert storage.get_trial(orphan).state == optuna.trial.TrialState.FAIL
+    assert unsealed_bound(database_url) == orphan
+    # A row without a seal for a later trial was not written by any release: refused.
+    later = resumed.trials[9]
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                interrupted_trials.insert().values(
+                    study_uid=stream.study_uid,
+                    trial_id=later._trial_id,
+                    study_id=study_id,
+                    trial_number=9,
+                    logical_number=7,
+                    reason="forged",
+                    stream_id=stream.stream_id,
+                )
+            )
+    finally:
+        engine.dispose()
+    with pytest.raises(CorruptCheckpointError, match=rf"trial 9 .*no seal.*after id {orphan}"):
+        uninterrupted_trials(resumed)
+
+
 def test_tables_of_a_newer_format_are_refused_with_what_to_do(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{tmp_path / 'newer.db'}"
     release(run(url, 2))
@@ -188,6 +278,7 @@ IMPORTS_CMAES = """
 import sys
 import optuna
 from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint import CorruptCheckpointError
 sampler = optuna.samplers.CmaEsSampler(seed=1)
 if sys.argv[1] == "wrapped":
     CheckpointingSampler(sampler)
@@ -213,6 +304,7 @@ FELL_BACK = """
 import sys
 import optuna
 from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint import CorruptCheckpointError
 
 
 class InterruptedInitialization:

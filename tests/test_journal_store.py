@@ -119,7 +119,7 @@ def test_side_files_beside_the_journal_which_stays_untouched(journal: pathlib.Pa
     before = journal.read_bytes()
     store = JournalCheckpointStore.for_storage(storage)
     stream, me = create(store)
-    store.claim_trial(stream, study._study_id, 1)
+    store.claim_trial(stream, study._study_id, 1, "sha256:seal")
     store.save(stream, checkpoint(1), me.token, time.time())
     store.heartbeat(stream.stream_id, me.token, time.time())
     assert journal.read_bytes() == before
@@ -127,8 +127,8 @@ def test_side_files_beside_the_journal_which_stays_untouched(journal: pathlib.Pa
     assert names == [
         "journal.log",
         "journal.log.optuna-checkpoint",
-        "journal.log.optuna-checkpoint-claims",
         "journal.log.optuna-checkpoint-heartbeats",
+        "journal.log.optuna-checkpoint-sealed-claims",
     ]
     reloaded = optuna.load_study(
         study_name=study.study_name, storage=JournalStorage(JournalFileBackend(str(journal)))
@@ -159,7 +159,7 @@ def test_redis_keys_under_their_own_prefix(redis_url: str, redis_prefix: str) ->
     journal_keys = set(client.scan_iter(f"{redis_prefix}:*"))
     store = JournalCheckpointStore.for_storage(storage)
     stream, me = create(store)
-    store.claim_trial(stream, study._study_id, 1)
+    store.claim_trial(stream, study._study_id, 1, "sha256:seal")
     store.save(stream, checkpoint(1), me.token, time.time())
     store.heartbeat(stream.stream_id, me.token, time.time())
     assert set(client.scan_iter(f"{redis_prefix}:*")) == journal_keys
@@ -341,7 +341,7 @@ def bytes_read_by_this_process() -> int:
 def fill(store: JournalCheckpointStore, n: int, size: int) -> Stream:
     stream, me = create(store)
     for trial_id in range(n):
-        store.claim_trial(stream, 0, trial_id)
+        store.claim_trial(stream, 0, trial_id, "sha256:seal")
         store.save(stream, checkpoint(trial_id, size), me.token, time.time())
     return stream
 

@@ -22,6 +22,8 @@ from optuna_checkpoint._logging import ROOT_LOGGER_NAME
 from optuna_checkpoint.record._retention import checkpoints_to_delete
 from optuna_checkpoint.record._retention import prune_stream
 from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
+from optuna_checkpoint.state._rows import SealedRows
+from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
@@ -147,13 +149,12 @@ def test_prune_stream_on_a_real_study(tmp_path: Path) -> None:
     store, stream = the_stream(url)
     ids = [t._trial_id for t in study.trials]
     # A hidden trial's checkpoint is not counted among the newest, nor deleted.
-    store.add_interruptions(
-        study._study_id, stream.study_uid, [Interruption(ids[2], 2, 2, "test", stream.stream_id)]
-    )
-    assert prune_stream(store, stream, Retention(keep_last=3), dry_run=True) == 8
+    rows = SealedRows(store, stream.study_uid, Sealer(None))
+    rows.add_interruptions(study._study_id, [Interruption(ids[2], 2, 2, "test", stream.stream_id)])
+    assert prune_stream(rows, stream, Retention(keep_last=3), dry_run=True) == 8
     assert count_rows(url) == 13
-    assert prune_stream(store, stream, Retention(keep_last=3)) == 8
-    assert prune_stream(store, stream, Retention(keep_last=3)) == 0
+    assert prune_stream(rows, stream, Retention(keep_last=3)) == 8
+    assert prune_stream(rows, stream, Retention(keep_last=3)) == 0
     listed = store.latest_checkpoints(stream.stream_id, excluding=(), limit=100)
     assert [c.trial_id for c in listed] == [ids[11], ids[10], ids[9], ids[2], None]
 
@@ -220,7 +221,8 @@ def test_keep_last_two_is_enough_after_a_failed_last_trial_and_is_needed(
         return params_hex(uninterrupted_trials(resumed))
 
     def prune(store: SQLCheckpointStore, stream: Stream) -> None:
-        assert prune_stream(store, stream, Retention(keep_last=2)) == 6
+        rows = SealedRows(store, stream.study_uid, Sealer(None))
+        assert prune_stream(rows, stream, Retention(keep_last=2)) == 6
 
     def drop_the_one_before_the_newest(store: SQLCheckpointStore, stream: Stream) -> None:
         _, before = store.latest_checkpoints(stream.stream_id, excluding=(), limit=2)

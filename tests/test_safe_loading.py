@@ -10,6 +10,7 @@ import pickle
 import struct
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -20,9 +21,18 @@ import sqlalchemy as sa
 from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import CorruptCheckpointError
 from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._rows import SealedRows
 from optuna_checkpoint.state._seal import SIGNING_KEY_ENV
+from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._open import store_for
 from optuna_checkpoint.stores._sql import checkpoints
 from optuna_checkpoint.stores._sql import streams
+from optuna_checkpoint.study._identity import first_trial
+from optuna_checkpoint.study._identity import study_uid
+from optuna_checkpoint.tools._fork import fork_study
+from optuna_checkpoint.tools._inspect import study_status
+from optuna_checkpoint.tools._transfer import export_checkpoints
 from tests.checkpoint_rows import seal_of_row
 from tests.checkpoint_rows import seals
 
@@ -309,3 +319,54 @@ def test_a_forged_trial_end_is_refused_before_it_is_stored(url: str) -> None:
     with pytest.raises(CorruptCheckpointError, match="checksum"):
         study.optimize(objective, n_trials=1)
     assert all(t.values != [-1e9] for t in study.get_trials())
+
+
+def move_to_trial(engine: sa.Engine, row: Any, stream: Any, trial_id: int) -> None:
+    """Give a checkpoint row another trial id and a valid seal for it, as any writer could."""
+    moved = SimpleNamespace(**{**row._asdict(), "trial_id": trial_id})
+    overwrite(engine, row.checkpoint_id, trial_id=trial_id, checksum=seal_of_row(moved, stream))
+
+
+def test_a_checkpoint_of_a_trial_the_study_lacks_is_refused_by_every_reader(url: str) -> None:
+    run_study(url)
+    engine = sa.create_engine(url)
+    try:
+        row, stream = latest_checkpoint(engine)
+        move_to_trial(engine, row, stream, 9999)
+    finally:
+        engine.dispose()
+    named = r"checkpoint of trial id 9999 \(logical trial \d+\) in stream 'main' names a trial"
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    last = N_TRIALS - 1  # the trial whose checkpoint was moved
+
+    with pytest.raises(CorruptCheckpointError, match=named + " the study does not have"):
+        fork_study(study, optuna.samplers.RandomSampler(seed=0), at_trial=last, to_study_name="f")
+    with pytest.raises(CorruptCheckpointError, match=named + " that study 'safe' does not"):
+        export_checkpoints(study._storage, STUDY)
+    status = study_status(study._storage, STUDY)
+    assert not status.resume_exact
+    assert any("names trial id 9999" in reason for reason in status.reasons), status.reasons
+    resumed = optuna.load_study(
+        study_name=STUDY,
+        storage=url,
+        sampler=CheckpointingSampler(optuna.samplers.RandomSampler(seed=0)),
+    )
+    with pytest.raises(CorruptCheckpointError, match=named + ".*Restore the database"):
+        resumed.optimize(objective, n_trials=1)
+
+
+def test_an_interruption_of_the_stream_naming_a_trial_the_study_lacks_is_refused(
+    url: str,
+) -> None:
+    run_study(url)
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    store = store_for(study._storage)
+    uid = study_uid(study._study_id, STUDY, first_trial(study._storage, study._study_id))
+    store.open_study(study._study_id, uid)
+    [stream] = store.list_streams(uid)
+    forged = Interruption(9999, N_TRIALS, N_TRIALS, "killed", stream.stream_id)
+    SealedRows(store, uid, Sealer(None)).add_interruptions(study._study_id, [forged])
+
+    study.sampler = CheckpointingSampler(optuna.samplers.RandomSampler(seed=0))
+    with pytest.raises(CorruptCheckpointError, match=r"trial id 9999\) .*stream 'main' names"):
+        study.optimize(objective, n_trials=1)

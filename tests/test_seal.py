@@ -139,3 +139,34 @@ def test_the_key_comes_from_the_option_else_the_environment_and_is_never_shown(
 def test_a_short_key_is_refused_with_how_to_make_one() -> None:
     with pytest.raises(ValueError, match=r"secrets\.token_hex"):
         Sealer(b"short")
+
+
+# -- rows beside the checkpoints -------------------------------------------------------------
+
+ROW = ["interruption", "uid", 7, 3, 2, "its process died", 1]
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_a_row_seal_binds_its_study_and_every_field(key: bytes | None) -> None:
+    sealer = Sealer(key)
+    seal = sealer.seal_row(ROW)
+    sealer.check_row(seal, ROW)
+    for index, other in [(1, "other-uid"), (2, 8), (3, 4), (4, 3), (5, "moved"), (6, None)]:
+        changed = [*ROW[:index], other, *ROW[index + 1 :]]
+        with pytest.raises(CorruptCheckpointError, match=r"checksum|signature"):
+            sealer.check_row(seal, changed)
+    with pytest.raises(CorruptCheckpointError):
+        sealer.check_row(seal, ["claim", *ROW[1:]])  # another kind of row
+
+
+def test_row_seals_follow_the_key_rules_of_checkpoints() -> None:
+    unsigned, signed = Sealer(None).seal_row(ROW), Sealer(KEY).seal_row(ROW)
+    with pytest.raises(SignatureError, match="unsigned rows are refused"):
+        Sealer(KEY).check_row(unsigned, ROW)
+    with pytest.raises(SignatureError, match=SIGNING_KEY_ENV):
+        Sealer(None).check_row(signed, ROW)
+    with pytest.raises(CorruptCheckpointError, match="another key"):
+        Sealer(b"o" * 32).check_row(signed, ROW)
+    for malformed in ("", "x" * 64, "md5:abc", "sha256:"):
+        with pytest.raises(CorruptCheckpointError):
+            Sealer(None).check_row(malformed, ROW)

@@ -11,6 +11,7 @@ so kinds whose database is shared by the whole session (PostgreSQL, MySQL) need 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import replace
 import math
@@ -37,12 +38,18 @@ from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.stores._attrs import AttributeCheckpointStore
+from optuna_checkpoint.stores._base import NO_UNSEALED_ROWS
+from optuna_checkpoint.stores._base import REASON_CHARS
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
+from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._journal import JournalCheckpointStore
 from optuna_checkpoint.stores._sql import SQLCheckpointStore
 
@@ -237,6 +244,24 @@ def stream_of(store: CheckpointStore, study: Study, name: str = "main") -> tuple
     return new_stream(store, study.study_id, study.uid, name)
 
 
+def sealed(*interruptions: Interruption) -> list[Interruption]:
+    """The interruptions with a seal each: to a store, a seal is a string it keeps."""
+    return [replace(i, seal=f"seal-of-{i.trial_id}") for i in interruptions]
+
+
+def seal_of(trial_id: int, stream: Stream) -> str:
+    """The (opaque) seal a test gives the claim of ``trial_id`` for ``stream``."""
+    return f"seal-of-{trial_id}-for-{stream.stream_id}"
+
+
+def claim(store: CheckpointStore, stream: Stream, study_id: int, trial_id: int) -> bool:
+    return store.claim_trial(stream, study_id, trial_id, seal_of(trial_id, stream))
+
+
+def claimants(claims: dict[int, Claim]) -> dict[int, int]:
+    return {trial_id: c.stream_id for trial_id, c in claims.items()}
+
+
 def trial_ids(store: CheckpointStore, stream_id: int, limit: int = 1000) -> list[int | None]:
     return [c.trial_id for c in store.latest_checkpoints(stream_id, excluding=(), limit=limit)]
 
@@ -335,7 +360,7 @@ def test_create_stream_removes_a_deleted_studys_rows(
     deleted = replace(study, uid=uuid.uuid4().hex)  # the study that had this id before
     store.open_study(deleted.study_id, deleted.uid)
     old, _ = stream_of(store, deleted)
-    store.add_interruptions(deleted.study_id, deleted.uid, [Interruption(1, 1, 1, "killed")])
+    store.add_interruptions(deleted.study_id, deleted.uid, sealed(Interruption(1, 1, 1, "killed")))
     kept, _ = stream_of(store, other)
     # The same study id now names a new study (new uid): what the old one left is dropped.
     new, _ = stream_of(store, study)
@@ -488,7 +513,7 @@ def test_resume_point_reads_interruptions_and_the_newest_other_checkpoints(
     for trial_id in (10, 11, 12):
         store.save(stream, checkpoint(trial_id), me.token, time.time())
     store.add_interruptions(
-        study.study_id, study.uid, [Interruption(12, 2, 2, "killed", stream.stream_id)]
+        study.study_id, study.uid, sealed(Interruption(12, 2, 2, "killed", stream.stream_id))
     )
     known, latest = store.resume_point(study.uid, stream.stream_id, limit=2)
     assert [i.trial_id for i in known] == [12]
@@ -593,24 +618,25 @@ def test_interruptions(
     store.add_interruptions(
         study.study_id,
         study.uid,
-        [
+        sealed(
             Interruption(30, 5, 4, "killed", stream.stream_id),
             Interruption(20, 3, 3, "refused"),
-        ],
+        ),
     )
     store.add_interruptions(
         study.study_id,
         study.uid,
-        [Interruption(30, 5, 4, "recorded again"), Interruption(40, 4, 4, "x")],
+        sealed(Interruption(30, 5, 4, "recorded again"), Interruption(40, 4, 4, "x" * 300)),
     )
     store.add_interruptions(study.study_id, study.uid, [])
-    store.add_interruptions(other.study_id, other.uid, [Interruption(50, 1, 1, "other study")])
-    assert store.where_interrupted(study.uid) == [
+    store.add_interruptions(other.study_id, other.uid, sealed(Interruption(50, 1, 1, "other")))
+    # Each with its seal; a reason is cut to what every store keeps.
+    assert store.where_interrupted(study.uid) == sealed(
         Interruption(20, 3, 3, "refused"),
-        Interruption(40, 4, 4, "x"),
+        Interruption(40, 4, 4, "x" * REASON_CHARS),
         Interruption(30, 5, 4, "killed", stream.stream_id),
-    ]
-    assert store.where_interrupted(other.uid) == [Interruption(50, 1, 1, "other study")]
+    )
+    assert store.where_interrupted(other.uid) == sealed(Interruption(50, 1, 1, "other"))
     assert store.where_interrupted(new_study(*make_store).uid) == []
     assert store.interruption_count_hint(study.uid) in (None, 3)
 
@@ -623,7 +649,9 @@ def test_interruption_recorded_by_another_process_meanwhile_is_skipped(
     if not isinstance(storage, RDBStorage):
         pytest.skip("the interleaving is placed with SQLAlchemy's execution events")
     _, elsewhere = spec.open()  # another process, as far as the database can tell
-    dead = Interruption(30, 5, 4, "its process died while the trial ran")
+    dead, other = sealed(
+        Interruption(30, 5, 4, "its process died while the trial ran"), Interruption(40, 6, 5, "x")
+    )
 
     pending = [dead]
 
@@ -635,10 +663,23 @@ def test_interruption_recorded_by_another_process_meanwhile_is_skipped(
 
     sa_event.listen(storage.engine, "before_cursor_execute", record_elsewhere_first)
     try:
-        store.add_interruptions(study.study_id, study.uid, [dead, Interruption(40, 6, 5, "x")])
+        store.add_interruptions(study.study_id, study.uid, [dead, other])
     finally:
         sa_event.remove(storage.engine, "before_cursor_execute", record_elsewhere_first)
-    assert store.where_interrupted(study.uid) == [dead, Interruption(40, 6, 5, "x")]
+    assert store.where_interrupted(study.uid) == [dead, other]
+
+
+def test_unsealed_interruptions_are_refused(store: CheckpointStore, study: Study) -> None:
+    stream_of(store, study)
+    with pytest.raises(ValueError, match="not sealed"):
+        store.add_interruptions(study.study_id, study.uid, [Interruption(7, 1, 1, "killed")])
+    assert store.where_interrupted(study.uid) == []
+
+
+def test_a_new_store_has_no_unsealed_rows(store: CheckpointStore, study: Study) -> None:
+    # Written by this release from the start: every row of every trial must carry a seal.
+    stream_of(store, study)
+    assert store.unsealed_rows_until(study.uid) == NO_UNSEALED_ROWS
 
 
 # -- claims ----------------------------------------------------------------------------------
@@ -648,13 +689,14 @@ def test_claims(store: CheckpointStore, study: Study, other: Study) -> None:
     trials = study.trials(4)
     first, _ = stream_of(store, study, "w0")
     second, _ = stream_of(store, study, "w1")
-    assert store.claim_trial(first, study.study_id, trials[0])
-    assert store.claim_trial(first, study.study_id, trials[0])  # already its own
-    assert not store.claim_trial(second, study.study_id, trials[0])
-    assert store.claim_trial(second, study.study_id, trials[1])
+    assert claim(store, first, study.study_id, trials[0])
+    assert claim(store, first, study.study_id, trials[0])  # already its own
+    assert not claim(store, second, study.study_id, trials[0])
+    assert claim(store, second, study.study_id, trials[1])
+    # Each with the seal its claimant gave it.
     assert store.claims(study.uid, trials) == {
-        trials[0]: first.stream_id,
-        trials[1]: second.stream_id,
+        trials[0]: Claim(first.stream_id, seal_of(trials[0], first)),
+        trials[1]: Claim(second.stream_id, seal_of(trials[1], second)),
     }
     assert store.claims(study.uid, [trials[2]]) == {}
     assert store.claims(study.uid, []) == {}
@@ -664,10 +706,10 @@ def test_studies_claim_independently(store: CheckpointStore, study: Study, other
     mine, _ = stream_of(store, study)
     theirs, _ = stream_of(store, other)
     my_trials, their_trials = study.trials(2), other.trials(2)
-    assert store.claim_trial(mine, study.study_id, my_trials[0])
-    assert store.claim_trial(theirs, other.study_id, their_trials[1])
-    assert store.claims(study.uid, my_trials) == {my_trials[0]: mine.stream_id}
-    assert store.claims(other.uid, their_trials) == {their_trials[1]: theirs.stream_id}
+    assert claim(store, mine, study.study_id, my_trials[0])
+    assert claim(store, theirs, other.study_id, their_trials[1])
+    assert claimants(store.claims(study.uid, my_trials)) == {my_trials[0]: mine.stream_id}
+    assert claimants(store.claims(other.uid, their_trials)) == {their_trials[1]: theirs.stream_id}
 
 
 def test_claims_from_threads_have_one_winner(store: CheckpointStore, study: Study) -> None:
@@ -678,7 +720,7 @@ def test_claims_from_threads_have_one_winner(store: CheckpointStore, study: Stud
     def claim_all(stream: Stream) -> None:
         start.wait()
         for trial_id in wins:
-            if store.claim_trial(stream, study.study_id, trial_id):
+            if claim(store, stream, study.study_id, trial_id):
                 wins[trial_id].append(stream.stream_id)
 
     threads = [threading.Thread(target=claim_all, args=(s,)) for s in streams]
@@ -687,7 +729,85 @@ def test_claims_from_threads_have_one_winner(store: CheckpointStore, study: Stud
     for thread in threads:
         thread.join()
     assert all(len(w) == 1 for w in wins.values()), wins
-    assert store.claims(study.uid, list(wins)) == {t: w[0] for t, w in wins.items()}
+    assert claimants(store.claims(study.uid, list(wins))) == {t: w[0] for t, w in wins.items()}
+
+
+# -- planting streams (import, fork) ----------------------------------------------------------
+
+
+def test_plant_streams_creates_released_streams_with_their_rows(
+    store: CheckpointStore, study: Study
+) -> None:
+    trials = study.trials(3)
+    planted = [
+        PlantedStream("w0", {"seed": 1}, 0, [checkpoint(None), *map(checkpoint, trials[:2])]),
+        PlantedStream("w1", {"seed": 2}, 2, [checkpoint(None)]),
+    ]
+
+    def rows_for(ids: Mapping[str, int]) -> tuple[list[Interruption], dict[int, Claim]]:
+        interrupted = sealed(Interruption(trials[2], 2, 2, "killed", ids["w0"]))
+        return interrupted, {trials[0]: Claim(ids["w0"], "a"), trials[1]: Claim(ids["w1"], "b")}
+
+    store.plant_streams(study.study_id, study.uid, planted, rows_for, owner())
+
+    def planted_state() -> Any:
+        streams = {s.name: s for s in store.list_streams(study.uid)}
+        return (
+            {n: (s.fingerprint, s.first_trial_number, s.owner) for n, s in streams.items()},
+            {n: trial_ids(store, s.stream_id) for n, s in streams.items()},
+            store.where_interrupted(study.uid),
+            store.claims(study.uid, trials),
+        )
+
+    state = planted_state()
+    ids = {s.name: s.stream_id for s in store.list_streams(study.uid)}
+    assert state[0] == {"w0": ({"seed": 1}, 0, None), "w1": ({"seed": 2}, 2, None)}
+    assert state[1] == {"w0": [trials[1], trials[0], None], "w1": [None]}
+    assert state[2:] == rows_for(ids)
+    if store.plants_atomically:
+        with pytest.raises(CheckpointError, match="already has a checkpoint stream"):
+            store.plant_streams(study.study_id, study.uid, planted, rows_for, owner())
+    else:  # resumable: planting again completes what is missing, here nothing
+        store.plant_streams(study.study_id, study.uid, planted, rows_for, owner())
+    assert planted_state() == state
+
+
+# -- re-keying --------------------------------------------------------------------------------
+
+
+def test_reseal_replaces_the_seals_and_nothing_else(store: CheckpointStore, study: Study) -> None:
+    trials = study.trials(2)
+    stream, me = stream_of(store, study)
+    store.save(stream, checkpoint(trials[0]), me.token, time.time())
+    interrupted = Interruption(trials[1], 1, 1, "killed", stream.stream_id)
+    store.add_interruptions(study.study_id, study.uid, sealed(interrupted))
+    claim(store, stream, study.study_id, trials[0])
+    if store.trial_states_unsupported is None:
+        state = TrialStateRecord(0, trials[0], b"state", "old")
+        store.save_trial_state(stream, me.token, study.study_id, state)
+    resealed = Resealed(
+        checkpoints={
+            stream.stream_id: [
+                replace(c, checksum=f"new-{c.trial_id}")
+                for c in store.all_checkpoints(stream.stream_id)
+            ]
+        },
+        interruptions=[replace(i, seal="new") for i in store.where_interrupted(study.uid)],
+        claims={t: replace(c, seal="new") for t, c in store.claims(study.uid, trials).items()},
+        trial_states=[replace(r, checksum="new") for r in store.where_trial_states(study.uid)],
+    )
+    if store.resealing_unsupported is not None:
+        with pytest.raises(CheckpointError, match="not supported"):
+            store.reseal(study.uid, resealed)
+        return
+    assert len(resealed.trial_states) == 1
+
+    store.reseal(study.uid, resealed)
+
+    assert store.all_checkpoints(stream.stream_id) == resealed.checkpoints[stream.stream_id]
+    assert store.where_interrupted(study.uid) == resealed.interruptions
+    assert store.claims(study.uid, trials) == resealed.claims
+    assert store.where_trial_states(study.uid) == resealed.trial_states
 
 
 # -- other processes -------------------------------------------------------------------------
@@ -717,10 +837,10 @@ def test_another_process_sees_everything(
     for trial_id in range(5):
         store.save(first, checkpoint(trial_id, trial_values=[trial_id / 7]), me.token, 1.5)
     trials = study.trials(3)
-    store.claim_trial(first, study.study_id, trials[0])
-    store.claim_trial(second, study.study_id, trials[1])
+    claim(store, first, study.study_id, trials[0])
+    claim(store, second, study.study_id, trials[1])
     store.add_interruptions(
-        study.study_id, study.uid, [Interruption(2, 2, 2, "killed", first.stream_id)]
+        study.study_id, study.uid, sealed(Interruption(2, 2, 2, "killed", first.stream_id))
     )
     store.heartbeat(first.stream_id, me.token, 1e10)
     store.release(second.stream_id, second_owner.token)
@@ -815,7 +935,7 @@ def _race_child(
         study_id, uid = studies["claim"]
         mine, _ = new_stream(store, study_id, uid, f"w{i}")
         barrier.wait()
-        won = [t for t in claimed if store.claim_trial(mine, study_id, t)]
+        won = [t for t in claimed if claim(store, mine, study_id, t)]
         results["claims"] = (mine.stream_id, won)
         barrier.wait()
         saver_token, usurper_token = tokens
@@ -899,7 +1019,7 @@ def check_claim_race(races: Races) -> None:
             winners[trial_id].append(stream_id)
     assert all(len(w) == 1 for w in winners.values()), f"claim_trial: {winners}"
     claimed = races.store.claims(races.studies["claim"].uid, races.claimed)
-    assert claimed == {t: w[0] for t, w in winners.items()}
+    assert claimants(claimed) == {t: w[0] for t, w in winners.items()}
 
 
 def check_no_save_after_take_over(races: Races) -> None:

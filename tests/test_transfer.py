@@ -8,9 +8,12 @@ from dataclasses import dataclass
 import gc
 import json
 import math
+import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
+import sys
 from typing import Any
 
 from click.testing import CliRunner
@@ -24,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint._faults import _ENV as CRASH_ENV
 from optuna_checkpoint.cli._main import main
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
@@ -34,13 +38,18 @@ from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._open import existing_store
 from optuna_checkpoint.stores._sql import checkpoints
+from optuna_checkpoint.stores._sql import interrupted_trials
+from optuna_checkpoint.stores._sql import trial_claims
 from optuna_checkpoint.study._identity import study_uid
 from optuna_checkpoint.tools._inspect import StreamStatus
 from optuna_checkpoint.tools._inspect import study_status
+from optuna_checkpoint.tools._transfer import VERSION
 from optuna_checkpoint.tools._transfer import ImportReport
 from optuna_checkpoint.tools._transfer import export_checkpoints
 from optuna_checkpoint.tools._transfer import import_checkpoints
 from optuna_checkpoint.tools._transfer import portable_place
+from optuna_checkpoint.tools._transfer_document import metadata_fields
+from tests.checkpoint_rows import count_rows
 from tests.in_process import run_command
 
 
@@ -242,6 +251,121 @@ def test_a_tampered_export_is_refused_and_nothing_is_written(
     assert has_checkpoints(b)
 
 
+def _change_fingerprint(d: dict[str, Any]) -> None:
+    d["streams"][0]["fingerprint"]["seed"] = 4
+
+
+def _start_later(d: dict[str, Any]) -> None:
+    d["streams"][0]["first_trial_number"] += 1
+
+
+def _drop_a_checkpoint(d: dict[str, Any]) -> None:
+    del d["streams"][0]["checkpoints"][5]
+
+
+def _move_the_interruption(d: dict[str, Any]) -> None:
+    d["interruptions"][-1]["logical_number"] += 1
+
+
+def _drop_the_last_claim(d: dict[str, Any]) -> None:
+    del d["claims"][-1]
+
+
+def _point_a_cached_trial_elsewhere(d: dict[str, Any]) -> None:
+    d["trial_ids"][-1][1] = 0
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        _change_fingerprint,
+        _start_later,
+        _drop_a_checkpoint,
+        _move_the_interruption,
+        _drop_the_last_claim,
+        _point_a_cached_trial_elsewhere,
+    ],
+)
+def test_an_export_whose_streams_or_rows_were_changed_is_refused_and_nothing_is_written(
+    source: Path, tmp_path: Path, tamper: Any
+) -> None:
+    b = storage(sqlite(tmp_path / "b.db"))
+    copy_to(source, b)
+    document = json.loads(json.dumps(export_checkpoints(storage(sqlite(source)), NAME)))
+    altered = copy.deepcopy(document)
+    tamper(altered)
+
+    with pytest.raises(CorruptCheckpointError, match=r"export of study 'transfer' cannot be"):
+        import_checkpoints(b, NAME, altered)
+    assert existing_store(b) is None  # not even the side tables were created
+    # Control: the same document, unaltered, goes into the same study.
+    assert import_checkpoints(b, NAME, document).checkpoints == 8
+
+
+def test_an_export_of_version_1_is_read_without_a_key_and_refused_with_one(
+    source: Path, tmp_path: Path
+) -> None:
+    # What the release before sealed metadata wrote: the same, without the document's seal.
+    document = export_checkpoints(storage(sqlite(source)), NAME)
+    older = {k: v for k, v in document.items() if k != "seal"} | {"version": 1}
+    b = storage(sqlite(tmp_path / "b.db"))
+    copy_to(source, b)
+    with pytest.raises(SignatureError, match=r"version 1, whose streams.*export the study again"):
+        import_checkpoints(b, NAME, older, signing_key=KEY)
+    assert existing_store(b) is None
+    assert import_checkpoints(b, NAME, older).checkpoints == 8
+    with pytest.raises(CheckpointError, match=r"malformed.*has no 'seal'"):
+        import_checkpoints(b, NAME, {**older, "version": 2})  # a sealed version, unsealed
+
+
+def import_killed(location: str, exported: Path, kill_at: int) -> None:
+    """Run the import command in a process that is killed at its ``kill_at``-th write."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "optuna_checkpoint.cli", "import"),
+            *("--storage", location, "--study-name", NAME, "--input", str(exported)),
+        ],
+        env={**os.environ, CRASH_ENV: f"inside_import:{kill_at}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+def test_an_import_killed_midway_leaves_a_sql_copy_as_it_was(
+    built: Built, source: Path, tmp_path: Path
+) -> None:
+    b = sqlite(tmp_path / "b.db")
+    copy_to(source, b)
+    exported = tmp_path / "export.json"
+    exported.write_text(json.dumps(export_checkpoints(storage(sqlite(source)), NAME)))
+
+    import_killed(b, exported, kill_at=1)  # the stream and its checkpoints written, not the rows
+
+    assert not has_checkpoints(storage(b))
+    for table in (checkpoints, interrupted_trials, trial_claims):
+        assert count_rows(b, table) == 0, table.name
+    assert import_checkpoints(storage(b), NAME, json.loads(exported.read_text())).claims == 8
+    assert continue_study(b) == built.continuation
+
+
+def test_an_import_killed_midway_into_a_journal_completes_when_run_again(
+    built: Built, source: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "b.log"
+    copy_to(source, journal(path))
+    exported = tmp_path / "export.json"
+    exported.write_text(json.dumps(export_checkpoints(storage(sqlite(source)), NAME)))
+
+    import_killed(str(path), exported, kill_at=4)  # three checkpoints saved of seven
+    assert has_checkpoints(journal(path))  # part of it, which resuming from would be wrong
+
+    report = import_checkpoints(journal(path), NAME, json.loads(exported.read_text()))
+    assert (report.checkpoints, report.interruptions, report.claims) == (8, 1, 8)
+    assert continue_study(journal(path)) == built.continuation
+
+
 def test_what_is_not_a_copy_of_the_study_is_refused(source: Path, tmp_path: Path) -> None:
     document = export_checkpoints(storage(sqlite(source)), NAME)
 
@@ -263,7 +387,7 @@ def test_what_is_not_a_copy_of_the_study_is_refused(source: Path, tmp_path: Path
     assert not has_checkpoints(short)
     assert not has_checkpoints(other)
 
-    newer = {**document, "version": 2}
+    newer = {**document, "version": VERSION + 1}
     with pytest.raises(CheckpointError, match="upgrade optuna-checkpoint"):
         import_checkpoints(other, NAME, newer)
     with pytest.raises(CheckpointError, match="not an optuna-checkpoint export"):
@@ -318,7 +442,8 @@ def test_signed_checkpoints_travel_signed(tmp_path: Path, monkeypatch: pytest.Mo
     )
     where = portable_place(NAME, "main", raw["trial_number"], raw["logical_number"])
     raw["seal"] = Sealer(None).seal(forged_checkpoint, where)
-    with pytest.raises(SignatureError, match="not signed"):
+    forged["seal"] = Sealer(None).seal_row(metadata_fields(forged))  # the document's, too
+    with pytest.raises(SignatureError, match=r"export of study 'transfer' .*not signed"):
         import_checkpoints(b, NAME, forged, signing_key=KEY)
     assert existing_store(b) is None
 
@@ -410,6 +535,28 @@ def test_sampler_caches_that_name_trials_are_pointed_at_the_copies(tmp_path: Pat
     continued = []
     for url in (source, target):
         study = nsga_study(url)
+        study.optimize(two_objectives, n_trials=6)
+        continued.append([{k: v.hex() for k, v in t.params.items()} for t in study.trials[10:]])
+        del study
+        gc.collect()
+    assert continued[0] == continued[1]
+
+
+def test_an_import_run_again_points_the_sampler_caches_at_the_copies_once(tmp_path: Path) -> None:
+    source, target = sqlite(tmp_path / "a.db"), journal(tmp_path / "b.log")
+    nsga_study(source).optimize(two_objectives, n_trials=10)  # into generation 2
+    gc.collect()
+    optuna.create_study(study_name="other", storage=target).optimize(objective, n_trials=3)
+    optuna.copy_study(from_study_name=NAME, from_storage=source, to_storage=target)
+    exported = tmp_path / "export.json"
+    exported.write_text(json.dumps(export_checkpoints(storage(source), NAME)))
+
+    import_killed(str(tmp_path / "b.log"), exported, kill_at=1)  # the caches are rewritten
+    import_checkpoints(journal(tmp_path / "b.log"), NAME, json.loads(exported.read_text()))
+
+    continued = []
+    for where in (source, journal(tmp_path / "b.log")):
+        study = nsga_study(where)  # type: ignore[arg-type]
         study.optimize(two_objectives, n_trials=6)
         continued.append([{k: v.hex() for k, v in t.params.items()} for t in study.trials[10:]])
         del study

@@ -33,8 +33,11 @@ from optuna_checkpoint import SignatureError
 from optuna_checkpoint import trial_checkpoint
 from optuna_checkpoint import uninterrupted_trials
 from optuna_checkpoint.record._trial_states import logical_trial_of
+from optuna_checkpoint.state._rows import claim_fields
+from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.stores._sql_schema import TABLES_FORMAT
 from optuna_checkpoint.stores._sql_schema import formats
+from optuna_checkpoint.stores._sql_schema import trial_claims
 from optuna_checkpoint.stores._sql_schema import trial_states
 from optuna_checkpoint.study._positions import POSITION_ATTR
 from tests.test_cli import cli
@@ -80,6 +83,26 @@ def abandon(storage: str | BaseStorage, steps: int, **options: Any) -> None:
     run_steps(trial, stop=steps)
     del study, trial
     gc.collect()
+
+
+def reseal_claims(url: str, key: str | None) -> None:
+    """Seal every claim of the database at ``url`` under ``key``, as a re-keying would."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for row in connection.execute(trial_claims.select()).all():
+                fields = claim_fields(row.study_uid, row.trial_id, row.stream_id)
+                seal = Sealer(None if key is None else key.encode()).seal_row(fields)
+                connection.execute(
+                    trial_claims.update()
+                    .where(
+                        trial_claims.c.study_uid == row.study_uid,
+                        trial_claims.c.trial_id == row.trial_id,
+                    )
+                    .values(seal=seal)
+                )
+    finally:
+        engine.dispose()
 
 
 def state_rows(url: str) -> list[Any]:
@@ -309,6 +332,9 @@ def test_the_signing_key_is_honoured(
 ) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     abandon(url, steps=2, signing_key=saved_with, start_new_stream=True)
+    # The abandoned trial's claim is sealed too, and would be refused first: the rows are
+    # sealed for the new key here, so that the state's own seal is what is tried.
+    reseal_claims(url, loaded_with)
     trial = open_study(url, signing_key=loaded_with, start_new_stream=True).ask()
     with pytest.raises(error, match="logical trial 0"):
         trial_checkpoint(trial).load()
@@ -338,7 +364,9 @@ def test_tables_of_format_2_are_upgraded_with_the_trial_states_table(tmp_path: P
     try:
         trial_states.drop(engine)
         with engine.begin() as connection:
-            connection.execute(formats.update().values(version=2))
+            connection.execute(
+                formats.update().where(formats.c.component == "tables").values(version=2)
+            )
     finally:
         engine.dispose()
 
@@ -348,7 +376,8 @@ def test_tables_of_format_2_are_upgraded_with_the_trial_states_table(tmp_path: P
     engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
-            assert connection.execute(sa.select(formats.c.version)).scalar_one() == TABLES_FORMAT
+            query = sa.select(formats.c.version).where(formats.c.component == "tables")
+            assert connection.execute(query).scalar_one() == TABLES_FORMAT
     finally:
         engine.dispose()
 

@@ -284,7 +284,9 @@ def test_threads_share_one_stream_and_every_trial_is_checkpointed(
     stream = sampler._attachment.stream
     assert [s.name for s in store.list_streams(stream.study_uid)] == ["main"]
     ids = [t._trial_id for t in study.trials]
-    assert set(store.claims(stream.study_uid, ids).values()) == {stream.stream_id}
+    assert {c.stream_id for c in store.claims(stream.study_uid, ids).values()} == {
+        stream.stream_id
+    }
     assert len(store.latest_checkpoints(stream.stream_id, excluding=(), limit=100)) == 24 + 1
 
     # A fresh process resumes from the newest of them.

@@ -23,6 +23,8 @@ from optuna_checkpoint.tools._audit import DeterminismReport
 from optuna_checkpoint.tools._audit import audit_determinism
 from optuna_checkpoint.tools._fork import ForkReport
 from optuna_checkpoint.tools._fork import fork_study
+from optuna_checkpoint.tools._rekey import RekeyReport
+from optuna_checkpoint.tools._rekey import rekey_study
 from optuna_checkpoint.tools._seeding import seed_everything
 from optuna_checkpoint.tools._seeding import trial_seed
 from optuna_checkpoint.tools._trajectory import uninterrupted_trials
@@ -46,6 +48,7 @@ __all__ = [
     "ForkReport",
     "ImportReport",
     "MissingCheckpointError",
+    "RekeyReport",
     "Retention",
     "SignatureError",
     "Stateful",
@@ -63,6 +66,7 @@ __all__ = [
     "fork_study",
     "import_checkpoints",
     "load_sampler_state_dict",
+    "rekey_study",
     "sampler_state_dict",
     "seed_everything",
     "trial_checkpoint",

@@ -22,6 +22,8 @@ POINTS = (
     "after_save",  # stores without a commit hook: checkpoint saved, trial end not yet stored
     "inside_trial_state_save",  # SQL: the previous trial state deleted, the new one not inserted
     "after_artifact_upload",  # a trial state's body uploaded, its reference not yet committed
+    "inside_import",  # a stream or a row of an import written, the next one not yet
+    "inside_reseal",  # SQL: some of a re-keying's new seals written, not all (nor committed)
     # Passed by the kill-fuzz tests' own objective and callback, not by the library.
     "objective",
     "between_trials",

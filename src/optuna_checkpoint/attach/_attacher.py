@@ -32,6 +32,7 @@ from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import same_configuration
+from optuna_checkpoint.state._rows import SealedRows
 from optuna_checkpoint.state._spawn import spawn_rng_states
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._open import store_for
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from optuna_checkpoint.state._packing import CheckpointPacker
+    from optuna_checkpoint.state._seal import Sealer
     from optuna_checkpoint.stores._base import Checkpoint
     from optuna_checkpoint.stores._base import CheckpointStore
     from optuna_checkpoint.stores._base import Owner
@@ -146,17 +148,20 @@ class StreamAttacher:
         pristine = self._adapter.state_dict()
         uid = study_uid(study._study_id, study.study_name, first_trial(storage, study._study_id))
         store.open_study(study._study_id, uid)
+        rows = SealedRows(store, uid, self._packer.sealer)
         me = current_owner()
         stream, created, sole_stream = self._choose_stream(
-            store, study, trial, uid, me, pristine, grace_period
+            rows, study, trial, me, pristine, grace_period
         )
         try:
+            if not created:  # nothing written under a key that does not fit the study
+                rows.check_key_fits(stream, checkpoints=not self._start_new_stream)
             # Claimed first, so a worker resuming meanwhile never takes it for a dead one's.
-            claim_trial(store, stream, study._study_id, trial)
+            claim_trial(rows, stream, study._study_id, trial)
             if self._start_new_stream and not created:
                 stream = self._restart_stream(store, stream, me, study, trial, uid, pristine)
             else:
-                self._check_fingerprint(store, stream, study, trial)
+                self._check_fingerprint(rows, stream, study, trial)
             self._adapter.bind_study(storage, study._study_id, sole_stream=sole_stream)
         except BaseException:
             store.release(stream.stream_id, me.token)
@@ -169,6 +174,7 @@ class StreamAttacher:
             study_id=study._study_id,
             study_uid=uid,
             store=store,
+            rows=rows,
             stream=stream,
             owner=me,
             heartbeat=heartbeat,
@@ -181,20 +187,19 @@ class StreamAttacher:
 
         From now on the stream claims each trial in the transaction that creates it.
         """
-        attachment.store.claim_trials_at_creation(attachment.stream, attachment.study_id)
+        attachment.rows.claim_at_creation(attachment.stream, attachment.study_id)
         attachment.release_with(holder)
         self.attachment = attachment
 
     def claim(self, attachment: Attachment, trial: FrozenTrial) -> None:
         """Claim a trial this process created, if its creation did not already."""
-        claim_trial(attachment.store, attachment.stream, attachment.study_id, trial)
+        claim_trial(attachment.rows, attachment.stream, attachment.study_id, trial)
 
     def _choose_stream(
         self,
-        store: CheckpointStore,
+        rows: SealedRows,
         study: Study,
         trial: FrozenTrial,
-        uid: str,
         me: Owner,
         pristine: dict[str, Any],
         grace_period: float,
@@ -204,6 +209,7 @@ class StreamAttacher:
         Returns:
             The stream, whether it was created now, and whether it is the study's only stream.
         """
+        store, uid = rows.store, rows.study_uid
         explicit = self._worker_id is not None
         existing = {s.name: s for s in store.list_streams(uid)}
         names = iter([self._worker_id]) if self._worker_id is not None else slot_names()
@@ -246,7 +252,7 @@ class StreamAttacher:
                     f"{study.study_name!r} at the same moment; run one process per worker id."
                 )
             _close_refused_trial(
-                store, uid, study, trial, "refused: another live process holds its worker id"
+                rows, study, trial, "refused: another live process holds its worker id", stream
             )
             raise StreamOwnedError(
                 f"worker id {name!r} of study {study.study_name!r} is in use: "
@@ -316,19 +322,14 @@ class StreamAttacher:
         return reset
 
     def _check_fingerprint(
-        self, store: CheckpointStore, stream: Stream, study: Study, trial: FrozenTrial
+        self, rows: SealedRows, stream: Stream, study: Study, trial: FrozenTrial
     ) -> None:
         if same_configuration(stream.fingerprint, self._fingerprint):
             return
         lines = differences(stream.fingerprint, self._fingerprint)
         shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
-        _close_refused_trial(
-            store,
-            stream.study_uid,
-            study,
-            trial,
-            "refused: the sampler is configured differently from the stream's",
-        )
+        reason = "refused: the sampler is configured differently from the stream's"
+        _close_refused_trial(rows, study, trial, reason, stream)
         raise ConfigMismatchError(
             f"study {study.study_name!r} was checkpointed by a sampler configured differently "
             f"from this one:\n  {shown}\nResume with the sampler constructed exactly as before "
@@ -378,13 +379,14 @@ def _announce_late_start(study: Study, stream: Stream) -> None:
     )
 
 
-def claim_trial(store: CheckpointStore, stream: Stream, study_id: int, trial: FrozenTrial) -> None:
+def claim_trial(rows: SealedRows, stream: Stream, study_id: int, trial: FrozenTrial) -> None:
     """Claim a trial this process created for its stream (done at its creation, if it can).
 
     Raises:
         StreamOwnedError: Another worker's resume took the trial for an abandoned one first.
+        CorruptCheckpointError: The claim that holds the trial instead fails its seal.
     """
-    if not store.claim_trial(stream, study_id, trial._trial_id):
+    if not rows.claim(stream, study_id, trial._trial_id):
         raise StreamOwnedError(
             f"trial {trial.number}, which this process had just created, was taken for an "
             "abandoned one by another worker's resume before this process could claim it "
@@ -418,29 +420,39 @@ def first_trial_of_new_stream(storage: BaseStorage, study_id: int, current: Froz
     return number
 
 
-def refuse_trial(study: Study, trial: FrozenTrial, reason: str) -> None:
+def refuse_trial(study: Study, trial: FrozenTrial, reason: str, sealer: Sealer) -> None:
     """Close ``trial``, which this process had just created, because it refuses to run it.
 
     Left RUNNING, it would be a pending trial to other workers' constant-liar TPE, and the next
     run of this worker would take it for its own interrupted trial and retry it, saying its
-    process died. Recorded as an interruption that no stream ran, it is hidden from every
-    sampler, retried by no one, and shows ``reason``.
+    process died. Recorded as an interruption that no stream ran (sealed by ``sealer``), it is
+    hidden from every sampler, retried by no one, and shows ``reason``.
     """
     storage, study_id = study._storage, study._study_id
     store = store_for(storage)
     uid = study_uid(study_id, study.study_name, first_trial(storage, study_id))
     store.open_study(study_id, uid)
-    _close_refused_trial(store, uid, study, trial, reason)
+    streams = store.list_streams(uid)
+    _close_refused_trial(
+        SealedRows(store, uid, sealer), study, trial, reason, streams[0] if streams else None
+    )
 
 
 def _close_refused_trial(
-    store: CheckpointStore, uid: str, study: Study, trial: FrozenTrial, reason: str
+    rows: SealedRows, study: Study, trial: FrozenTrial, reason: str, stream: Stream | None
 ) -> None:
-    """:func:`refuse_trial` with the study's store and uid at hand."""
-    hidden = HiddenTrials.of(store.where_interrupted(uid))
+    """:func:`refuse_trial` with the study's rows at hand, and a stream of the study if any.
+
+    The key is tried on the study first (:meth:`SealedRows.check_key_fits`): a process with the
+    wrong key leaves its trial RUNNING and unclaimed, for the next resume to adopt, rather than
+    a row the study's workers could not check.
+    """
+    if stream is not None:
+        rows.check_key_fits(stream)
+    hidden = HiddenTrials.of(rows.interruptions())
     logical = hidden.logical_number(trial.number)
-    store.add_interruptions(
-        study._study_id, uid, [Interruption(trial._trial_id, trial.number, logical, reason)]
+    rows.add_interruptions(
+        study._study_id, [Interruption(trial._trial_id, trial.number, logical, reason)]
     )
     study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
     study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

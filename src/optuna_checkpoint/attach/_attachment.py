@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
     from optuna_checkpoint.attach._lease import Heartbeat
+    from optuna_checkpoint.state._rows import SealedRows
     from optuna_checkpoint.stores._base import CheckpointStore
     from optuna_checkpoint.stores._base import Owner
     from optuna_checkpoint.stores._base import Stream
@@ -41,6 +42,8 @@ class Attachment:
         study_id: The study's id in it.
         study_uid: The study's identity across processes (``study._identity.study_uid``).
         store: The checkpoint store of the storage.
+        rows: The study's interruptions and claims in that store, sealed and checked with the
+            sampler's key.
         stream: The stream this sampler writes, whose lease it holds.
         owner: This process, as the lease names it.
         heartbeat: Refreshes the lease while trials run (``None`` for in-memory studies).
@@ -56,6 +59,7 @@ class Attachment:
     study_id: int
     study_uid: str
     store: CheckpointStore
+    rows: SealedRows
     stream: Stream
     owner: Owner
     heartbeat: Heartbeat | None

@@ -36,7 +36,7 @@ class Liveness:
     ) -> None:
         running = [t._trial_id for t in trials if t.state == TrialState.RUNNING]
         store, uid = attachment.store, attachment.study_uid
-        self._claims = store.claims(uid, running) if running else {}
+        self._claims = attachment.rows.claims(running) if running else {}
         self._streams: dict[int, Stream] = (
             {s.stream_id: s for s in store.list_streams(uid)} if running else {}
         )

@@ -9,6 +9,7 @@ from optuna_checkpoint.attach._attacher import refuse_trial
 from optuna_checkpoint.exceptions import ConfigMismatchError
 from optuna_checkpoint.state._fingerprint import comparable
 from optuna_checkpoint.state._fingerprint import digest
+from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.study._positions import DETERMINISTIC_ATTR
 
 
@@ -34,8 +35,19 @@ def check_study_mode(
     try:
         _check_study_mode(study, workers, fingerprint)
     except ConfigMismatchError:
-        refuse_trial(study, trial, "refused: the worker does not match the study's mode")
+        reason = "refused: the worker does not match the study's mode"
+        refuse_trial(study, trial, reason, _sealer_of(study))
         raise
+
+
+def _sealer_of(study: Study) -> Sealer:
+    """The sealer of the study's ``CheckpointingSampler``, which seals the refused trial's row.
+
+    That sampler calls this before it attaches, and lives in a layer above, so its sealer is
+    found on it by name; the environment's key is the fallback.
+    """
+    sealer = getattr(getattr(study.sampler, "_options", None), "sealer", None)
+    return sealer if isinstance(sealer, Sealer) else Sealer.from_option(None)
 
 
 def _check_study_mode(study: Study, workers: int | None, fingerprint: Any) -> None:

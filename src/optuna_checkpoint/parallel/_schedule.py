@@ -138,9 +138,8 @@ class Scheduler:
             trial.system_attrs[POSITION_ATTR] = position
         if orphans:
             reason = "its process died while the trial ran"
-            attachment.store.add_interruptions(
+            attachment.rows.add_interruptions(
                 attachment.study_id,
-                attachment.study_uid,
                 [Interruption(t._trial_id, t.number, position, reason, None) for t in orphans],
             )
             for orphan in orphans:

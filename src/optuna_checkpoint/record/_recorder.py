@@ -153,9 +153,8 @@ class TrialRecorder:
         reason = CUT_OFF_BY_CTRL_C
         if hide:
             stream_id = attachment.stream.stream_id
-            attachment.store.add_interruptions(
+            attachment.rows.add_interruptions(
                 attachment.study_id,
-                attachment.study_uid,
                 [Interruption(trial._trial_id, trial.number, position, reason, stream_id)],
             )
         attachment.storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, reason)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
@@ -23,6 +24,10 @@ from optuna_checkpoint.stores._base import ALL_CHECKPOINTS
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Stream
+
+
+if TYPE_CHECKING:
+    from optuna_checkpoint.state._rows import SealedRows
 
 
 _logger = get_logger(__name__)
@@ -113,7 +118,7 @@ def checkpoints_to_delete(checkpoints: Sequence[Checkpoint], retention: Retentio
 
 
 def prune_stream(
-    store: CheckpointStore, stream: Stream, retention: Retention, *, dry_run: bool = False
+    rows: SealedRows, stream: Stream, retention: Retention, *, dry_run: bool = False
 ) -> int:
     """Delete the stream's checkpoints that ``retention`` does not keep.
 
@@ -121,7 +126,8 @@ def prune_stream(
     :attr:`Retention.newest_kept` are deleted, and a resume reads only the newest two.
 
     Args:
-        store: The stream's store (its study opened with :meth:`CheckpointStore.open_study`).
+        rows: The interruptions of the stream's study, in the stream's store (its study opened
+            with :meth:`CheckpointStore.open_study`): their checkpoints are left alone.
         stream: The stream.
         retention: What to keep.
         dry_run: Count what would be deleted, and delete nothing.
@@ -131,10 +137,12 @@ def prune_stream(
 
     Raises:
         CheckpointError: The store cannot delete checkpoints (a journal's side record).
+        CorruptCheckpointError: A record of an interrupted trial fails its seal.
     """
+    store = rows.store
     if not dry_run and store.deletion_unsupported is not None:
         raise CheckpointError(store.deletion_unsupported)
-    hidden = {i.trial_id for i in store.where_interrupted(stream.study_uid)}
+    hidden = {i.trial_id for i in rows.interruptions()}
     listed = store.latest_checkpoints(stream.stream_id, excluding=hidden, limit=ALL_CHECKPOINTS)
     doomed = checkpoints_to_delete(listed, retention)
     if dry_run or not doomed:

@@ -206,12 +206,11 @@ class TrialStates:
                 "reference in the database."
             )
         record = TrialStateRecord(key, trial_id, payload, "")
-        seal = self._sealer.seal(_as_checkpoint(record), _where(attachment.study_uid, record))
         store.save_trial_state(
             attachment.stream,
             attachment.owner.token,
             attachment.study_id,
-            replace(record, checksum=seal),
+            sealed_state(self._sealer, attachment.study_uid, record),
         )
         attempt.artifact = ref
 
@@ -268,7 +267,7 @@ class TrialStates:
             return None  # a first attempt
         what = f"the state saved for logical trial {key} by trial id {record.trial_id}"
         try:
-            self._sealer.check(_as_checkpoint(record), _where(attachment.study_uid, record))
+            check_state_seal(self._sealer, attachment.study_uid, record)
             decoded = _codec.decode(record.payload)
             steps = {int(step): float(value) for step, value in decoded[_INTERMEDIATE]}
             body = decoded
@@ -328,6 +327,21 @@ class TrialStates:
             else:
                 with self._lock:
                     self._to_remove.append(slots)
+
+
+def sealed_state(sealer: Sealer, study_uid: str, record: TrialStateRecord) -> TrialStateRecord:
+    """``record`` with its seal, over the study, the logical trial, the attempt and the payload."""
+    return replace(record, checksum=sealer.seal(_as_checkpoint(record), _where(study_uid, record)))
+
+
+def check_state_seal(sealer: Sealer, study_uid: str, record: TrialStateRecord) -> None:
+    """Check the seal of a saved trial state, as :meth:`Sealer.check` checks a checkpoint's.
+
+    Raises:
+        CorruptCheckpointError: The record does not match its seal.
+        SignatureError: Its signature cannot be checked with this sealer's key.
+    """
+    sealer.check(_as_checkpoint(record), _where(study_uid, record))
 
 
 def _where(study_uid: str, record: TrialStateRecord) -> str:

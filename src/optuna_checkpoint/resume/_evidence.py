@@ -15,7 +15,9 @@ checkpoint of the stream to write, and tags the trial :data:`TOLD_ELSEWHERE_ATTR
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Collection
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -73,7 +75,7 @@ def finished_without_checkpoint(
 
 def lost_checkpoints_of_stream(
     store: CheckpointStore,
-    study_uid: str,
+    claims_of: Callable[[list[int]], Mapping[int, int]],
     stream: Stream,
     trials: Sequence[FrozenTrial],
     newest_number: int,
@@ -81,12 +83,13 @@ def lost_checkpoints_of_stream(
 ) -> list[FrozenTrial]:
     """:func:`finished_without_checkpoint` among all of the study's ``trials``, by number.
 
-    Looks up the claims of the few trials that could be evidence only, as a resume needs.
+    Looks up the claims (through ``claims_of``, which gives the claiming stream of each claimed
+    trial id, seals checked) of the few trials that could be evidence only, as a resume needs.
     """
     candidates = [t for t in trials if _may_be_evidence(t, stream, newest_number, hidden)]
     if not candidates:
         return []
-    claims = claiming_streams(store, study_uid, candidates)
+    claims = claims_of([t._trial_id for t in candidates])
     own = [t for t in candidates if claims.get(t._trial_id) == stream.stream_id]
     lost = finished_without_checkpoint(store, stream, own, newest_number, hidden)
     return sorted(lost, key=lambda t: t.number)
@@ -95,11 +98,15 @@ def lost_checkpoints_of_stream(
 def claiming_streams(
     store: CheckpointStore, study_uid: str, trials: Sequence[FrozenTrial]
 ) -> dict[int, int]:
-    """The id of the stream that claimed each of ``trials``, by trial id (unclaimed: absent)."""
+    """The id of the stream that claimed each of ``trials``, by trial id (unclaimed: absent).
+
+    Seals are not checked here: ``status`` and ``verify`` read the claims as they are stored.
+    """
     claims: dict[int, int] = {}
     for i in range(0, len(trials), _CLAIMS_CHUNK):
         chunk = trials[i : i + _CLAIMS_CHUNK]
-        claims.update(store.claims(study_uid, [t._trial_id for t in chunk]))
+        found = store.claims(study_uid, [t._trial_id for t in chunk])
+        claims.update((trial_id, claim.stream_id) for trial_id, claim in found.items())
     return claims
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Collection
+from collections.abc import Mapping
 from collections.abc import Sequence
 import datetime
 import time
@@ -17,6 +18,11 @@ from typing import TYPE_CHECKING
 from optuna.trial import TrialState
 
 from optuna_checkpoint._logging import get_logger
+from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.state._packing import RESTORE_REMEDY
+from optuna_checkpoint.state._packing import no_such_trial
+from optuna_checkpoint.state._rows import ROW_REMEDY
+from optuna_checkpoint.state._rows import describe_interruption
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.study._logical import HiddenTrials
@@ -29,10 +35,37 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
+    from optuna_checkpoint.stores._base import Stream
+
 
 _logger = get_logger(__name__)
 
 RETRIES_EXHAUSTED = "retries exhausted; kept as a genuine failure"
+
+
+def check_trials_named(
+    trials: Mapping[int, FrozenTrial],
+    checkpoints: Sequence[Checkpoint],
+    interruptions: Sequence[Interruption],
+    stream: Stream,
+) -> None:
+    """Refuse a checkpoint, or an interruption of ``stream``, that names a trial not in the study.
+
+    The resume looks up the trials these name. Other streams' interruptions are left alone:
+    another worker may record a trial it created after ``trials`` was read.
+
+    Raises:
+        CorruptCheckpointError: Naming the stream and the row.
+    """
+    for checkpoint in checkpoints:
+        if checkpoint.trial_id is not None and checkpoint.trial_id not in trials:
+            raise no_such_trial(checkpoint, stream.name, RESTORE_REMEDY)
+    for i in interruptions:
+        if i.stream_id == stream.stream_id and i.trial_id not in trials:
+            raise CorruptCheckpointError(
+                f"{describe_interruption(i)} in stream {stream.name!r} names a trial the study "
+                "does not have: the row was altered, or copied from another study." + ROW_REMEDY
+            )
 
 
 def roll_forward(storage: BaseStorage, trial: FrozenTrial, checkpoint: Checkpoint) -> bool:

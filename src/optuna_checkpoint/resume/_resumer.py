@@ -23,6 +23,7 @@ from optuna_checkpoint.resume._evidence import describe_missing
 from optuna_checkpoint.resume._evidence import lost_checkpoints_of_stream
 from optuna_checkpoint.resume._interruptions import RETRIES_EXHAUSTED
 from optuna_checkpoint.resume._interruptions import adoptable_trials
+from optuna_checkpoint.resume._interruptions import check_trials_named
 from optuna_checkpoint.resume._interruptions import find_interrupted
 from optuna_checkpoint.resume._interruptions import mark_retry
 from optuna_checkpoint.resume._interruptions import roll_forward
@@ -90,18 +91,20 @@ class Resumer:
         try:
             self._resume(attachment, study, current)
         except CheckpointError as error:
-            refuse_trial(study, current, f"refused: its resume failed ({type(error).__name__})")
+            reason = f"refused: its resume failed ({type(error).__name__})"
+            refuse_trial(study, current, reason, self._packer.sealer)
             raise
 
     def _resume(self, attachment: Attachment, study: Study, current: FrozenTrial) -> None:
         all_trials = trials_of_this_trial(study)
-        store, storage = attachment.store, attachment.storage
+        storage = attachment.storage
         # Only the newest two checkpoints are needed: the FAIL-marker rule below may hide the
         # newest, and no rule hides a trial before it that has a checkpoint.
-        known, latest = store.resume_point(
-            attachment.study_uid, attachment.stream.stream_id, limit=RESUME_LOOKBACK
+        known, latest = attachment.rows.resume_point(
+            attachment.stream.stream_id, limit=RESUME_LOOKBACK
         )
         trials = {t._trial_id: t for t in all_trials}
+        check_trials_named(trials, latest, known, attachment.stream)
         newest = latest[0] if latest else None
         if newest is not None and newest.trial_state is not None:
             # Before its recorded end is trusted.
@@ -128,7 +131,7 @@ class Resumer:
         )
         # Recorded first: if this process dies before closing them, the next one still hides
         # them and closes them (closing is idempotent).
-        store.add_interruptions(attachment.study_id, attachment.study_uid, fresh)
+        attachment.rows.add_interruptions(attachment.study_id, fresh)
         interrupted = sorted([*known, *fresh], key=lambda i: i.trial_number)
         # This stream's own: another worker's recorded ones are closed by that worker's resume,
         # which may be doing so right now.
@@ -196,7 +199,7 @@ class Resumer:
         before its first sampler hook; the first worker to resume adopts it, atomically, so it
         is hidden and retried exactly once. Other workers' trials are never touched.
         """
-        store, stream = attachment.store, attachment.stream
+        stream = attachment.stream
         hidden = {i.trial_id for i in known}
         newest_trial = trials.get(newest.trial_id) if newest and newest.trial_id else None
         after = newest_trial.number if newest_trial is not None else -1
@@ -213,7 +216,7 @@ class Resumer:
         ]
 
         def claims_of(trial_ids: list[int]) -> dict[int, int]:
-            claims = store.claims(attachment.study_uid, trial_ids)
+            claims = attachment.rows.claims(trial_ids)
             # Trials other threads of this process are starting count as claimed, not by us.
             claims.update((t, _THIS_PROCESS) for t in trial_ids if t in self._arrivals)
             return claims
@@ -228,7 +231,7 @@ class Resumer:
             and t.number >= stream.first_trial_number
         ]
         for trial in adoptable_trials(unclaimed, claims_of, CLAIM_WINDOW):
-            if store.claim_trial(stream, attachment.study_id, trial._trial_id):
+            if attachment.rows.claim(stream, attachment.study_id, trial._trial_id):
                 mine.add(trial._trial_id)
         return mine
 
@@ -243,7 +246,7 @@ def _refuse_if_checkpoints_lost(
     """
     missing = lost_checkpoints_of_stream(
         attachment.store,
-        attachment.study_uid,
+        attachment.rows.claims,
         attachment.stream,
         trials,
         restored_after,
@@ -304,6 +307,4 @@ def refresh_hidden_trials(attachment: Attachment, *, without_hint: bool = False)
     """
     hint = attachment.store.interruption_count_hint(attachment.study_uid)
     if without_hint if hint is None else hint != len(attachment.hidden.trial_ids):
-        attachment.hidden = HiddenTrials.of(
-            attachment.store.where_interrupted(attachment.study_uid)
-        )
+        attachment.hidden = HiddenTrials.of(attachment.rows.interruptions())

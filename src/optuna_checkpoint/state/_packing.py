@@ -33,6 +33,19 @@ RESTORE_REMEDY = (
 )
 
 
+def no_such_trial(checkpoint: Checkpoint, stream_name: str, remedy: str) -> CorruptCheckpointError:
+    """The error for a checkpoint row whose trial is not a trial of the study it is stored in.
+
+    Its seal may hold (without a key anyone can reseal a row), but no trial of the study ran
+    it: the row was altered, or copied from another study.
+    """
+    return CorruptCheckpointError(
+        f"{describe(checkpoint)} (logical trial {checkpoint.logical_number}) in stream "
+        f"{stream_name!r} names a trial the study does not have: the row was altered, or "
+        "copied from another study." + remedy
+    )
+
+
 class CheckpointPacker:
     """Packs a :class:`CheckpointState` into sealed checkpoints, and restores it from them.
 

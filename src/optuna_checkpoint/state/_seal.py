@@ -1,5 +1,8 @@
 """Seals: the integrity check, and optionally the signature, stored with every checkpoint.
 
+The rows kept beside the checkpoints (interruptions, claims) are sealed the same way, over
+their own fields (:meth:`Sealer.seal_row`; which fields, in :mod:`._rows`).
+
 A seal covers everything a resume trusts from a checkpoint row: the place the checkpoint belongs
 to (study, stream, trial and logical number, so a row copied elsewhere fails), the adapter that
 wrote it, the trial state and values it records (a resume may store them, to roll a trial
@@ -19,11 +22,13 @@ created.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 import hashlib
 import hmac
 import json
 import os
 from typing import TYPE_CHECKING
+from typing import Any
 
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import CorruptCheckpointError
@@ -92,10 +97,14 @@ class Sealer:
 
     def seal(self, checkpoint: Checkpoint, where: str) -> str:
         """Return the seal of ``checkpoint`` (its own ``checksum`` is ignored) at ``where``."""
-        message = _message(checkpoint, where)
-        if self._key is None:
-            return f"{_SHA256}:{_b64(hashlib.sha256(message).digest())}"
-        return f"{_HMAC}:{_b64(hmac.digest(self._key, message, 'sha256'))}"
+        return self._seal_message(_message(checkpoint, where))
+
+    def seal_row(self, fields: Sequence[Any]) -> str:
+        """Return the seal of a row kept beside the checkpoints (see :mod:`._rows`).
+
+        ``fields`` name the row's kind and study first, then every field a reader obeys.
+        """
+        return self._seal_message(_row_message(fields))
 
     def check(self, checkpoint: Checkpoint, where: str) -> None:
         """Check the seal stored in ``checkpoint.checksum``.
@@ -107,17 +116,66 @@ class Sealer:
                 checkpoint is signed and no key is configured to check it.
         """
         scheme, _, digest = checkpoint.checksum.rpartition(":")
-        if scheme == "":
-            expected = _legacy_digest(checkpoint, where)
+        self._check_digest(
+            scheme,
+            digest,
+            _message(checkpoint, where),
+            legacy=_legacy_digest(checkpoint, where) if scheme == "" else None,
+            unsigned=(
+                "unsigned checkpoints are refused. If the study was run before signing was "
+                "turned on, sign it with optuna-checkpoint rekey"
+            ),
+            copied="study, stream or trial",
+        )
+
+    def check_row(self, seal: str, fields: Sequence[Any]) -> None:
+        """Check the seal of a row kept beside the checkpoints, as :meth:`check` does.
+
+        Raises:
+            CorruptCheckpointError: The row does not match its seal.
+            SignatureError: The row is unsigned and a key is configured, or signed and none is.
+        """
+        scheme, _, digest = seal.rpartition(":")
+        self._check_digest(
+            scheme,
+            digest,
+            _row_message(fields),
+            legacy=None,
+            unsigned=(
+                "unsigned rows are refused: it was written by someone who lacks the key, or "
+                "before signing was turned on (then sign the study with optuna-checkpoint "
+                "rekey)"
+            ),
+            copied="study or trial",
+        )
+
+    def _seal_message(self, message: bytes) -> str:
+        if self._key is None:
+            return f"{_SHA256}:{_b64(hashlib.sha256(message).digest())}"
+        return f"{_HMAC}:{_b64(hmac.digest(self._key, message, 'sha256'))}"
+
+    def _check_digest(
+        self,
+        scheme: str,
+        digest: str,
+        message: bytes,
+        *,
+        legacy: str | None,
+        unsigned: str,
+        copied: str,
+    ) -> None:
+        """Compare ``digest`` with the one ``scheme`` gives for ``message`` (``legacy``: hex)."""
+        if scheme == "" and legacy is not None:
+            expected = legacy
         elif scheme == _SHA256:
-            expected = _b64(hashlib.sha256(_message(checkpoint, where)).digest())
+            expected = _b64(hashlib.sha256(message).digest())
         elif scheme == _HMAC:
             if self._key is None:
                 raise SignatureError(
                     "it is signed, and no signing key is configured to check it: pass "
                     f"signing_key= to CheckpointingSampler or set {SIGNING_KEY_ENV}"
                 )
-            expected = _b64(hmac.digest(self._key, _message(checkpoint, where), "sha256"))
+            expected = _b64(hmac.digest(self._key, message, "sha256"))
         else:
             raise CorruptCheckpointError(
                 f"its seal has the unknown scheme {scheme[:20]!r}: it was altered, or written by "
@@ -125,16 +183,14 @@ class Sealer:
             )
         if self._key is not None and scheme != _HMAC:
             raise SignatureError(
-                "it is not signed, and a signing key is configured, so unsigned checkpoints are "
-                "refused. If the stream was written before signing was turned on, start it "
-                "again with start_new_stream=True"
+                f"it is not signed, and a signing key is configured, so {unsigned}"
             )
         if not hmac.compare_digest(digest.encode(), expected.encode()):
             what = "its signature" if scheme == _HMAC else "its checksum"
             also = ", or signed with another key" if scheme == _HMAC else ""
             raise CorruptCheckpointError(
                 f"it fails {what}: it was corrupted or altered{also}, or copied from another "
-                "study, stream or trial"
+                f"{copied}"
             )
 
     def check_stored(
@@ -164,6 +220,11 @@ def _message(checkpoint: Checkpoint, where: str) -> bytes:
         [where, checkpoint.adapter, checkpoint.trial_state, hexes, versions], sort_keys=True
     )
     return fields.encode() + b"\0" + checkpoint.payload
+
+
+def _row_message(fields: Sequence[Any]) -> bytes:
+    # No NUL byte (JSON escapes it), so never the message of a checkpoint, which has one.
+    return json.dumps(list(fields), sort_keys=True).encode()
 
 
 def _legacy_digest(checkpoint: Checkpoint, where: str) -> str:

@@ -6,8 +6,8 @@ For storages this package cannot reach beneath, above all :class:`optuna.storage
 
 * study attribute ``optuna_checkpoint:stream:<name>``: the stream (id, fingerprint, lease) and
   its newest few checkpoints, the payload in base64;
-* study attribute ``optuna_checkpoint:interrupted:<trial id>``: one interrupted trial;
-* trial attribute ``optuna_checkpoint:stream``: the stream that claimed the trial;
+* interruptions and claims, in attributes of the study and of the trials, as
+  :mod:`._attrs_rows` says;
 * study attribute ``optuna_checkpoint:trial_state:<logical trial>``: a logical trial's saved
   state (``trial_checkpoint``), the payload in base64; ``None`` once deleted, since Optuna's API
   cannot delete an attribute. One attribute write replaces it whole.
@@ -29,7 +29,6 @@ from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import asdict
 import hashlib
-import threading
 import time
 from typing import Any
 from typing import ClassVar
@@ -37,36 +36,33 @@ from typing import ClassVar
 from optuna.storages import BaseStorage
 
 from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.stores._attrs_rows import CLAIM_ATTR
+from optuna_checkpoint.stores._attrs_rows import INTERRUPTED_PREFIX
+from optuna_checkpoint.stores._attrs_rows import STREAM_PREFIX
+from optuna_checkpoint.stores._attrs_rows import AttributeRows
+from optuna_checkpoint.stores._attrs_rows import of_study
 from optuna_checkpoint.stores._base import Checkpoint
-from optuna_checkpoint.stores._base import CheckpointStore
-from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
+from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
 from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._base import TrialStateSummary
+from optuna_checkpoint.stores._plant import plant_step_by_step
 
 
 KEPT_CHECKPOINTS = 4
 """Newest trial checkpoints kept per stream besides the initial one; a resume needs two."""
 
-_STREAM_PREFIX = "optuna_checkpoint:stream:"
-_INTERRUPTED_PREFIX = "optuna_checkpoint:interrupted:"
-_CLAIM_ATTR = "optuna_checkpoint:stream"
 _TRIAL_STATE_PREFIX = "optuna_checkpoint:trial_state:"
 
 
 def _stream_id(study_uid: str, name: str) -> int:
     # Stable across processes without a counter to coordinate; 48 bits fit every integer column.
     return int.from_bytes(hashlib.sha256(f"{study_uid}/{name}".encode()).digest()[:6], "big")
-
-
-def _of_study(value: Any, study_uid: str) -> dict[str, Any] | None:
-    """``value`` if it is a record of the study ``study_uid`` (not of a deleted namesake)."""
-    if isinstance(value, dict) and value.get("study_uid") == study_uid:
-        return value
-    return None
 
 
 def _checkpoint_to_json(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -91,11 +87,12 @@ def _checkpoint_from_json(data: dict[str, Any]) -> Checkpoint:
     )
 
 
-class AttributeCheckpointStore(CheckpointStore):
+class AttributeCheckpointStore(AttributeRows):
     """Streams, checkpoints, claims and interruptions in Optuna's study and trial attributes.
 
     One per storage object (:meth:`for_storage`); a store object serialises its own writes with
     a lock, so threads of one process (``n_jobs > 1``) never interleave a read-modify-write.
+    Interruptions and claims are kept as :class:`~._attrs_rows.AttributeRows` says.
     """
 
     kept_checkpoints = KEPT_CHECKPOINTS
@@ -103,11 +100,6 @@ class AttributeCheckpointStore(CheckpointStore):
     # and GrpcStorageProxy's messages stop at 4 MiB.
     trial_state_limit = 1 << 20
     _registry: ClassVar[StoreRegistry[AttributeCheckpointStore]] = StoreRegistry()
-
-    def __init__(self, storage: BaseStorage) -> None:
-        self._storage = storage
-        self._lock = threading.RLock()
-        self._study_ids: dict[str, int] = {}  # study uid -> study id, learnt on first use
 
     @classmethod
     def for_storage(cls, storage: BaseStorage) -> AttributeCheckpointStore:
@@ -119,19 +111,13 @@ class AttributeCheckpointStore(CheckpointStore):
 
     # -- streams ---------------------------------------------------------------------------
 
-    def _study_id(self, study_uid: str) -> int:
-        try:
-            return self._study_ids[study_uid]
-        except KeyError:
-            raise LookupError(f"study {study_uid} was never opened through this store") from None
-
     def _read(self, study_uid: str, name: str) -> dict[str, Any] | None:
         attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
-        return _of_study(attrs.get(_STREAM_PREFIX + name), study_uid)
+        return of_study(attrs.get(STREAM_PREFIX + name), study_uid)
 
     def _write(self, study_uid: str, data: dict[str, Any]) -> None:
         self._storage.set_study_system_attr(
-            self._study_id(study_uid), _STREAM_PREFIX + data["name"], data
+            self._study_id(study_uid), STREAM_PREFIX + data["name"], data
         )
 
     @staticmethod
@@ -150,14 +136,10 @@ class AttributeCheckpointStore(CheckpointStore):
     def _by_id(self, stream_id: int) -> tuple[str, dict[str, Any]]:
         for study_uid, study_id in self._study_ids.items():
             for key, value in self._storage.get_study_system_attrs(study_id).items():
-                data = _of_study(value, study_uid) if key.startswith(_STREAM_PREFIX) else None
+                data = of_study(value, study_uid) if key.startswith(STREAM_PREFIX) else None
                 if data is not None and data["stream_id"] == stream_id:
                     return study_uid, data
         raise LookupError(f"no stream {stream_id}")
-
-    def open_study(self, study_id: int, study_uid: str) -> None:
-        """Learn which study a uid names: the attributes are addressed by study id."""
-        self._study_ids[study_uid] = study_id
 
     def find_stream(self, study_uid: str, name: str) -> Stream | None:
         """Return the stream, or ``None``."""
@@ -170,7 +152,7 @@ class AttributeCheckpointStore(CheckpointStore):
         found = [
             self._stream(study_uid, value)
             for key, value in attrs.items()
-            if key.startswith(_STREAM_PREFIX) and _of_study(value, study_uid) is not None
+            if key.startswith(STREAM_PREFIX) and of_study(value, study_uid) is not None
         ]
         return sorted(found, key=lambda s: (s.heartbeat_at, s.name))
 
@@ -191,6 +173,7 @@ class AttributeCheckpointStore(CheckpointStore):
             if self._read(study_uid, name) is not None:
                 return None
             self._forget_deleted_namesakes(study_id, study_uid)
+            self._record_unsealed_bound(study_uid)
             # An attribute of another uid is a deleted study's whose id was reused: replaced.
             data = {
                 "study_uid": study_uid,
@@ -213,9 +196,7 @@ class AttributeCheckpointStore(CheckpointStore):
         # reused id, are blanked instead (readers skip records of other uids anyway).
         for key, value in self._storage.get_study_system_attrs(study_id).items():
             stale = isinstance(value, dict) and value.get("study_uid") != study_uid
-            if stale and key.startswith(
-                (_STREAM_PREFIX, _INTERRUPTED_PREFIX, _TRIAL_STATE_PREFIX)
-            ):
+            if stale and key.startswith((STREAM_PREFIX, INTERRUPTED_PREFIX, _TRIAL_STATE_PREFIX)):
                 self._storage.set_study_system_attr(study_id, key, None)
 
     def _swap_owner(self, stream: Stream, changes: dict[str, Any]) -> dict[str, Any] | None:
@@ -339,52 +320,16 @@ class AttributeCheckpointStore(CheckpointStore):
                 self._write(study_uid, data)
         return deleted
 
-    # -- interruptions and claims ------------------------------------------------------------
-
-    def where_interrupted(self, study_uid: str) -> list[Interruption]:
-        """Return the study's interrupted trials in trial-number order."""
-        attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
-        found = [
-            Interruption(**{k: v for k, v in value.items() if k != "study_uid"})
-            for key, value in attrs.items()
-            if key.startswith(_INTERRUPTED_PREFIX) and _of_study(value, study_uid) is not None
-        ]
-        return sorted(found, key=lambda i: i.trial_number)
-
-    def add_interruptions(
-        self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
+    def plant_streams(
+        self,
+        study_id: int,
+        study_uid: str,
+        planted: Sequence[PlantedStream],
+        rows_for: RowsFor,
+        owner: Owner,
     ) -> None:
-        """Record interrupted trials (one attribute each, so concurrent writers never clash)."""
-        self.open_study(study_id, study_uid)
-        known = {i.trial_id for i in self.where_interrupted(study_uid)}
-        for interruption in interruptions:
-            if interruption.trial_id in known:
-                continue  # recorded before: the first record stands
-            self._storage.set_study_system_attr(
-                study_id,
-                f"{_INTERRUPTED_PREFIX}{interruption.trial_id}",
-                {**asdict(interruption), "study_uid": study_uid},
-            )
-
-    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
-        """Claim the trial for the stream in the trial's own attributes (checked)."""
-        with self._lock:
-            claimed = self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR)
-            if claimed is not None:
-                return bool(claimed == stream.stream_id)
-            self._storage.set_trial_system_attr(trial_id, _CLAIM_ATTR, stream.stream_id)
-            return bool(
-                self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR) == stream.stream_id
-            )
-
-    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
-        """Return the claiming stream of each claimed trial among ``trial_ids``."""
-        found = {}
-        for trial_id in trial_ids:
-            stream_id = self._storage.get_trial_system_attrs(trial_id).get(_CLAIM_ATTR)
-            if stream_id is not None:
-                found[trial_id] = int(stream_id)
-        return found
+        """Plant the streams and their rows step by step, resumably (see :mod:`._plant`)."""
+        plant_step_by_step(self, study_id, study_uid, planted, rows_for, owner)
 
     # -- trial states ------------------------------------------------------------------------
 
@@ -413,7 +358,7 @@ class AttributeCheckpointStore(CheckpointStore):
     def find_trial_state(self, study_uid: str, logical_trial: int) -> TrialStateRecord | None:
         """Return the logical trial's saved state, or ``None``."""
         attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
-        data = _of_study(attrs.get(f"{_TRIAL_STATE_PREFIX}{logical_trial}"), study_uid)
+        data = of_study(attrs.get(f"{_TRIAL_STATE_PREFIX}{logical_trial}"), study_uid)
         if data is None:
             return None
         return TrialStateRecord(
@@ -425,13 +370,46 @@ class AttributeCheckpointStore(CheckpointStore):
         attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
         found = []
         for key, value in attrs.items():
-            data = _of_study(value, study_uid) if key.startswith(_TRIAL_STATE_PREFIX) else None
+            data = of_study(value, study_uid) if key.startswith(_TRIAL_STATE_PREFIX) else None
             if data is not None:
                 size = len(base64.b64decode(data["payload"]))
                 found.append(
                     TrialStateSummary(int(key[len(_TRIAL_STATE_PREFIX) :]), data["trial_id"], size)
                 )
         return sorted(found, key=lambda s: s.logical_trial)
+
+    def where_trial_states(self, study_uid: str) -> list[TrialStateRecord]:
+        """Return every state the study's logical trials saved (one attribute read)."""
+        attrs = self._storage.get_study_system_attrs(self._study_id(study_uid))
+        found = [
+            self.find_trial_state(study_uid, int(key[len(_TRIAL_STATE_PREFIX) :]))
+            for key, value in attrs.items()
+            if key.startswith(_TRIAL_STATE_PREFIX) and of_study(value, study_uid) is not None
+        ]
+        return sorted((r for r in found if r is not None), key=lambda r: r.logical_trial)
+
+    def reseal(self, study_uid: str, resealed: Resealed) -> None:
+        """Rewrite each sealed record with its new seal: one attribute write per record."""
+        study_id = self._study_id(study_uid)
+        with self._lock:
+            for stream_id, listed in resealed.checkpoints.items():
+                _, data = self._by_id(stream_id)
+                seals = {c.trial_id: c.checksum for c in listed}
+                for saved in data["checkpoints"]:
+                    saved["checksum"] = seals.get(saved["trial_id"], saved["checksum"])
+                self._write(study_uid, data)
+            for i in resealed.interruptions:
+                record = {**asdict(i), "study_uid": study_uid}
+                self._storage.set_study_system_attr(
+                    study_id, f"{INTERRUPTED_PREFIX}{i.trial_id}", record
+                )
+            for trial_id, claim in resealed.claims.items():
+                self._storage.set_trial_system_attr(trial_id, CLAIM_ATTR, asdict(claim))
+            for r in resealed.trial_states:
+                key = f"{_TRIAL_STATE_PREFIX}{r.logical_trial}"
+                data = {"study_uid": study_uid, "trial_id": r.trial_id, "checksum": r.checksum}
+                data["payload"] = base64.b64encode(r.payload).decode()
+                self._storage.set_study_system_attr(study_id, key, data)
 
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
         """Blank the logical trial's attribute; whether it held a state."""

@@ -8,6 +8,11 @@ which unfinished trials were its own and never touches another worker's. Indepen
 streams, a store records which trials were *interrupted* (their process died) so that every
 process hides them from the sampler in the same way.
 
+Interruption and claim rows carry a seal, as checkpoints do, made and checked above the store
+(:mod:`optuna_checkpoint.state._rows`): a store keeps it as it keeps any other field. Rows
+written before rows were sealed have none; :meth:`CheckpointStore.unsealed_rows_until` says
+which trials such rows may belong to.
+
 Beside the streams, a store keeps the states that objectives save for their logical trials
 (``trial_checkpoint``): one per logical trial, replaced by each save, so that a retried attempt
 continues where an interrupted one saved.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from collections.abc import Collection
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 import threading
@@ -101,12 +107,26 @@ class Checkpoint:
     versions: dict[str, str] | None = None
 
 
+REASON_CHARS = 255
+"""The longest interruption reason a store keeps (a SQL column's width); longer ones are cut
+before they are sealed."""
+
+NO_UNSEALED_ROWS = -1
+"""What :meth:`CheckpointStore.unsealed_rows_until` answers when every row must be sealed."""
+
+ANY_UNSEALED_ROWS = 1 << 62
+"""What :meth:`CheckpointStore.unsealed_rows_until` answers when a release from before rows
+were sealed wrote last, so that any row may lack a seal."""
+
+
 @dataclass(frozen=True)
 class Interruption:
     """A trial whose process died before it finished; it is hidden and retried.
 
     ``stream_id`` is the stream whose worker retries it, or ``None`` for a trial no stream ran
-    (one refused by a stream's owner).
+    (one refused by a stream's owner). ``seal`` binds the row to its study and fields (see
+    :mod:`optuna_checkpoint.state._rows`); ``None`` only in rows written before rows were
+    sealed, and in rows on their way to being sealed.
     """
 
     trial_id: int
@@ -114,6 +134,44 @@ class Interruption:
     logical_number: int
     reason: str
     stream_id: int | None = None
+    seal: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The stream whose worker runs a trial, and the seal of that claim.
+
+    ``seal`` is ``None`` only in claims written before claims were sealed.
+    """
+
+    stream_id: int
+    seal: str | None = None
+
+
+@dataclass(frozen=True)
+class PlantedStream:
+    """A stream to create, with its checkpoints, outside a running sampler (import, fork).
+
+    ``checkpoints`` start with the initial one (``trial_id=None``); each is sealed for its
+    place in the study and stream it goes to.
+    """
+
+    name: str
+    fingerprint: Any
+    first_trial_number: int
+    checkpoints: Sequence[Checkpoint]
+
+
+RowsFor = Callable[[Mapping[str, int]], tuple[Sequence[Interruption], Mapping[int, Claim]]]
+"""Given the ids the planted streams got, by name, the sealed rows that name them: the
+interruptions, and the claims by trial id."""
+
+
+def require_seals(interruptions: Sequence[Interruption]) -> None:
+    """Refuse to store an interruption that is not sealed: new rows always are."""
+    unsealed = [i.trial_id for i in interruptions if not i.seal]
+    if unsealed:
+        raise ValueError(f"interruptions of trial ids {unsealed} are not sealed")
 
 
 @dataclass(frozen=True)
@@ -168,6 +226,20 @@ class TrialStateSummary:
     logical_trial: int
     trial_id: int
     payload_bytes: int
+
+
+@dataclass(frozen=True)
+class Resealed:
+    """A study's sealed records with new seals, nothing else changed: a re-keying's writes.
+
+    ``checkpoints`` are by stream id, ``claims`` by trial id; ``trial_states`` are the states
+    saved for logical trials.
+    """
+
+    checkpoints: Mapping[int, Sequence[Checkpoint]]
+    interruptions: Sequence[Interruption]
+    claims: Mapping[int, Claim]
+    trial_states: Sequence[TrialStateRecord]
 
 
 TRIAL_STATE_LIMIT = 8 << 20
@@ -336,14 +408,17 @@ class CheckpointStore(abc.ABC):
     def add_interruptions(
         self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
     ) -> None:
-        """Record interrupted trials; recording one again is a no-op.
+        """Record interrupted trials, each sealed; recording one again is a no-op.
 
         ``study_id`` lets the rows be removed once the study is deleted and its id reused.
+
+        Raises:
+            ValueError: An interruption has no seal (:func:`require_seals`).
         """
 
     @abc.abstractmethod
-    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
-        """Record that trial ``trial_id`` is run by ``stream``'s worker.
+    def claim_trial(self, stream: Stream, study_id: int, trial_id: int, seal: str) -> bool:
+        """Record that trial ``trial_id`` is run by ``stream``'s worker, with the claim's seal.
 
         Atomic against concurrent claims of the same trial: exactly one stream wins.
 
@@ -353,17 +428,72 @@ class CheckpointStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
-        """Return the claiming stream's id for each of ``trial_ids`` that is claimed."""
+    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, Claim]:
+        """Return the claim of each of ``trial_ids`` that is claimed."""
 
-    def claim_trials_at_creation(self, stream: Stream, study_id: int) -> None:
+    plants_atomically = False
+    """Whether :meth:`plant_streams` and :meth:`reseal` are one transaction (else resumable)."""
+
+    resealing_unsupported: str | None = None
+    """Why :meth:`reseal` cannot work on this store, or ``None`` when it can."""
+
+    @abc.abstractmethod
+    def reseal(self, study_uid: str, resealed: Resealed) -> None:
+        """Replace the seals of a study's records by those in ``resealed``; nothing else changes.
+
+        For a re-keying, while no worker runs. One transaction where :attr:`plants_atomically`;
+        else one write per record, so a failure leaves some records with their new seal and the
+        others with their old one, and the re-keying is run again.
+
+        Raises:
+            CheckpointError: The store cannot reseal (:attr:`resealing_unsupported` says why).
+        """
+
+    @abc.abstractmethod
+    def plant_streams(
+        self,
+        study_id: int,
+        study_uid: str,
+        planted: Sequence[PlantedStream],
+        rows_for: RowsFor,
+        owner: Owner,
+    ) -> None:
+        """Create the ``planted`` streams, released, then record the rows ``rows_for`` gives.
+
+        For tools that carry checkpoints between studies, never for a running sampler. With
+        :attr:`plants_atomically` it is one transaction: a failure leaves nothing. Else it is
+        resumable: run again with the same arguments after a failure, it completes what is
+        missing (a stream already there with the same fingerprint is taken over by ``owner``
+        and refilled; rows and claims already there are skipped).
+
+        Raises:
+            CheckpointError: A stream of that name exists already (atomic stores), or exists
+                with another fingerprint or first trial (the others); a trial is claimed by
+                another stream.
+        """
+
+    def claim_trials_at_creation(
+        self, stream: Stream, study_id: int, seal: Callable[[int], str]
+    ) -> None:
         """Claim for ``stream`` the RUNNING trials this process creates in the study from now on.
 
         Stores with a commit hook add the claim to the transaction that creates the trial, so a
         trial is never unclaimed while its process lives, at no extra round trip; the sampler's
         :meth:`claim_trial` in ``before_trial`` is then free. Other stores do nothing here.
+        ``seal(trial_id)`` seals the claim of a new trial.
         """
         return None
+
+    @abc.abstractmethod
+    def unsealed_rows_until(self, study_uid: str) -> int:
+        """The newest trial id whose interruption or claim row may lack a seal.
+
+        Rows written by releases from before rows were sealed have none. The store records,
+        as it upgrades to sealed rows, the newest trial such a row can belong to; every row
+        of a later trial is sealed. :data:`NO_UNSEALED_ROWS` when no row may lack a seal (the
+        store was created sealing), :data:`ANY_UNSEALED_ROWS` while an earlier release wrote
+        last and the store has not recorded the bound yet.
+        """
 
     supports_commit_hook = False
 
@@ -416,6 +546,10 @@ class CheckpointStore(abc.ABC):
     @abc.abstractmethod
     def find_trial_state(self, study_uid: str, logical_trial: int) -> TrialStateRecord | None:
         """Return the logical trial's saved state, or ``None`` if it has none."""
+
+    @abc.abstractmethod
+    def where_trial_states(self, study_uid: str) -> list[TrialStateRecord]:
+        """Return every state the study's logical trials saved (for tools; none if unsupported)."""
 
     @abc.abstractmethod
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:

@@ -45,13 +45,19 @@ from optuna.storages.journal import JournalRedisBackend
 from optuna_checkpoint._logging import get_logger
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StreamOwnedError
+from optuna_checkpoint.stores._base import REASON_CHARS
 from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
+from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import TrialStateRecord
 from optuna_checkpoint.stores._base import TrialStateSummary
+from optuna_checkpoint.stores._base import require_seals
 from optuna_checkpoint.stores._journal_catalog import CHECKPOINT_KEY
 from optuna_checkpoint.stores._journal_catalog import Catalog
 from optuna_checkpoint.stores._journal_catalog import Entry
@@ -59,6 +65,7 @@ from optuna_checkpoint.stores._journal_catalog import Recorded
 from optuna_checkpoint.stores._journal_catalog import checkpoint_to_json
 from optuna_checkpoint.stores._journal_reads import JournalReads
 from optuna_checkpoint.stores._journal_reads import token_tag
+from optuna_checkpoint.stores._plant import plant_step_by_step
 from optuna_checkpoint.stores._record_log import BASE_KEY
 from optuna_checkpoint.stores._record_log import CATALOG_KEY
 from optuna_checkpoint.stores._record_log import FileRecordLog
@@ -123,6 +130,21 @@ class JournalCheckpointStore(JournalReads):
         "(a SQLite file such as sqlite:///study.db, PostgreSQL or MySQL)."
     )
 
+    resealing_unsupported = (
+        "re-keying is not supported for JournalStorage: its checkpoints live in an append-only "
+        "side record, where each points to the stream's previous one, so they cannot be given "
+        "new seals in place, nor all at once. Export the study under the old key and import it "
+        "into a copy on an RDB storage (SQLite, PostgreSQL, MySQL), then re-key the copy."
+    )
+
+    def reseal(self, study_uid: str, resealed: Resealed) -> None:
+        """Refuse: the side record is append-only (see :attr:`resealing_unsupported`)."""
+        raise CheckpointError(self.resealing_unsupported)
+
+    def where_trial_states(self, study_uid: str) -> list[TrialStateRecord]:
+        """None: a journal keeps no trial states."""
+        return []
+
     def save_trial_state(
         self, stream: Stream, token: str, study_id: int, record: TrialStateRecord
     ) -> None:
@@ -151,7 +173,13 @@ class JournalCheckpointStore(JournalReads):
         catalog: Catalog,
         checkpoint: tuple[int, Checkpoint, int | None] | None = None,
     ) -> None:
-        """Append a record carrying ``catalog`` (and a checkpoint): a new base record."""
+        """Append a record carrying ``catalog`` (and a checkpoint): a new base record.
+
+        The first catalog this release writes in a log of an earlier release records which
+        rows that release left unsealed.
+        """
+        if catalog.unsealed_rows_until is None:
+            catalog = catalog.with_unsealed_bound(self._log.unsealed_claims_until())
         header: dict[str, Any] = {BASE_KEY: txn.end, CATALOG_KEY: catalog.to_json()}
         payload = b""
         if checkpoint is not None:
@@ -306,6 +334,8 @@ class JournalCheckpointStore(JournalReads):
         self, study_id: int, study_uid: str, interruptions: Sequence[Interruption]
     ) -> None:
         """Record interrupted trials; known ones are skipped."""
+        require_seals(interruptions)
+        interruptions = [replace(i, reason=i.reason[:REASON_CHARS]) for i in interruptions]
 
         def decide(txn: Transaction) -> None:
             catalog = self._replica.catalog
@@ -326,7 +356,7 @@ class JournalCheckpointStore(JournalReads):
         with self._lock:
             self._log.transact(decide)
 
-    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
+    def claim_trial(self, stream: Stream, study_id: int, trial_id: int, seal: str) -> bool:
         """Claim the trial for ``stream`` unless a stream of the study claimed it first."""
 
         def decide(txn: Transaction) -> bool:
@@ -334,16 +364,27 @@ class JournalCheckpointStore(JournalReads):
             entries = self._replica.catalog.entries
             if (
                 current is not None
-                and current in entries
-                and entries[current].stream.study_uid == stream.study_uid
+                and current.stream_id in entries
+                and entries[current.stream_id].stream.study_uid == stream.study_uid
             ):
-                return current == stream.stream_id
+                return current.stream_id == stream.stream_id
             # Empty, or left by a stream that no longer exists: the trial is free.
-            txn.set_claim(trial_id, stream.stream_id)
+            txn.set_claim(trial_id, Claim(stream.stream_id, seal))
             return True
 
         with self._lock:
             return self._log.transact(decide)
+
+    def plant_streams(
+        self,
+        study_id: int,
+        study_uid: str,
+        planted: Sequence[PlantedStream],
+        rows_for: RowsFor,
+        owner: Owner,
+    ) -> None:
+        """Plant the streams and their rows step by step, resumably (see :mod:`._plant`)."""
+        plant_step_by_step(self, study_id, study_uid, planted, rows_for, owner)
 
 
 # -- finding the journal --------------------------------------------------------------------

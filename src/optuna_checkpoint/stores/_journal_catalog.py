@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.stores._base import NO_UNSEALED_ROWS
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
@@ -58,11 +59,17 @@ class Recorded:
 
 @dataclass(frozen=True)
 class Catalog:
-    """All the metadata: streams in creation order, and interruptions. Never mutated."""
+    """All the metadata: streams in creation order, and interruptions. Never mutated.
+
+    ``unsealed_rows_until`` is the newest trial id whose interruption or claim may lack a seal
+    (:meth:`CheckpointStore.unsealed_rows_until`); ``None`` in a catalog an earlier release
+    wrote, which did not seal rows: the next catalog written records it.
+    """
 
     next_stream_id: int = 1
     entries: Mapping[int, Entry] = field(default_factory=dict)
     interruptions: tuple[Recorded, ...] = ()
+    unsealed_rows_until: int | None = NO_UNSEALED_ROWS
 
     def find(self, study_uid: str, name: str) -> Entry | None:
         """Return the study's stream called ``name``, or ``None``."""
@@ -100,21 +107,38 @@ class Catalog:
 
     def to_json(self) -> dict[str, Any]:
         """The catalog as a base record's header carries it."""
+        if self.unsealed_rows_until is None:
+            raise ValueError("the bound of unsealed rows is recorded before a catalog is written")
         return {
             "next_stream_id": self.next_stream_id,
             "streams": [_entry_to_json(e) for e in self.entries.values()],
             "interruptions": [_recorded_to_json(r) for r in self.interruptions],
+            "unsealed_rows_until": self.unsealed_rows_until,
         }
 
     @classmethod
     def from_json(cls, data: Any) -> Catalog:
         """Read the catalog from :meth:`to_json`'s form."""
         entries = [_entry_from_json(e) for e in data["streams"]]
+        bound = data.get("unsealed_rows_until")  # absent from earlier releases' catalogs
         return cls(
             next_stream_id=int(data["next_stream_id"]),
             entries={e.stream.stream_id: e for e in entries},
             interruptions=tuple(_recorded_from_json(r) for r in data["interruptions"]),
+            unsealed_rows_until=None if bound is None else int(bound),
         )
+
+    def with_unsealed_bound(self, unsealed_claims_until: int) -> Catalog:
+        """The catalog with its bound of unsealed rows recorded, if an earlier release wrote it.
+
+        Args:
+            unsealed_claims_until: The newest trial id of a claim an earlier release wrote.
+        """
+        if self.unsealed_rows_until is not None:
+            return self
+        unsealed = [r.interruption.trial_id for r in self.interruptions if not r.interruption.seal]
+        bound = max([*unsealed, unsealed_claims_until], default=NO_UNSEALED_ROWS)
+        return replace(self, unsealed_rows_until=bound)
 
 
 def _owner_to_json(owner: Owner | None) -> dict[str, Any] | None:
@@ -180,6 +204,7 @@ def _recorded_to_json(recorded: Recorded) -> dict[str, Any]:
         "logical_number": i.logical_number,
         "reason": i.reason,
         "stream_id": i.stream_id,
+        "seal": i.seal,
     }
 
 
@@ -191,6 +216,7 @@ def _recorded_from_json(data: Any) -> Recorded:
         logical_number=int(data["logical_number"]),
         reason=str(data["reason"]),
         stream_id=None if stream_id is None else int(stream_id),
+        seal=data.get("seal"),  # absent in records of releases before sealed rows
     )
     return Recorded(interruption, str(data["study_uid"]), int(data["study_id"]))
 

@@ -15,8 +15,10 @@ from dataclasses import replace
 import hashlib
 import threading
 
+from optuna_checkpoint.stores._base import ANY_UNSEALED_ROWS
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
@@ -151,17 +153,24 @@ class JournalReads(CheckpointStore):
             ]
         return sorted(found, key=lambda i: i.trial_number)
 
-    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
-        """Return the claiming stream of each claimed trial of the study."""
+    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, Claim]:
+        """Return the claim of each claimed trial of the study."""
         with self._lock:
             # Slots first: every stream they name is then in the catalog read next.
             raw = self._log.read_claims(trial_ids)
             entries = self._read().entries
             return {
-                trial_id: stream_id
-                for trial_id, stream_id in raw.items()
-                if stream_id in entries and entries[stream_id].stream.study_uid == study_uid
+                trial_id: claim
+                for trial_id, claim in raw.items()
+                if claim.stream_id in entries
+                and entries[claim.stream_id].stream.study_uid == study_uid
             }
+
+    def unsealed_rows_until(self, study_uid: str) -> int:
+        """As the newest catalog records it (any row, if an earlier release wrote it)."""
+        with self._lock:
+            bound = self._read().unsealed_rows_until
+        return ANY_UNSEALED_ROWS if bound is None else bound
 
     def interruption_count_hint(self, study_uid: str) -> int | None:
         """The study's number of interruptions as of this process's last step, at no I/O.

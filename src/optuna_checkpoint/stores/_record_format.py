@@ -36,8 +36,11 @@ OVERHEAD = HEAD.size + TAIL.size
 _MAX_HEADER = 64 << 20
 _MAX_PAYLOAD = (1 << 32) - 1 - OVERHEAD - _MAX_HEADER
 
-# Slot values. A claim is the stream id; a heartbeat is the owner's token tag and the time.
-CLAIM = struct.Struct("<q")
+# Slot values. A claim is the stream id and the claim's seal (ASCII, NUL-padded; releases
+# before sealed rows kept the stream id alone, in a file of their own); a heartbeat is the
+# owner's token tag and the time.
+LEGACY_CLAIM = struct.Struct("<q")
+CLAIM = struct.Struct("<q56s")
 HEARTBEAT = struct.Struct("<8sd")
 
 BASE_KEY = "base"

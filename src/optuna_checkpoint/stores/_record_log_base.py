@@ -1,8 +1,8 @@
 """The contract of a record log: an append-only log with slots, written in transactions.
 
 Besides the log there are two tables of *slots*, values overwritten in place: ``claims`` (trial
-id -> stream id) and ``heartbeats`` (stream id -> owner tag and time). They are not in the log
-because they would make it grow with every trial and every heartbeat.
+id -> stream id and the claim's seal) and ``heartbeats`` (stream id -> owner tag and time). They
+are not in the log because they would make it grow with every trial and every heartbeat.
 
 Every log keeps a reader's position and hands each record it reads, exactly once and in order,
 to the *sink* it was created with. A log that has fallen far behind, or is opened fresh, is
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 from typing import TypeVar
 
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._record_format import Record
 
 
@@ -41,12 +42,12 @@ class Transaction(abc.ABC):
     def __init__(self, end: int) -> None:
         self.end = end
         self.record: tuple[dict[str, Any], bytes] | None = None
-        self.claims: dict[int, int] = {}
+        self.claims: dict[int, Claim] = {}
         self.heartbeats: dict[int, tuple[bytes, float]] = {}
 
     @abc.abstractmethod
-    def claim_of(self, trial_id: int) -> int | None:
-        """Return the stream id in the claim slot of ``trial_id``, read inside the transaction."""
+    def claim_of(self, trial_id: int) -> Claim | None:
+        """Return the claim in the slot of ``trial_id``, read inside the transaction."""
 
     def append(self, header: dict[str, Any], payload: bytes = b"") -> None:
         """Append one record (at position :attr:`end`) when the transaction commits."""
@@ -54,9 +55,11 @@ class Transaction(abc.ABC):
             raise RuntimeError("a transaction appends at most one record")
         self.record = (header, payload)
 
-    def set_claim(self, trial_id: int, stream_id: int) -> None:
-        """Overwrite the claim slot of ``trial_id``."""
-        self.claims[trial_id] = stream_id
+    def set_claim(self, trial_id: int, claim: Claim) -> None:
+        """Overwrite the claim slot of ``trial_id`` (with a sealed claim: new rows always are)."""
+        if not claim.seal:
+            raise ValueError(f"the claim of trial id {trial_id} is not sealed")
+        self.claims[trial_id] = claim
 
     def set_heartbeat(self, stream_id: int, tag: bytes, at: float) -> None:
         """Overwrite the heartbeat slot of ``stream_id``."""
@@ -97,8 +100,16 @@ class RecordLog(abc.ABC):
         """Read the record at ``pos`` (a position a record header or base gave)."""
 
     @abc.abstractmethod
-    def read_claims(self, trial_ids: Collection[int]) -> dict[int, int]:
-        """Return the stream id in each claim slot of ``trial_ids`` that holds one."""
+    def read_claims(self, trial_ids: Collection[int]) -> dict[int, Claim]:
+        """Return the claim in each slot of ``trial_ids`` that holds one."""
+
+    @abc.abstractmethod
+    def unsealed_claims_until(self) -> int:
+        """The newest trial id with a claim that a release from before sealed rows wrote.
+
+        ``-1`` if there is none. Reads every slot: for the one-off upgrade to sealed rows. May be
+        called inside a transaction.
+        """
 
     @abc.abstractmethod
     def read_heartbeats(self, stream_ids: Collection[int]) -> dict[int, tuple[bytes, float]]:

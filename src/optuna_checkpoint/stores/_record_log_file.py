@@ -1,10 +1,13 @@
-"""A record log in a file, with two slot files beside it.
+"""A record log in a file, with slot files beside it.
 
 A position is a byte offset. Writers hold an exclusive ``flock`` on the log file, readers a
 shared one. Appends are ``fdatasync``-ed before the transaction returns. A torn frame (a writer
 killed in the middle of an append) at the end of the log is ignored, and cut off by the next
 writer before it appends. Damage followed by intact frames is not a torn append: it is reported
 as corruption and nothing is cut.
+
+Claims are kept in ``-sealed-claims``; a ``-claims`` file, where releases before sealed rows
+kept unsealed claims, is only read, and only if it exists. Heartbeats are in ``-heartbeats``.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import weakref
 import zlib
 
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._record_format import CLAIM
 from optuna_checkpoint.stores._record_format import END_MAGIC
 from optuna_checkpoint.stores._record_format import HEAD
 from optuna_checkpoint.stores._record_format import HEARTBEAT
+from optuna_checkpoint.stores._record_format import LEGACY_CLAIM
 from optuna_checkpoint.stores._record_format import OVERHEAD
 from optuna_checkpoint.stores._record_format import TAIL
 from optuna_checkpoint.stores._record_format import Record
@@ -144,6 +149,13 @@ class _SlotFile:
                 found[index] = value
         return found
 
+    def read_all(self) -> list[int]:
+        """The indices of every slot that holds a value (reads the whole file)."""
+        data = _pread_all(self._file.get(), os.fstat(self._file.get()).st_size, 0)
+        count = len(data) // self._size
+        slots = (data[i * self._size : (i + 1) * self._size] for i in range(count))
+        return [i for i, slot in enumerate(slots) if self._decode(i, slot) is not None]
+
     def write(self, index: int, value: tuple[Any, ...]) -> None:
         packed = self._value.pack(*value)
         crc = self._crc.pack(zlib.crc32(packed, zlib.crc32(struct.pack("<Q", index))))
@@ -160,25 +172,55 @@ class _SlotFile:
         return self._value.unpack(packed)
 
 
+class _ClaimSlots:
+    """The claim slots: sealed ones, and the unsealed ones of earlier releases, if any."""
+
+    def __init__(self, path: str) -> None:
+        self.sealed = _SlotFile(path + "-sealed-claims", CLAIM)
+        legacy = path + "-claims"
+        # Never created: only a log written by an earlier release has one.
+        self.legacy = _SlotFile(legacy, LEGACY_CLAIM) if os.path.exists(legacy) else None
+
+    def read_many(self, trial_ids: Collection[int]) -> dict[int, Claim]:
+        found = {
+            t: Claim(int(v[0]), bytes(v[1]).rstrip(b"\0").decode("ascii"))
+            for t, v in self.sealed.read_many(trial_ids).items()
+        }
+        missing = [t for t in trial_ids if t not in found]
+        if self.legacy is not None and missing:
+            found.update((t, Claim(int(v[0]))) for t, v in self.legacy.read_many(missing).items())
+        return found
+
+    def write(self, trial_id: int, claim: Claim) -> None:
+        seal = (claim.seal or "").encode("ascii")
+        if len(seal) > CLAIM.size - LEGACY_CLAIM.size:
+            raise ValueError(f"a claim's seal of {len(seal)} bytes does not fit its slot")
+        self.sealed.write(trial_id, (claim.stream_id, seal))
+
+    def unsealed_until(self) -> int:
+        if self.legacy is None:
+            return -1
+        return max(self.legacy.read_all(), default=-1)
+
+
 class _FileTransaction(Transaction):
-    def __init__(self, end: int, claims: _SlotFile) -> None:
+    def __init__(self, end: int, claims: _ClaimSlots) -> None:
         super().__init__(end)
         self._claims = claims
 
-    def claim_of(self, trial_id: int) -> int | None:
+    def claim_of(self, trial_id: int) -> Claim | None:
         # The log's exclusive lock is held: nobody else writes slots meanwhile.
-        value = self._claims.read_many([trial_id]).get(trial_id)
-        return None if value is None else int(value[0])
+        return self._claims.read_many([trial_id]).get(trial_id)
 
 
 class FileRecordLog(RecordLog):
-    """A record log in a file, with ``-claims`` and ``-heartbeats`` slot files beside it."""
+    """A record log in a file, with claim and heartbeat slot files beside it."""
 
     def __init__(self, path: str, sink: RecordSink) -> None:
         super().__init__(sink)
         self.path = path
         self._log = _Descriptor(path)
-        self._claims = _SlotFile(path + "-claims", CLAIM)
+        self._claims = _ClaimSlots(path)
         self._heartbeats = _SlotFile(path + "-heartbeats", HEARTBEAT)
 
     def __repr__(self) -> str:
@@ -235,10 +277,18 @@ class FileRecordLog(RecordLog):
             )
         return record
 
-    def read_claims(self, trial_ids: Collection[int]) -> dict[int, int]:
+    def read_claims(self, trial_ids: Collection[int]) -> dict[int, Claim]:
         """Read claim slots under the shared lock."""
         with self._locked(fcntl.LOCK_SH):
-            return {t: int(v[0]) for t, v in self._claims.read_many(trial_ids).items()}
+            return self._claims.read_many(trial_ids)
+
+    def unsealed_claims_until(self) -> int:
+        """The newest trial id in the claim slots of an earlier release (-1: none).
+
+        Takes no lock: it is called inside a transaction, whose exclusive ``flock`` another
+        ``flock`` on the same descriptor would give up, and no release writes those slots.
+        """
+        return self._claims.unsealed_until()
 
     def read_heartbeats(self, stream_ids: Collection[int]) -> dict[int, tuple[bytes, float]]:
         """Read heartbeat slots under the shared lock."""
@@ -260,8 +310,8 @@ class FileRecordLog(RecordLog):
         # Not synced: a claim lost to a power cut leaves its trial unclaimed, and a resuming
         # worker adopts an unclaimed trial once the claim window has passed, as it would have
         # taken it over as its own. A sync per trial would cost more than the rest of the claim.
-        for trial_id, stream_id in txn.claims.items():
-            self._claims.write(trial_id, (stream_id,))
+        for trial_id, claim in txn.claims.items():
+            self._claims.write(trial_id, claim)
         for stream_id, beat in txn.heartbeats.items():
             # Not synced: a heartbeat lost to a power cut only makes the lease look older.
             self._heartbeats.write(stream_id, beat)

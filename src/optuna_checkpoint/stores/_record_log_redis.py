@@ -1,5 +1,8 @@
 """A record log in Redis: one key per record, and two hashes of slots.
 
+A claim's slot holds ``<stream id> <seal>``; releases before sealed rows wrote the stream id
+alone, which reads as an unsealed claim.
+
 A position is the record's index. A transaction runs under ``WATCH`` of the record counter and
 commits with ``MULTI``/``EXEC``, retrying if another client wrote first.
 """
@@ -11,6 +14,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from optuna_checkpoint.exceptions import CorruptCheckpointError
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._record_format import HEARTBEAT
 from optuna_checkpoint.stores._record_format import Record
 from optuna_checkpoint.stores._record_format import decode_frame
@@ -36,11 +40,17 @@ class _RedisTransaction(Transaction):
         self._pipe = pipe
         self._claims_key = claims_key
 
-    def claim_of(self, trial_id: int) -> int | None:
+    def claim_of(self, trial_id: int) -> Claim | None:
         # Watched from here on: a claim another client writes before our EXEC aborts it.
         self._pipe.watch(self._claims_key)  # type: ignore[no-untyped-call]
         value = self._pipe.hget(self._claims_key, str(trial_id))
-        return None if value is None else int(value)
+        return None if value is None else _claim_from_slot(value)
+
+
+def _claim_from_slot(value: bytes | str) -> Claim:
+    text = value.decode("ascii") if isinstance(value, bytes) else value
+    stream_id, _, seal = text.partition(" ")
+    return Claim(int(stream_id), seal or None)
 
 
 class RedisRecordLog(RecordLog):
@@ -103,7 +113,8 @@ class RedisRecordLog(RecordLog):
             if written.is_base:
                 pipe.set(self._base_key, txn.end)
         if txn.claims:
-            pipe.hset(self._claims_key, mapping={str(t): s for t, s in txn.claims.items()})
+            claims = {str(t): f"{c.stream_id} {c.seal}" for t, c in txn.claims.items()}
+            pipe.hset(self._claims_key, mapping=claims)  # type: ignore[arg-type]
         if txn.heartbeats:
             beats = {str(s): HEARTBEAT.pack(*beat) for s, beat in txn.heartbeats.items()}
             pipe.hset(self._heartbeats_key, mapping=beats)  # type: ignore[arg-type]
@@ -114,13 +125,19 @@ class RedisRecordLog(RecordLog):
         """Read the record with index ``pos``."""
         return self._fetch(self._client, pos, pos + 1)[0]
 
-    def read_claims(self, trial_ids: Collection[int]) -> dict[int, int]:
+    def read_claims(self, trial_ids: Collection[int]) -> dict[int, Claim]:
         """Read claim slots (one HMGET)."""
         ids = list(trial_ids)
         if not ids:
             return {}
         values = self._client.hmget(self._claims_key, [str(t) for t in ids])
-        return {t: int(v) for t, v in zip(ids, values, strict=True) if v is not None}
+        return {t: _claim_from_slot(v) for t, v in zip(ids, values, strict=True) if v is not None}
+
+    def unsealed_claims_until(self) -> int:
+        """The newest trial id whose claim an earlier release wrote unsealed (-1: none)."""
+        slots = self._client.hgetall(self._claims_key)
+        unsealed = [int(t) for t, v in slots.items() if _claim_from_slot(v).seal is None]
+        return max(unsealed, default=-1)
 
     def read_heartbeats(self, stream_ids: Collection[int]) -> dict[int, tuple[bytes, float]]:
         """Read heartbeat slots (one HMGET)."""

@@ -12,6 +12,7 @@ transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Sequence
 import time
@@ -26,8 +27,12 @@ from sqlalchemy import exc as sa_exc
 from optuna_checkpoint.exceptions import StreamOwnedError
 from optuna_checkpoint.stores._base import Checkpoint
 from optuna_checkpoint.stores._base import CheckpointStore
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
+from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import StoreRegistry
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
@@ -46,6 +51,7 @@ from optuna_checkpoint.stores._sql_queries import where_claimed
 from optuna_checkpoint.stores._sql_queries import where_interrupted
 from optuna_checkpoint.stores._sql_queries import where_latest_checkpoints
 from optuna_checkpoint.stores._sql_queries import where_streams_of_study
+from optuna_checkpoint.stores._sql_queries import where_trial_states
 from optuna_checkpoint.stores._sql_rows import checkpoint_row
 from optuna_checkpoint.stores._sql_rows import fingerprint_text
 from optuna_checkpoint.stores._sql_rows import owner_columns
@@ -55,11 +61,14 @@ from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import streams
 from optuna_checkpoint.stores._sql_schema import trial_claims
 from optuna_checkpoint.stores._sql_schema import trial_states
+from optuna_checkpoint.stores._sql_schema import unsealed_rows_until
 from optuna_checkpoint.stores._sql_schema import upgrade_tables
 from optuna_checkpoint.stores._sql_writes import add_new_interruptions
 from optuna_checkpoint.stores._sql_writes import delete_checkpoints_of_trials
+from optuna_checkpoint.stores._sql_writes import plant_streams_at_once
 from optuna_checkpoint.stores._sql_writes import remove_rows_of_deleted_studies
 from optuna_checkpoint.stores._sql_writes import replace_trial_state
+from optuna_checkpoint.stores._sql_writes import reseal_study
 from optuna_checkpoint.stores._sql_writes import transaction_with_retries
 
 
@@ -112,6 +121,7 @@ class SQLCheckpointStore(CheckpointStore):
         self._engine = rdb.engine
         self._url = rdb.url
         upgrade_tables(self._engine, created=create_tables(self._engine))
+        self._unsealed_rows_until = unsealed_rows_until(self._engine)
         self._hook = TrialCommitHook(rdb)
         # So that a Ctrl-C cannot leave this process holding SQLite's lock while it stores the
         # trial's failure and releases its lease.
@@ -303,6 +313,19 @@ class SQLCheckpointStore(CheckpointStore):
         """Record interrupted trials; known ones are skipped."""
         add_new_interruptions(self._engine, study_id, study_uid, interruptions)
 
+    plants_atomically = True
+
+    def plant_streams(
+        self,
+        study_id: int,
+        study_uid: str,
+        planted: Sequence[PlantedStream],
+        rows_for: RowsFor,
+        owner: Owner,
+    ) -> None:
+        """Plant the streams, released, and their rows in one transaction."""
+        plant_streams_at_once(self._engine, study_id, study_uid, planted, rows_for)
+
     def defer_save_to_trial_commit(
         self, stream: Stream, trial_id: int, checkpoint: Checkpoint | None, token: str
     ) -> None:
@@ -323,7 +346,7 @@ class SQLCheckpointStore(CheckpointStore):
         """The study's number of interruptions as of the latest checkpoint committed here."""
         return self._hook.interruption_counts.get(study_uid)
 
-    def claim_trial(self, stream: Stream, study_id: int, trial_id: int) -> bool:
+    def claim_trial(self, stream: Stream, study_id: int, trial_id: int, seal: str) -> bool:
         """Claim the trial for the stream, unless another stream has it."""
         if self._hook.take_creation_claim(trial_id) == stream.stream_id:
             return True  # claimed in the transaction that created it
@@ -332,6 +355,7 @@ class SQLCheckpointStore(CheckpointStore):
             "trial_id": trial_id,
             "study_id": study_id,
             "stream_id": stream.stream_id,
+            "seal": seal,
         }
         try:
             with self._engine.begin() as connection:
@@ -339,18 +363,26 @@ class SQLCheckpointStore(CheckpointStore):
             return True
         except sa_exc.IntegrityError:
             pass  # claimed before: by this stream (a retried call) or by another
-        return self.claims(stream.study_uid, [trial_id]).get(trial_id) == stream.stream_id
+        claim = self.claims(stream.study_uid, [trial_id]).get(trial_id)
+        return claim is not None and claim.stream_id == stream.stream_id
 
-    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, int]:
-        """Return the claiming stream of each claimed trial among ``trial_ids``."""
+    def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, Claim]:
+        """Return the claim of each claimed trial among ``trial_ids``."""
         if not trial_ids:
             return {}
         with self._engine.connect() as connection:
             return where_claimed(connection, study_uid, trial_ids)
 
-    def claim_trials_at_creation(self, stream: Stream, study_id: int) -> None:
+    def claim_trials_at_creation(
+        self, stream: Stream, study_id: int, seal: Callable[[int], str]
+    ) -> None:
         """Claim the study's trials created by this process from now on, as they are created."""
-        self._hook.claim_new_trials(study_id, CreationClaimer(stream.study_uid, stream.stream_id))
+        claimer = CreationClaimer(stream.study_uid, stream.stream_id, seal)
+        self._hook.claim_new_trials(study_id, claimer)
+
+    def unsealed_rows_until(self, study_uid: str) -> int:
+        """As recorded when the tables were upgraded to sealed rows (the same for every study)."""
+        return self._unsealed_rows_until
 
     def save_trial_state(
         self, stream: Stream, token: str, study_id: int, record: TrialStateRecord
@@ -368,6 +400,15 @@ class SQLCheckpointStore(CheckpointStore):
         """Return the logical trial's saved state, or ``None``."""
         with self._engine.connect() as connection:
             return find_trial_state(connection, study_uid, logical_trial)
+
+    def where_trial_states(self, study_uid: str) -> list[TrialStateRecord]:
+        """Return every state the study's logical trials saved."""
+        with self._engine.connect() as connection:
+            return where_trial_states(connection, study_uid)
+
+    def reseal(self, study_uid: str, resealed: Resealed) -> None:
+        """Write the new seals in one transaction."""
+        reseal_study(self._engine, study_uid, resealed)
 
     def delete_trial_state(self, study_uid: str, logical_trial: int) -> bool:
         """Delete the logical trial's saved state; whether there was one."""

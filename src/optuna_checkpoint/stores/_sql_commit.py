@@ -10,6 +10,7 @@ that stores its end.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 import threading
 from typing import TYPE_CHECKING
@@ -84,10 +85,15 @@ _DELETE_TRIAL_STATE = trial_states.delete().where(
 
 @dataclass(frozen=True)
 class CreationClaimer:
-    """Claims the trials this process creates in one study for one stream."""
+    """Claims the trials this process creates in one study for one stream.
+
+    ``seal(trial_id)`` seals a new trial's claim: a hash over a few fields, computed in the
+    commit that creates the trial.
+    """
 
     study_uid: str
     stream_id: int
+    seal: Callable[[int], str]
 
 
 @dataclass
@@ -242,6 +248,7 @@ class TrialCommitHook:
                     "trial_id": trial_id,
                     "study_id": int(getattr(trial, "study_id")),  # noqa: B009
                     "stream_id": claimer.stream_id,
+                    "seal": claimer.seal(trial_id),
                 }
             )
         if not rows:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.stores._base import StreamSummary
@@ -70,6 +71,7 @@ def where_interrupted(connection: sa.Connection, study_uid: str) -> list[Interru
             logical_number=r.logical_number,
             reason=r.reason,
             stream_id=r.stream_id,
+            seal=r.seal,
         )
         for r in rows
     ]
@@ -77,17 +79,17 @@ def where_interrupted(connection: sa.Connection, study_uid: str) -> list[Interru
 
 def where_claimed(
     connection: sa.Connection, study_uid: str, trial_ids: Collection[int]
-) -> dict[int, int]:
-    """Return the claiming stream of each claimed trial among ``trial_ids``."""
+) -> dict[int, Claim]:
+    """Return the claim of each claimed trial among ``trial_ids``."""
     if not trial_ids:
         return {}
     rows = connection.execute(
-        sa.select(trial_claims.c.trial_id, trial_claims.c.stream_id).where(
+        sa.select(trial_claims.c.trial_id, trial_claims.c.stream_id, trial_claims.c.seal).where(
             trial_claims.c.study_uid == study_uid,
             trial_claims.c.trial_id.in_(list(trial_ids)),
         )
     ).all()
-    return {row.trial_id: row.stream_id for row in rows}
+    return {row.trial_id: Claim(row.stream_id, row.seal) for row in rows}
 
 
 def find_trial_state(
@@ -117,6 +119,19 @@ def list_trial_states(connection: sa.Connection, study_uid: str) -> list[TrialSt
         .order_by(trial_states.c.logical_trial)
     ).all()
     return [TrialStateSummary(int(r.logical_trial), int(r.trial_id), int(r.size)) for r in rows]
+
+
+def where_trial_states(connection: sa.Connection, study_uid: str) -> list[TrialStateRecord]:
+    """Return every state the study's logical trials saved, in logical-trial order."""
+    rows = connection.execute(
+        trial_states.select()
+        .where(trial_states.c.study_uid == study_uid)
+        .order_by(trial_states.c.logical_trial)
+    )
+    return [
+        TrialStateRecord(int(r.logical_trial), int(r.trial_id), bytes(r.payload), r.checksum)
+        for r in rows
+    ]
 
 
 def summarize_stream(connection: sa.Connection, stream_id: int) -> StreamSummary:

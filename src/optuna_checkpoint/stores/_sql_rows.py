@@ -7,7 +7,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from optuna_checkpoint.stores._base import REASON_CHARS
 from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Owner
 from optuna_checkpoint.stores._base import Stream
 
@@ -45,6 +47,21 @@ def owner_columns(owner: Owner | None) -> dict[str, Any]:
         "owner_boot_id": owner.boot_id,
         "owner_pid": owner.pid,
         "owner_pid_start": owner.pid_start,
+    }
+
+
+def interruption_row(study_id: int, study_uid: str, interruption: Interruption) -> dict[str, Any]:
+    """The interrupted trials row of ``interruption`` (its reason cut to the column's width)."""
+    i = interruption
+    return {
+        "trial_id": i.trial_id,
+        "study_uid": study_uid,
+        "study_id": study_id,
+        "trial_number": i.trial_number,
+        "logical_number": i.logical_number,
+        "reason": i.reason[:REASON_CHARS],
+        "stream_id": i.stream_id,
+        "seal": i.seal,
     }
 
 

@@ -8,6 +8,7 @@ of its own (:data:`TABLES_FORMAT`), recorded in a table beside them and upgraded
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -21,30 +22,38 @@ _logger = get_logger(__name__)
 
 metadata = sa.MetaData()
 
-TABLES_FORMAT = 3
+TABLES_FORMAT = 4
 """The layout of the side tables. 1: releases 0.1 to 0.3, which had no format table. 2: this
-format table, and the checkpoints' ``versions`` column. 3: the trial states table."""
+format table, and the checkpoints' ``versions`` column. 3: the trial states table. 4: the
+``seal`` columns of the interruptions and claims."""
+
+UNSEALED_ROWS_UNTIL = "unsealed_rows_until"
+"""The component of the format table whose ``version`` is the newest trial id that an
+interruption or claim row without a seal may belong to: recorded by the upgrade to format 4,
+absent from tables created at format 4 or later."""
 
 
-def _add_versions_column(engine: sa.Engine) -> None:
-    """Format 1 to 2: add the checkpoints' ``versions`` column, unless it is there already."""
-    column = checkpoints.c.versions
+def _add_column(engine: sa.Engine, column: sa.Column[Any]) -> None:
+    """Add ``column`` to its table, unless it is there already (nullable, so rows stay valid)."""
+    table = column.table.name
 
     def present() -> bool:
-        return column.name in {c["name"] for c in sa.inspect(engine).get_columns(checkpoints.name)}
+        return column.name in {c["name"] for c in sa.inspect(engine).get_columns(table)}
 
     if present():
         return
-    ddl = f"ALTER TABLE {checkpoints.name} ADD COLUMN {column.name} "
+    ddl = f"ALTER TABLE {table} ADD COLUMN {column.name} "
     try:
         with engine.begin() as connection:
             connection.exec_driver_sql(ddl + column.type.compile(dialect=engine.dialect))
     except (sa_exc.OperationalError, sa_exc.ProgrammingError):
-        # Another worker added it at the same moment.
-        if column.name not in {
-            c["name"] for c in sa.inspect(engine).get_columns(checkpoints.name)
-        }:
+        if not present():  # else another worker added it at the same moment
             raise
+
+
+def _add_versions_column(engine: sa.Engine) -> None:
+    """Format 1 to 2: add the checkpoints' ``versions`` column, unless it is there already."""
+    _add_column(engine, checkpoints.c.versions)
 
 
 def _add_trial_states_table(engine: sa.Engine) -> None:
@@ -57,11 +66,38 @@ def _add_trial_states_table(engine: sa.Engine) -> None:
             raise  # not a race with another worker creating it
 
 
+def _add_seal_columns(engine: sa.Engine) -> None:
+    """Format 3 to 4: seal columns for interruptions and claims, and the bound of unsealed rows.
+
+    The rows already there have no seal. The newest trial id among them is recorded, so that
+    a row without a seal is accepted only for a trial up to it: every later row is sealed.
+    """
+    _add_column(engine, interrupted_trials.c.seal)
+    _add_column(engine, trial_claims.c.seal)
+    newest = sa.union_all(
+        *(
+            sa.select(sa.func.max(t.c.trial_id).label("trial_id")).where(t.c.seal.is_(None))
+            for t in (interrupted_trials, trial_claims)
+        )
+    ).subquery()
+    with engine.connect() as connection:
+        found = connection.execute(sa.select(sa.func.max(newest.c.trial_id))).scalar()
+    bound = -1 if found is None else int(found)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                formats.insert().values(component=UNSEALED_ROWS_UNTIL, version=bound)
+            )
+    except sa_exc.IntegrityError:
+        pass  # another worker upgrading at the same moment recorded it
+
+
 # Upgrades of the tables, by the format they start from. Each only adds (tables, columns), so
 # the rows of earlier releases stay readable, and each is idempotent.
 _UPGRADES: dict[int, Callable[[sa.Engine], None]] = {
     1: _add_versions_column,
     2: _add_trial_states_table,
+    3: _add_seal_columns,
 }
 
 formats = sa.Table(
@@ -130,6 +166,8 @@ interrupted_trials = sa.Table(
     sa.Column("logical_number", sa.Integer, nullable=False),
     sa.Column("reason", sa.String(255), nullable=False),
     sa.Column("stream_id", sa.Integer),
+    # NULL only in rows of format 3 or earlier (see UNSEALED_ROWS_UNTIL).
+    sa.Column("seal", sa.String(64)),
 )
 
 trial_claims = sa.Table(
@@ -140,6 +178,8 @@ trial_claims = sa.Table(
     sa.Column("trial_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("study_id", sa.Integer, nullable=False, index=True),
     sa.Column("stream_id", sa.Integer, nullable=False),
+    # NULL only in rows of format 3 or earlier (see UNSEALED_ROWS_UNTIL).
+    sa.Column("seal", sa.String(64)),
 )
 
 trial_states = sa.Table(
@@ -225,6 +265,15 @@ def upgrade_tables(engine: sa.Engine, *, created: bool) -> None:
                 .values(version=version + 1)
             )
         version = _tables_format(engine) or version
+
+
+def unsealed_rows_until(engine: sa.Engine) -> int:
+    """The newest trial id whose interruption or claim may lack a seal (-1: none may)."""
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.select(formats.c.version).where(formats.c.component == UNSEALED_ROWS_UNTIL)
+        ).scalar()
+    return -1 if found is None else int(found)
 
 
 def _tables_format(engine: sa.Engine) -> int | None:

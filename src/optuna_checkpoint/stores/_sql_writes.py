@@ -11,17 +11,27 @@ from collections.abc import Collection
 from collections.abc import Sequence
 import random
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from optuna_checkpoint._faults import crash_point
+from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Resealed
+from optuna_checkpoint.stores._base import RowsFor
 from optuna_checkpoint.stores._base import TrialStateRecord
+from optuna_checkpoint.stores._base import require_seals
 from optuna_checkpoint.stores._sql_queries import has_rows_of_deleted_studies
 from optuna_checkpoint.stores._sql_queries import of_deleted_studies
 from optuna_checkpoint.stores._sql_queries import where_streams_of_deleted_studies
 from optuna_checkpoint.stores._sql_rows import INITIAL_TRIAL_ID
+from optuna_checkpoint.stores._sql_rows import checkpoint_row
+from optuna_checkpoint.stores._sql_rows import fingerprint_text
+from optuna_checkpoint.stores._sql_rows import interruption_row
+from optuna_checkpoint.stores._sql_rows import owner_columns
 from optuna_checkpoint.stores._sql_schema import checkpoints
 from optuna_checkpoint.stores._sql_schema import interrupted_trials
 from optuna_checkpoint.stores._sql_schema import streams
@@ -122,6 +132,7 @@ def add_new_interruptions(
     Workers that find the same dead trial at once may both try to record it; the one whose
     insert loses reads the known ones again and skips them.
     """
+    require_seals(interruptions)
     if not interruptions:
         return
 
@@ -135,15 +146,7 @@ def add_new_interruptions(
             ).scalars()
         )
         rows = [
-            {
-                "trial_id": i.trial_id,
-                "study_uid": study_uid,
-                "study_id": study_id,
-                "trial_number": i.trial_number,
-                "logical_number": i.logical_number,
-                "reason": i.reason[:255],
-                "stream_id": i.stream_id,
-            }
+            interruption_row(study_id, study_uid, i)
             for i in interruptions
             if i.trial_id not in known
         ]
@@ -156,6 +159,131 @@ def add_new_interruptions(
         # Another process recorded some of them between this one's read and its insert: they
         # are known now, and committed once recorded, so the second read sees them.
         transaction_with_retries(engine, add)
+
+
+def plant_streams_at_once(
+    engine: sa.Engine,
+    study_id: int,
+    study_uid: str,
+    planted: Sequence[PlantedStream],
+    rows_for: RowsFor,
+) -> None:
+    """Create the streams, released, with their checkpoints, then their rows: one transaction.
+
+    Raises:
+        CheckpointError: The study has a stream of one of those names already, or rows of
+            those trials (nothing is written then).
+    """
+
+    def plant(connection: sa.Connection) -> None:
+        ids = {}
+        for spec in planted:
+            stream = {
+                "study_id": study_id,
+                "study_uid": study_uid,
+                "name": spec.name,
+                "fingerprint": fingerprint_text(spec.fingerprint),
+                "heartbeat_at": time.time(),
+                "first_trial_number": spec.first_trial_number,
+                **owner_columns(None),
+            }
+            key = connection.execute(streams.insert().values(stream)).inserted_primary_key
+            assert key is not None
+            ids[spec.name] = key[0]
+            rows = [checkpoint_row(key[0], c) for c in spec.checkpoints]
+            connection.execute(checkpoints.insert(), rows)
+            crash_point("inside_import")
+        interruptions, claims = rows_for(ids)
+        require_seals(interruptions)
+        if not all(claim.seal for claim in claims.values()):
+            raise ValueError("claims are sealed before they are stored")
+        if interruptions:
+            rows = [interruption_row(study_id, study_uid, i) for i in interruptions]
+            connection.execute(interrupted_trials.insert(), rows)
+        if claims:
+            connection.execute(
+                trial_claims.insert(),
+                [
+                    {
+                        "study_uid": study_uid,
+                        "trial_id": trial_id,
+                        "study_id": study_id,
+                        "stream_id": claim.stream_id,
+                        "seal": claim.seal,
+                    }
+                    for trial_id, claim in claims.items()
+                ],
+            )
+        crash_point("inside_import")
+
+    remove_rows_of_deleted_studies(engine, study_id, study_uid)
+    try:
+        transaction_with_retries(engine, plant)
+    except sa_exc.IntegrityError as e:
+        raise CheckpointError(
+            "the study already has a checkpoint stream of that name, or records of its trials, "
+            "so nothing was planted; plant into a fresh copy of the study"
+        ) from e
+
+
+_RESEAL_CHECKPOINT = (
+    checkpoints.update()
+    .where(
+        checkpoints.c.stream_id == sa.bindparam("b_stream_id"),
+        checkpoints.c.trial_id == sa.bindparam("b_trial_id"),
+    )
+    .values(checksum=sa.bindparam("b_seal"))
+)
+
+
+def _reseal_by_trial(table: sa.Table, column: str, key: str) -> sa.Update:
+    """``UPDATE table SET column = :b_seal`` for one study and one ``key`` (bound as b_key)."""
+    return (
+        table.update()
+        .where(
+            table.c.study_uid == sa.bindparam("b_study_uid"),
+            table.c[key] == sa.bindparam("b_key"),
+        )
+        .values({column: sa.bindparam("b_seal")})
+    )
+
+
+def reseal_study(engine: sa.Engine, study_uid: str, resealed: Resealed) -> None:
+    """Write the new seals of a study's checkpoints, rows and trial states: one transaction."""
+    statements: list[tuple[sa.Update, list[dict[str, Any]]]] = [
+        (
+            _RESEAL_CHECKPOINT,
+            [
+                {
+                    "b_stream_id": stream_id,
+                    "b_trial_id": INITIAL_TRIAL_ID if c.trial_id is None else c.trial_id,
+                    "b_seal": c.checksum,
+                }
+                for stream_id, listed in resealed.checkpoints.items()
+                for c in listed
+            ],
+        ),
+        (
+            _reseal_by_trial(interrupted_trials, "seal", "trial_id"),
+            [{"b_key": i.trial_id, "b_seal": i.seal} for i in resealed.interruptions],
+        ),
+        (
+            _reseal_by_trial(trial_claims, "seal", "trial_id"),
+            [{"b_key": t, "b_seal": c.seal} for t, c in resealed.claims.items()],
+        ),
+        (
+            _reseal_by_trial(trial_states, "checksum", "logical_trial"),
+            [{"b_key": r.logical_trial, "b_seal": r.checksum} for r in resealed.trial_states],
+        ),
+    ]
+
+    def reseal(connection: sa.Connection) -> None:
+        for statement, rows in statements:
+            if rows:
+                connection.execute(statement, [{"b_study_uid": study_uid, **r} for r in rows])
+                crash_point("inside_reseal")
+
+    transaction_with_retries(engine, reseal)
 
 
 _REPLACE_RACES = 3

@@ -19,10 +19,13 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna_checkpoint._sampler import CheckpointingSampler
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import ConfigMismatchError
+from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.state import _codec
 from optuna_checkpoint.state._composite import sampler_part
 from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import sampler_fingerprint
+from optuna_checkpoint.state._packing import no_such_trial
+from optuna_checkpoint.state._rows import SealedRows
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state.adapters import adapter_for
 from optuna_checkpoint.state.adapters._registry import carry_over_study
@@ -39,6 +42,9 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Checkpoint
     from optuna_checkpoint.stores._base import CheckpointStore
     from optuna_checkpoint.stores._base import Stream
+
+
+_CHECK_REMEDY = " Check the study with optuna-checkpoint verify, and fork a study that passes."
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ def fork_study(
     Raises:
         CheckpointError: The trial cannot be forked at, or the new study exists.
         ConfigMismatchError: ``sampler`` is configured differently from the stream's.
-        CorruptCheckpointError: The trial's checkpoint fails its seal or does not load.
+        CorruptCheckpointError: The trial's checkpoint fails its seal or does not load, or a
+            record of an interrupted trial fails its seal.
     """
     if isinstance(sampler, CheckpointingSampler):
         sampler = sampler.sampler
@@ -112,11 +119,11 @@ def fork_study(
     if store is None:
         raise CheckpointError(f"study {study.study_name!r} has no checkpoints to fork from")
     trials = study.get_trials(deepcopy=False)
-    hidden = {i.trial_id for i in store.where_interrupted(source.uid)}
+    hidden = {i.trial_id for i in SealedRows(store, source.uid, sealer).interruptions()}
     at = _trial_to_fork_at(trials, hidden, at_trial)
     # Interrupted attempts have checkpoints too, but cannot be forked at.
     forkable = {t._trial_id: t.number for t in trials if t._trial_id not in hidden}
-    stream, checkpoint = _checkpoint_of(store, source, at, forkable)
+    stream, checkpoint = _checkpoint_of(store, source, trials, at, forkable)
     sealer.check_stored(checkpoint, source.uid, stream.name)
 
     adapter = adapter_for(sampler, allow_pickle=allow_pickle)
@@ -185,16 +192,41 @@ def _trial_to_fork_at(trials: list[FrozenTrial], hidden: set[int], number: int) 
 
 
 def _checkpoint_of(
-    store: CheckpointStore, source: StudyRef, trial: FrozenTrial, numbers: dict[int, int]
+    store: CheckpointStore,
+    source: StudyRef,
+    trials: list[FrozenTrial],
+    trial: FrozenTrial,
+    forkable: dict[int, int],
 ) -> tuple[Stream, Checkpoint]:
-    """Find the checkpoint of ``trial``; ``numbers`` maps the forkable trials' ids to numbers."""
+    """The checkpoint of ``trial``, and its stream.
+
+    Args:
+        store: The study's checkpoint store.
+        source: The study.
+        trials: All of its trials.
+        trial: The trial to fork at.
+        forkable: The numbers of the trials a fork may be made at, by trial id.
+
+    Raises:
+        CheckpointError: The trial has none (the message names the nearest that do).
+        CorruptCheckpointError: The trial has none, and a checkpoint names a trial the study
+            does not have (the trial's own, altered, or one copied from elsewhere).
+    """
+    known = {t._trial_id for t in trials}
     kept: list[int] = []
+    strays: list[CorruptCheckpointError] = []
     for stream in store.list_streams(source.uid):
         for checkpoint in store.all_checkpoints(stream.stream_id):
             if checkpoint.trial_id == trial._trial_id:
                 return stream, checkpoint
-            if checkpoint.trial_id in numbers:
-                kept.append(numbers[checkpoint.trial_id])
+            if checkpoint.trial_id is None:
+                continue
+            if checkpoint.trial_id in forkable:
+                kept.append(forkable[checkpoint.trial_id])
+            elif checkpoint.trial_id not in known:
+                strays.append(no_such_trial(checkpoint, stream.name, _CHECK_REMEDY))
+    if strays:
+        raise strays[0]  # perhaps the trial's own checkpoint, its trial id altered
     raise CheckpointError(
         f"trial {trial.number} has no checkpoint (it was pruned by a retention rule, or run "
         f"without CheckpointingSampler); {_nearest(trial.number, kept)}"

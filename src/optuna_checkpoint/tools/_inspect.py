@@ -33,8 +33,11 @@ from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.record._retention import Retention
 from optuna_checkpoint.record._retention import prune_stream
+from optuna_checkpoint.resume._evidence import claiming_streams
 from optuna_checkpoint.resume._evidence import describe_missing
 from optuna_checkpoint.resume._evidence import finished_without_checkpoint
+from optuna_checkpoint.state._rows import SealedRows
+from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.stores._base import CheckpointStore
 from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
@@ -45,7 +48,6 @@ from optuna_checkpoint.tools._retries import retries_due
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_CLAIMS_CHUNK = 5000  # trial ids per claims lookup: an IN list stays well within SQL limits
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -335,10 +337,13 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
     * trials of one stream ran at the same time (``n_jobs > 1``, or several asks before a
       tell), whose interleaving differs from run to run;
     * a finished trial, numbered after checkpointing began, was claimed by no stream: a
-      process without ``CheckpointingSampler`` ran it, and a resumed run will not.
+      process without ``CheckpointingSampler`` ran it, and a resumed run will not;
+    * a stream's newest checkpoint names a trial the study does not have (the row was altered,
+      or copied from another study), which a resume refuses.
 
-    Not checked here: the checkpoints' payloads and checksums, that the sampler is configured
-    as before (the resume itself checks both), and that the objective is deterministic
+    Not checked here: the checkpoints' payloads and checksums and the seals of the records of
+    interrupted and claimed trials, that the sampler is configured as before (the resume itself
+    checks all of these), and that the objective is deterministic
     (:func:`~optuna_checkpoint.audit_determinism`).
 
     Raises:
@@ -382,6 +387,13 @@ def study_status(storage: BaseStorage, study_name: str) -> StudyStatus:
             )
         )
     reasons = _obstacles(opened, streams, described, interruptions)
+    reasons.extend(
+        f"the newest checkpoint of stream {stream.name!r} names trial id "
+        f"{summary.newest_trial_id}, which is not a trial of this study: the row was altered, "
+        "or copied from another study, and a resume will refuse it"
+        for stream, summary in zip(streams, summaries, strict=True)
+        if summary.newest_trial_id is not None and summary.newest_trial_id not in by_id
+    )
     due: list[Interruption] = []
     if store is not None and opened.uid is not None:
         moment = datetime.datetime.fromtimestamp(now)  # Optuna's datetimes are naive local
@@ -456,10 +468,7 @@ def _obstacles(
         for t in opened.trials
         if t.state in _FINISHED and t.number >= start and t._trial_id not in hidden
     ]
-    claims: dict[int, int] = {}
-    for i in range(0, len(finished), _CLAIMS_CHUNK):
-        chunk = finished[i : i + _CLAIMS_CHUNK]
-        claims.update(store.claims(uid, [t._trial_id for t in chunk]))
+    claims = claiming_streams(store, uid, finished)
     for stream, status in zip(streams, described, strict=True):
         if status.checkpoints == 0:
             reasons.append(
@@ -524,6 +533,7 @@ def prune_study(
     *,
     dry_run: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    signing_key: str | bytes | None = None,
 ) -> PruneReport:
     """Delete the checkpoints ``retention`` does not keep, from every stream of the study.
 
@@ -536,10 +546,14 @@ def prune_study(
         dry_run: Count what would be deleted, and delete nothing.
         on_progress: Called with how many streams are done and how many there are: once
             before the first, then after each one.
+        signing_key: The key the study's rows are signed with, as for
+            :class:`~optuna_checkpoint.CheckpointingSampler`; defaults to the environment
+            variable ``OPTUNA_CHECKPOINT_SIGNING_KEY``.
 
     Raises:
         StudyNotFoundError: The storage has no study of that name.
         CheckpointError: The storage cannot delete checkpoints (a journal file).
+        CorruptCheckpointError: A record of an interrupted trial fails its seal.
     """
     opened = _open_study(storage, study_name)
     store = opened.store
@@ -550,9 +564,10 @@ def prune_study(
     if on_progress is not None:
         on_progress(0, len(streams))
     for stream in streams:
-        assert store is not None
+        assert store is not None and opened.uid is not None
+        rows = SealedRows(store, opened.uid, Sealer.from_option(signing_key))
         before = store.stream_summary(stream.stream_id).checkpoints
-        deleted = prune_stream(store, stream, retention, dry_run=dry_run)
+        deleted = prune_stream(rows, stream, retention, dry_run=dry_run)
         done.append(StreamPruning(stream.name, before, deleted))
         if on_progress is not None:
             on_progress(len(done), len(streams))

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_checkpoint.attach._attacher import CLAIM_WINDOW
+from optuna_checkpoint.resume._evidence import claiming_streams
 from optuna_checkpoint.resume._interruptions import find_interrupted
 from optuna_checkpoint.resume._resumer import RESUME_LOOKBACK
 from optuna_checkpoint.stores._base import Checkpoint
@@ -35,8 +36,6 @@ from optuna_checkpoint.stores._base import Interruption
 from optuna_checkpoint.stores._base import Stream
 from optuna_checkpoint.study._trials import ended_unsaved
 
-
-_CLAIMS_CHUNK = 5000  # trial ids per claims lookup: an IN list stays well within SQL limits
 
 _FIRST_TO_RESUME = -1
 """Stands for the stream that adopts an unclaimed trial when several idle streams could."""
@@ -79,10 +78,7 @@ def retries_due(
         if t._trial_id not in hidden
         and (t.state in (TrialState.RUNNING, TrialState.FAIL) or ended_unsaved(t))
     ]
-    claims: dict[int, int] = {}
-    for start in range(0, len(candidates), _CLAIMS_CHUNK):
-        chunk = candidates[start : start + _CLAIMS_CHUNK]
-        claims.update(store.claims(study_uid, [t._trial_id for t in chunk]))
+    claims = claiming_streams(store, study_uid, candidates)
     adopted = _adopters(candidates, claims, streams, idle, now)
 
     by_id = {t._trial_id: t for t in trials}

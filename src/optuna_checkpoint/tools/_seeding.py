@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import Trial
 
 from optuna_checkpoint._sampler import CheckpointingSampler
+from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.study._identity import first_trial
 from optuna_checkpoint.study._logical import HiddenTrials
 from optuna_checkpoint.tools._trajectory import recorded_interruptions
@@ -261,4 +262,11 @@ def _hidden_trials(study: Study) -> HiddenTrials:
         first = first_trial(storage, study._study_id)
     except KeyError:  # no trial yet
         return HiddenTrials()
-    return HiddenTrials.of(recorded_interruptions(study, first))
+    # Checked with the key of the study's CheckpointingSampler, if it has one, else the
+    # environment's: the objective that asks has no key of its own to give.
+    sealer = (
+        sampler._options.sealer
+        if isinstance(sampler, CheckpointingSampler)
+        else Sealer.from_option(None)
+    )
+    return HiddenTrials.of(recorded_interruptions(study, first, sealer))

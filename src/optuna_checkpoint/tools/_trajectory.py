@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from optuna_checkpoint.state._rows import SealedRows
+from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.stores._open import store_for
 from optuna_checkpoint.study._identity import study_uid
 from optuna_checkpoint.study._positions import DETERMINISTIC_ATTR
@@ -17,7 +19,9 @@ if TYPE_CHECKING:
     from optuna_checkpoint.stores._base import Interruption
 
 
-def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
+def uninterrupted_trials(
+    study: Study, *, signing_key: str | bytes | None = None
+) -> list[FrozenTrial]:
     """Return the study's trials without the interrupted attempts that were retried.
 
     These are the trials of the run that never stopped, in order: what a resumed study is
@@ -28,22 +32,35 @@ def uninterrupted_trials(study: Study) -> list[FrozenTrial]:
 
     Args:
         study: A study that was optimized with a :class:`CheckpointingSampler`.
+        signing_key: The key the study's rows are signed with, as given to its
+            :class:`CheckpointingSampler`; defaults to the environment variable
+            ``OPTUNA_CHECKPOINT_SIGNING_KEY``.
 
     Returns:
         Deep copies of the trials, in trial-number order.
+
+    Raises:
+        CorruptCheckpointError: A record of an interrupted trial fails its seal.
+        SignatureError: A record is unsigned while a key is given, or signed while none is.
     """
     trials = study.get_trials(deepcopy=True)
     if not trials:
         return trials
-    hidden = {i.trial_id for i in recorded_interruptions(study, trials[0])}
+    sealer = Sealer.from_option(signing_key)
+    hidden = {i.trial_id for i in recorded_interruptions(study, trials[0], sealer)}
     if DETERMINISTIC_ATTR in study._storage.get_study_system_attrs(study._study_id):
         return logical_trajectory(trials, hidden)
     return [t for t in trials if t._trial_id not in hidden]
 
 
-def recorded_interruptions(study: Study, first_trial: FrozenTrial) -> list[Interruption]:
-    """Return the interrupted attempts recorded for ``study``, whose trial 0 is ``first_trial``."""
+def recorded_interruptions(
+    study: Study, first_trial: FrozenTrial, sealer: Sealer
+) -> list[Interruption]:
+    """Return the interrupted attempts recorded for ``study``, whose trial 0 is ``first_trial``.
+
+    Each record's seal is checked with ``sealer`` first.
+    """
     uid = study_uid(study._study_id, study.study_name, first_trial)
     store = store_for(study._storage)
     store.open_study(study._study_id, uid)
-    return store.where_interrupted(uid)
+    return SealedRows(store, uid, sealer).interruptions()

@@ -6,20 +6,19 @@ interruption and claim of a study; :func:`import_checkpoints` plants them into t
 trials carry the same numbers, so the copy resumes exactly where the original stands.
 
 A checkpoint's seal binds it to its place, and a place names database ids, which differ between
-the two storages. So each checkpoint is checked where it is stored and sealed again for a
-*portable place* (the exported study's name, the stream, the trial's number and its logical
-number); the import checks that seal before writing anything, then seals each checkpoint for its
-new place. Both ends use the same signing key, if any, so a signed study stays signed and a
-document altered by someone without the key is refused.
+the two storages. So each checkpoint, interruption and claim is checked where it is stored, and
+the document is sealed again for portable places (:mod:`._transfer_document`); the import checks
+every seal before writing anything, then seals each checkpoint and row for its new place. Both
+ends use the same signing key, if any, so a signed study stays signed and a document altered by
+someone without the key is refused.
 
-Only the checkpoints are sealed. Stream fingerprints, interruptions and claims are carried as
-they are, as unprotected as they are in the database itself.
+The import writes in one transaction on SQL storages, so a failure leaves the copy as it was;
+on the others it is resumable: run again, it completes what a failure left undone.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import replace
@@ -28,24 +27,47 @@ from typing import Any
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.exceptions import CheckpointError
+from optuna_checkpoint.exceptions import CorruptCheckpointError
 from optuna_checkpoint.exceptions import StudyNotFoundError
 from optuna_checkpoint.state import _codec
+from optuna_checkpoint.state._rows import SealedRows
+from optuna_checkpoint.state._rows import describe_interruption
 from optuna_checkpoint.state._seal import Sealer
+from optuna_checkpoint.state._seal import describe
 from optuna_checkpoint.state._seal import place
-from optuna_checkpoint.state.adapters._registry import carry_over_study
+from optuna_checkpoint.state.adapters._registry import carried_over
 from optuna_checkpoint.stores._base import Checkpoint
+from optuna_checkpoint.stores._base import Claim
 from optuna_checkpoint.stores._base import Interruption
+from optuna_checkpoint.stores._base import PlantedStream
+from optuna_checkpoint.stores._base import Stream
+from optuna_checkpoint.tools._transfer_document import FORMAT
+from optuna_checkpoint.tools._transfer_document import VERSION
+from optuna_checkpoint.tools._transfer_document import Document
+from optuna_checkpoint.tools._transfer_document import ExportedCheckpoint
+from optuna_checkpoint.tools._transfer_document import ExportedStream
+from optuna_checkpoint.tools._transfer_document import check_metadata
+from optuna_checkpoint.tools._transfer_document import metadata_fields
+from optuna_checkpoint.tools._transfer_document import parse
+from optuna_checkpoint.tools._transfer_document import portable_place
 from optuna_checkpoint.tools._transplant import StudyRef
-from optuna_checkpoint.tools._transplant import plant_stream
 from optuna_checkpoint.tools._transplant import store_of
 
 
-FORMAT = "optuna-checkpoint-export"
-"""The ``format`` field of an export document."""
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "ImportReport",
+    "export_checkpoints",
+    "import_checkpoints",
+    "portable_place",
+]
 
-VERSION = 1
-"""The version of the export document this release writes (and the newest it reads)."""
+_CARRIED_OVER = "optuna_checkpoint:import_carried_over"
+# A study attribute: the rewrites of the sampler's caches an import computed, written before
+# them, so that an import run again after a failure writes the same ones, not remapped twice.
 
 _CLAIMS_CHUNK = 5000  # trial ids per claims lookup: an IN list stays well within SQL limits
 
@@ -67,11 +89,6 @@ class ImportReport:
     checkpoints: int
     interruptions: int
     claims: int
-
-
-def portable_place(study_name: str, stream: str, trial_number: int | None, logical: int) -> str:
-    """The place an exported checkpoint is sealed for: no database id in it."""
-    return place(f"export:{study_name}", stream, trial_number, logical)
 
 
 def export_checkpoints(
@@ -113,9 +130,11 @@ def export_checkpoints(
         StudyNotFoundError: The storage has no study of that name.
         CheckpointError: The study has no checkpoint streams, or a stream has no initial
             checkpoint.
-        CorruptCheckpointError: A checkpoint fails its seal (it was altered or damaged).
-        SignatureError: A checkpoint is unsigned while a key is given, or signed while none
-            is.
+        CorruptCheckpointError: A checkpoint, or a record of an interrupted or claimed trial,
+            fails its seal (it was altered or damaged) or names a trial the study does not
+            have.
+        SignatureError: A checkpoint or record is unsigned while a key is given, or signed
+            while none is.
     """
     sealer = Sealer.from_option(signing_key)
     study = _find_study(storage, study_name)
@@ -132,9 +151,10 @@ def export_checkpoints(
 
     def number_of(trial_id: int, what: str) -> int:
         if trial_id not in numbers:
-            raise CheckpointError(
-                f"{what} names trial id {trial_id}, which is not a trial of study "
-                f"{study_name!r}; check the study with optuna-checkpoint verify"
+            raise CorruptCheckpointError(
+                f"{what} names a trial that study {study_name!r} does not have: the row was "
+                "altered, or copied from another study; check the study with "
+                "optuna-checkpoint verify"
             )
         return numbers[trial_id]
 
@@ -153,7 +173,11 @@ def export_checkpoints(
             number = (
                 None
                 if checkpoint.trial_id is None
-                else number_of(checkpoint.trial_id, f"a checkpoint of stream {stream.name!r}")
+                else number_of(
+                    checkpoint.trial_id,
+                    f"{describe(checkpoint)} (logical trial {checkpoint.logical_number}) in "
+                    f"stream {stream.name!r}",
+                )
             )
             where = portable_place(study_name, stream.name, number, checkpoint.logical_number)
             values = checkpoint.trial_values
@@ -179,27 +203,28 @@ def export_checkpoints(
         )
 
     names = {s.stream_id: s.name for s in streams}
+    rows = SealedRows(store, study.uid, sealer)
     interruptions = [
         {
-            "trial_number": number_of(i.trial_id, "an interruption record"),
+            "trial_number": number_of(i.trial_id, describe_interruption(i)),
             "logical_number": i.logical_number,
             "reason": i.reason,
             "stream": None if i.stream_id is None else names.get(i.stream_id),
         }
-        for i in store.where_interrupted(study.uid)
+        for i in rows.interruptions()
     ]
     trial_ids = sorted(numbers, key=numbers.__getitem__)
     claims: list[dict[str, Any]] = []
     for start in range(0, len(trial_ids), _CLAIMS_CHUNK):
         chunk = trial_ids[start : start + _CLAIMS_CHUNK]
-        found = store.claims(study.uid, chunk)
+        found = rows.claims(chunk)
         claims.extend(
             {"trial_number": numbers[trial_id], "stream": names[found[trial_id]]}
             for trial_id in chunk
             # A claim of a stream that no longer exists would name nothing in the target.
             if trial_id in found and found[trial_id] in names
         )
-    return {
+    document: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "study_name": study_name,
@@ -210,6 +235,8 @@ def export_checkpoints(
         # parent populations); optuna.copy_study copies those as they are.
         "trial_ids": [[trial_id, number] for trial_id, number in sorted(numbers.items())],
     }
+    document["seal"] = sealer.seal_row(metadata_fields(document))
+    return document
 
 
 def import_checkpoints(
@@ -223,14 +250,18 @@ def import_checkpoints(
 
     The study must exist and hold the exported study's trials under the same numbers, as
     ``optuna.copy_study`` makes it, and must have no checkpoint stream yet (streams are not
-    merged). The whole document is checked before anything is written: its format, that every
-    trial it names exists (and, where both are COMPLETE, has the values the checkpoint
-    recorded), and every checkpoint's seal. Then each stream is created with its checkpoints,
-    sealed for their new place, and the interruptions and claims are recorded. A worker
-    resuming the study afterwards continues the exported study's trajectory exactly.
+    merged). The whole document is checked before anything is written: its format, its own
+    seal (over the streams, interruptions, claims and trial list), that every trial it names
+    exists (and, where both are COMPLETE, has the values the checkpoint recorded), and every
+    checkpoint's seal. Then each stream is created with its checkpoints, sealed for their new
+    place, and the interruptions and claims are recorded. A worker resuming the study afterwards
+    continues the exported study's trajectory exactly.
 
-    Writing is one step per stream, interruption list and claim, not one transaction: if it
-    fails midway, delete the copy, copy the study again and import again.
+    On SQL storages the streams, checkpoints, interruptions and claims are written in one
+    transaction: a failure leaves the study without any. Elsewhere (journals, the gRPC proxy)
+    they are written step by step, and an import that failed midway is completed by running it
+    again with the same document. The sampler caches kept in the study's attributes are pointed
+    at the copy's trials first (once, however often the import runs).
 
     Args:
         storage: The storage of the study that receives the checkpoints.
@@ -247,15 +278,16 @@ def import_checkpoints(
         StudyNotFoundError: The storage has no study of that name.
         CheckpointError: The document is not an export this release reads, or is malformed;
             a trial it names is missing from the study (or differs); the study already has
-            checkpoint streams.
-        CorruptCheckpointError: A checkpoint fails its seal (the document was altered), or
-            its payload is of a format this release cannot read.
-        SignatureError: A checkpoint is unsigned while a key is given, or signed while none
-            is.
+            checkpoint streams (other than those of an unfinished import of this document).
+        CorruptCheckpointError: The document's seal or a checkpoint's fails (the document was
+            altered), or a payload is of a format this release cannot read.
+        SignatureError: A seal is unsigned while a key is given, or signed while none is; or
+            the document is of version 1 (no seal of its own) while a key is given.
     """
     sealer = Sealer.from_option(signing_key)
-    parsed = _parse(document)
+    parsed = parse(document)
     # The document's own integrity first: it needs no target, and explains most refusals.
+    check_metadata(sealer, document, parsed)
     unplaced = [
         [_check_seal(sealer, parsed.study_name, s, c) for c in s.checkpoints]
         for s in parsed.streams
@@ -267,74 +299,122 @@ def import_checkpoints(
     trials = {t.number: t for t in storage.get_all_trials(study_id, deepcopy=False)}
     _check_trials(study_name, parsed, trials)
     study = StudyRef.of(storage, study_name)
-    existing = study.existing_store()  # creates nothing: a refused import writes nothing
-    if existing is not None and existing.list_streams(study.uid):
-        raise CheckpointError(
-            f"study {study_name!r} already has checkpoint streams; importing does not merge "
-            "streams. Import into a fresh copy (optuna.copy_study to a new study name)"
-        )
+    _check_no_other_streams(study, parsed)
 
     ids = {number: trial._trial_id for number, trial in trials.items()}
-    planned = [
-        (
-            stream,
+    _carry_over(study, {old: ids[n] for old, n in parsed.trial_ids.items() if n in ids})
+    store = store_of(study)
+    rows = SealedRows(store, study.uid, sealer)
+    planted = [
+        PlantedStream(
+            stream.name,
+            stream.fingerprint,
+            stream.first_trial_number,
             [
-                replace(
-                    checkpoint, trial_id=None if c.trial_number is None else ids[c.trial_number]
-                )
+                _placed(sealer, study.uid, stream.name, checkpoint, ids, c.trial_number)
                 for c, checkpoint in zip(stream.checkpoints, checkpoints, strict=True)
             ],
         )
         for stream, checkpoints in zip(parsed.streams, unplaced, strict=True)
     ]
-    for stream, checkpoints in planned:
-        plant_stream(
-            study,
-            name=stream.name,
-            fingerprint=stream.fingerprint,
-            first_trial_number=stream.first_trial_number,
-            checkpoints=checkpoints,
-            sealer=sealer,
-        )
-    store = store_of(study)
-    planted = {s.name: s for s in store.list_streams(study.uid)}
-    if parsed.interruptions:
-        store.add_interruptions(
-            study.study_id,
-            study.uid,
-            [
+
+    def rows_for(stream_ids: Mapping[str, int]) -> tuple[list[Interruption], dict[int, Claim]]:
+        interruptions = [
+            rows.sealed(
                 Interruption(
                     trial_id=ids[i.trial_number],
                     trial_number=i.trial_number,
                     logical_number=i.logical_number,
                     reason=i.reason,
-                    stream_id=None if i.stream is None else planted[i.stream].stream_id,
+                    stream_id=None if i.stream is None else stream_ids[i.stream],
                 )
-                for i in parsed.interruptions
-            ],
-        )
-    carry_over_study(
-        storage,
-        study.study_id,
-        {old: ids[number] for old, number in parsed.trial_ids.items() if number in ids},
-    )
-    for number, name in parsed.claims:
-        if not store.claim_trial(planted[name], study.study_id, ids[number]):
-            raise CheckpointError(
-                f"trial {number} of study {study_name!r} was claimed by another stream while "
-                "importing: a worker is running on the study; stop it, delete the copy, copy "
-                "the study again and import again"
             )
+            for i in parsed.interruptions
+        ]
+        claims = {
+            ids[number]: Claim(stream_ids[name], rows.claim_seal(ids[number], stream_ids[name]))
+            for number, name in parsed.claims
+        }
+        return interruptions, claims
+
+    store.plant_streams(study.study_id, study.uid, planted, rows_for, current_owner())
     return ImportReport(
         study_name=study_name,
-        streams=len(planned),
-        checkpoints=sum(len(checkpoints) for _, checkpoints in planned),
+        streams=len(planted),
+        checkpoints=sum(len(p.checkpoints) for p in planted),
         interruptions=len(parsed.interruptions),
         claims=len(parsed.claims),
     )
 
 
-def _check_seal(sealer: Sealer, study_name: str, stream: _Stream, c: _Checkpoint) -> Checkpoint:
+def _placed(
+    sealer: Sealer,
+    study_uid: str,
+    stream_name: str,
+    checkpoint: Checkpoint,
+    ids: Mapping[int, int],
+    trial_number: int | None,
+) -> Checkpoint:
+    """An exported checkpoint as it is stored in the copy: its trial's id there, sealed there."""
+    trial_id = None if trial_number is None else ids[trial_number]
+    placed = replace(checkpoint, trial_id=trial_id)
+    where = place(study_uid, stream_name, trial_id, placed.logical_number)
+    return replace(placed, checksum=sealer.seal(placed, where))
+
+
+def _check_no_other_streams(study: StudyRef, parsed: Document) -> None:
+    """Refuse a study with checkpoint streams, unless an unfinished import of ``parsed`` left them.
+
+    Creates nothing: a refused import writes nothing.
+    """
+    existing = study.existing_store()
+    found = [] if existing is None else existing.list_streams(study.uid)
+    if not found:
+        return
+    assert existing is not None
+    if not existing.plants_atomically and _left_by_import_of(found, parsed):
+        return  # resumed: the planting completes what is missing
+    raise CheckpointError(
+        f"study {study.study_name!r} already has checkpoint streams; importing does not merge "
+        "streams. Import into a fresh copy (optuna.copy_study to a new study name)"
+    )
+
+
+def _left_by_import_of(found: list[Stream], parsed: Document) -> bool:
+    """Whether the streams ``found`` are those an import of ``parsed`` creates, and no more."""
+    expected = {s.name: s for s in parsed.streams}
+    return all(
+        s.name in expected
+        and s.fingerprint == expected[s.name].fingerprint
+        and s.first_trial_number == expected[s.name].first_trial_number
+        for s in found
+    )
+
+
+def _carry_over(study: StudyRef, trial_ids: Mapping[int, int]) -> None:
+    """Point the sampler caches in the study's attributes at its trials, exactly once.
+
+    The rewrites are recorded before they are written: an import run again (after a failure)
+    writes the recorded ones again rather than mapping the already mapped ids a second time.
+    """
+    storage, study_id = study.storage, study.study_id
+    attrs = storage.get_study_system_attrs(study_id)
+    recorded = attrs.get(_CARRIED_OVER)
+    if isinstance(recorded, dict) and recorded.get("study_uid") == study.uid:
+        changes = recorded["changes"]
+    else:
+        changes = carried_over(attrs, trial_ids)
+        if not changes:
+            return
+        record: dict[str, Any] = {"study_uid": study.uid, "changes": changes}
+        storage.set_study_system_attr(study_id, _CARRIED_OVER, record)
+    for key, value in changes.items():
+        storage.set_study_system_attr(study_id, key, value)
+
+
+def _check_seal(
+    sealer: Sealer, study_name: str, stream: ExportedStream, c: ExportedCheckpoint
+) -> Checkpoint:
     """Check an exported checkpoint's seal at its portable place; return it, not yet placed."""
     checkpoint = Checkpoint(
         trial_id=None,  # the seal names the trial by number; its id in the target comes later
@@ -365,7 +445,7 @@ def _find_study(storage: BaseStorage, study_name: str) -> StudyRef:
         raise StudyNotFoundError(f"the storage has no study named {study_name!r}") from None
 
 
-def _check_trials(study_name: str, parsed: _Document, trials: Mapping[int, Any]) -> None:
+def _check_trials(study_name: str, parsed: Document, trials: Mapping[int, Any]) -> None:
     """Every trial the document names exists; where both are COMPLETE, with the same values."""
     named = {0}  # trial 0 identifies the study (its uid), so the copy must have it too
     for stream in parsed.streams:
@@ -392,165 +472,3 @@ def _check_trials(study_name: str, parsed: _Document, trials: Mapping[int, Any])
                     f"exported study's trial {c.trial_number}: the study is not a copy of "
                     f"{parsed.study_name!r}; import into a copy made with optuna.copy_study"
                 )
-
-
-@dataclass(frozen=True)
-class _Checkpoint:
-    trial_number: int | None
-    logical_number: int
-    trial_state: str | None
-    trial_values: list[float] | None
-    adapter: str
-    payload: bytes
-    seal: str
-    versions: dict[str, str] | None
-
-
-@dataclass(frozen=True)
-class _Stream:
-    name: str
-    fingerprint: Any
-    first_trial_number: int
-    checkpoints: list[_Checkpoint]
-
-
-@dataclass(frozen=True)
-class _Interruption:
-    trial_number: int
-    logical_number: int
-    reason: str
-    stream: str | None
-
-
-@dataclass(frozen=True)
-class _Document:
-    study_name: str
-    streams: list[_Stream]
-    interruptions: list[_Interruption]
-    claims: list[tuple[int, str]]
-    trial_ids: dict[int, int]  # the exported study's trial ids, to their numbers
-
-
-class _Malformed(CheckpointError):
-    pass
-
-
-def _parse(document: Mapping[str, Any]) -> _Document:
-    """Read an export document, refusing anything this release does not understand."""
-    if not isinstance(document, Mapping) or document.get("format") != FORMAT:
-        raise CheckpointError(
-            "this is not an optuna-checkpoint export (its format field is not "
-            f"{FORMAT!r}); export one with optuna-checkpoint export"
-        )
-    version = document.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"the export has an invalid version {version!r}")
-    if version > VERSION:
-        raise CheckpointError(
-            f"the export is of version {version}, and this release reads versions up to "
-            f"{VERSION}: upgrade optuna-checkpoint to import it"
-        )
-    try:
-        return _document(document)
-    except _Malformed as e:
-        raise CheckpointError(f"the export is malformed: {e}") from None
-
-
-def _document(document: Mapping[str, Any]) -> _Document:
-    study_name = _get(document, "study_name", str, "the document")
-    streams = [_stream(s) for s in _get(document, "streams", list, "the document")]
-    names = [s.name for s in streams]
-    if len(set(names)) != len(names):
-        raise _Malformed("two streams have the same name")
-    interruptions = []
-    for raw in _get(document, "interruptions", list, "the document"):
-        what = "an interruption"
-        stream = _get(raw, "stream", (str, type(None)), what)
-        if stream is not None and stream not in names:
-            raise _Malformed(f"an interruption names the stream {stream!r}, which it lacks")
-        interruptions.append(
-            _Interruption(
-                trial_number=_number(raw, "trial_number", what),
-                logical_number=_get(raw, "logical_number", int, what),
-                reason=_get(raw, "reason", str, what),
-                stream=stream,
-            )
-        )
-    claims = []
-    for raw in _get(document, "claims", list, "the document"):
-        stream = _get(raw, "stream", str, "a claim")
-        if stream not in names:
-            raise _Malformed(f"a claim names the stream {stream!r}, which it lacks")
-        claims.append((_number(raw, "trial_number", "a claim"), stream))
-    trial_ids = {}
-    for raw in _get(document, "trial_ids", list, "the document"):
-        if not (isinstance(raw, list) and len(raw) == 2 and all(type(v) is int for v in raw)):
-            raise _Malformed("trial_ids holds an entry that is not a pair of integers")
-        trial_ids[raw[0]] = raw[1]
-    return _Document(study_name, streams, interruptions, claims, trial_ids)
-
-
-def _stream(raw: Any) -> _Stream:
-    name = _get(raw, "name", str, "a stream")
-    what = f"stream {name!r}"
-    if "fingerprint" not in raw:
-        raise _Malformed(f"{what} has no fingerprint")
-    checkpoints = [_checkpoint(c, name) for c in _get(raw, "checkpoints", list, what)]
-    if not checkpoints or checkpoints[0].trial_number is not None:
-        raise _Malformed(f"{what} does not start with its initial checkpoint")
-    numbers = [c.trial_number for c in checkpoints]
-    if len(set(numbers)) != len(numbers):
-        raise _Malformed(f"{what} has two checkpoints of one trial")
-    return _Stream(name, raw["fingerprint"], _number(raw, "first_trial_number", what), checkpoints)
-
-
-def _checkpoint(raw: Any, stream: str) -> _Checkpoint:
-    what = f"a checkpoint of stream {stream!r}"
-    number = raw.get("trial_number") if isinstance(raw, Mapping) else None
-    if number is not None:
-        number = _number(raw, "trial_number", what)
-        what = f"the checkpoint of trial {number} in stream {stream!r}"
-    hexes = _get(raw, "trial_values", (list, type(None)), what)
-    try:
-        values = None if hexes is None else [float.fromhex(h) for h in hexes]
-        payload = base64.b64decode(_get(raw, "payload", str, what), validate=True)
-    except (TypeError, ValueError, binascii.Error) as e:
-        raise _Malformed(f"{what} has malformed values or payload ({e})") from None
-    return _Checkpoint(
-        trial_number=number,
-        logical_number=_get(raw, "logical_number", int, what),
-        trial_state=_get(raw, "trial_state", (str, type(None)), what),
-        trial_values=values,
-        adapter=_get(raw, "adapter", str, what),
-        payload=payload,
-        seal=_get(raw, "seal", str, what),
-        versions=_versions(raw, what),
-    )
-
-
-def _versions(raw: Any, what: str) -> dict[str, str] | None:
-    versions: dict[str, str] | None = _get(raw, "versions", (dict, type(None)), what)
-    if versions is not None and not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
-    ):
-        raise _Malformed(f"{what} has malformed library versions")
-    return versions
-
-
-def _number(raw: Any, key: str, what: str) -> int:
-    number: int = _get(raw, key, int, what)
-    if number < 0:
-        raise _Malformed(f"{what} has a negative {key}")
-    return number
-
-
-def _get(raw: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise _Malformed(f"{what} is not an object")
-    if key not in raw:
-        raise _Malformed(f"{what} has no {key!r}")
-    value = raw[key]
-    # bool is an int to Python, never to an export.
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise _Malformed(f"{what} has a {key!r} of the wrong type")
-    return value

@@ -8,10 +8,10 @@ ever re-signed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import replace
-import time
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -19,6 +19,7 @@ from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.exceptions import CheckpointError
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
+from optuna_checkpoint.stores._base import PlantedStream
 from optuna_checkpoint.stores._open import existing_store
 from optuna_checkpoint.stores._open import store_for
 from optuna_checkpoint.study._identity import first_trial
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
     from optuna_checkpoint.stores._base import Checkpoint
     from optuna_checkpoint.stores._base import CheckpointStore
+    from optuna_checkpoint.stores._base import Claim
+    from optuna_checkpoint.stores._base import Interruption
     from optuna_checkpoint.stores._base import Stream
 
 
@@ -105,24 +108,17 @@ def plant_stream(
         where = place(study.uid, name, checkpoint.trial_id, checkpoint.logical_number)
         return replace(checkpoint, checksum=sealer.seal(checkpoint, where))
 
-    owner = current_owner()
-    stream = store.create_stream(
-        study.study_id,
-        study.uid,
-        name,
-        fingerprint,
-        owner,
-        sealed(checkpoints[0]),
-        first_trial_number=first_trial_number,
+    planted = PlantedStream(
+        name, fingerprint, first_trial_number, [sealed(c) for c in checkpoints]
     )
-    if stream is None:
-        raise CheckpointError(f"another process created stream {name!r} at the same time")
-    try:
-        for checkpoint in checkpoints[1:]:
-            store.save(stream, sealed(checkpoint), owner.token, time.time())
-    finally:
-        store.release(stream.stream_id, owner.token)
+    store.plant_streams(study.study_id, study.uid, [planted], _no_rows, current_owner())
+    stream = store.find_stream(study.uid, name)
+    assert stream is not None
     return stream
+
+
+def _no_rows(stream_ids: Mapping[str, int]) -> tuple[list[Interruption], dict[int, Claim]]:
+    return [], {}
 
 
 def store_of(study: StudyRef) -> CheckpointStore:

@@ -117,7 +117,7 @@ class NSGASamplerAdapter(GeneratorAndRandomSamplerAdapter):
                 storage.set_study_system_attr(study_id, key, None)
 
     @classmethod
-    def carry_over(cls, storage: BaseStorage, study_id: int, trial_ids: Mapping[int, int]) -> None:
+    def carry_over(cls, attrs: Mapping[str, Any], trial_ids: Mapping[int, int]) -> dict[str, Any]:
         """Point the copied parent populations at the copied trials, or withdraw them.
 
         A parent population is cached as a list of trial ids, which are the old study's in a
@@ -125,13 +125,15 @@ class NSGASamplerAdapter(GeneratorAndRandomSamplerAdapter):
         withdrawn, so the sampler selects it again when it gets there.
         """
         prefixes = tuple(s._get_parent_cache_key_prefix() for s in (NSGAIISampler, NSGAIIISampler))
-        for key, cached in storage.get_study_system_attrs(study_id).items():
+        changes: dict[str, Any] = {}
+        for key, cached in attrs.items():
             if not key.startswith(prefixes) or not isinstance(cached, list):
                 continue
             if all(trial_id in trial_ids for trial_id in cached):
-                storage.set_study_system_attr(study_id, key, [trial_ids[t] for t in cached])
+                changes[key] = [trial_ids[t] for t in cached]
             else:
-                storage.set_study_system_attr(study_id, key, None)
+                changes[key] = None
+        return changes
 
 
 def _check_strategy(sampler: NSGASampler, attr: str) -> None:

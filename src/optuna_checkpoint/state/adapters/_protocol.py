@@ -109,19 +109,23 @@ class StateAdapter:
             adapter.forget_interrupted(storage, study_id, trials, hidden_trial_ids)
 
     @classmethod
-    def carry_over(cls, storage: BaseStorage, study_id: int, trial_ids: Mapping[int, int]) -> None:
-        """Rewrite what samplers of this kind keep in a study's attributes that names trials.
+    def carry_over(cls, attrs: Mapping[str, Any], trial_ids: Mapping[int, int]) -> dict[str, Any]:
+        """What samplers of this kind keep in a study's attributes that names trials, rewritten.
 
-        Called when a study's trials and attributes were copied into study ``study_id`` (a
-        fork, or ``optuna.copy_study`` followed by an import of the checkpoints), for every
-        adapter kind, since the copy does not know which sampler ran the study. Attributes
-        naming a trial the copy lacks are withdrawn. The default does nothing.
+        Called when a study's trials and attributes were copied into a new study (a fork, or
+        ``optuna.copy_study`` followed by an import of the checkpoints), for every adapter
+        kind, since the copy does not know which sampler ran the study. Computes, writes
+        nothing: the caller writes the result (once, even if it runs again). Attributes naming
+        a trial the copy lacks are withdrawn (``None``). The default changes nothing.
 
         Args:
-            storage: The new study's storage.
-            study_id: The new study's id.
+            attrs: The new study's system attributes, as copied.
             trial_ids: The ids of the copied trials, from the old study's to the new one's.
+
+        Returns:
+            The attributes to set, by key.
         """
+        return {}
 
     def require(self, state_dict: dict[str, Any], key: str) -> Any:
         """Return ``state_dict[key]``, or name the missing key and this adapter."""

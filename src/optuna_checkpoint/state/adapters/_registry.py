@@ -44,10 +44,19 @@ def register(
     return _REGISTRY.register(kind)
 
 
-def carry_over_study(storage: BaseStorage, study_id: int, trial_ids: Mapping[int, int]) -> None:
-    """Let every kind of adapter rewrite a copied study's attributes (see ``carry_over``)."""
+def carried_over(attrs: Mapping[str, Any], trial_ids: Mapping[int, int]) -> dict[str, Any]:
+    """What every kind of adapter rewrites in a copied study's attributes (see ``carry_over``)."""
+    changes: dict[str, Any] = {}
     for adapter_type in _REGISTRY.adapter_types():
-        adapter_type.carry_over(storage, study_id, trial_ids)
+        changes.update(adapter_type.carry_over(attrs, trial_ids))
+    return changes
+
+
+def carry_over_study(storage: BaseStorage, study_id: int, trial_ids: Mapping[int, int]) -> None:
+    """Rewrite a copied study's attributes that name trials, for every kind of adapter."""
+    attrs = storage.get_study_system_attrs(study_id)
+    for key, value in carried_over(attrs, trial_ids).items():
+        storage.set_study_system_attr(study_id, key, value)
 
 
 def adapter_for(sampler: BaseSampler, *, allow_pickle: bool = False) -> StateAdapter:
