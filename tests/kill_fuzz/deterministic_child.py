@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial
 from storages import open_storage  # this folder, which is on the path of a script run from it
 
 from optuna_checkpoint import CheckpointingSampler
+from optuna_checkpoint import trial_checkpoint
 from optuna_checkpoint import uninterrupted_trials
 
 
@@ -45,15 +46,23 @@ def make_sampler(config: dict[str, Any]) -> optuna.samplers.BaseSampler:
     return sampler
 
 
-def objective(trial: optuna.Trial, delays: random.Random, delay: float) -> float:
+def objective(
+    trial: optuna.Trial, delays: random.Random, delay: float, save: bool = False
+) -> float:
+    """Three reported steps; with ``save``, each saved with trial_checkpoint, and a retry
+    continues after the last saved step."""
     x = trial.suggest_float("x", -5.0, 5.0)
     y = trial.suggest_float("y", -5.0, 5.0)
     value = (x - 1.0) ** 2 + (y + 2.0) ** 2
-    for step in range(3):
+    ckpt = trial_checkpoint(trial) if save else None
+    state = None if ckpt is None else ckpt.load()
+    for step in range(0 if state is None else state["step"], 3):
         time.sleep(delays.uniform(0.0, delay))
         trial.report(value * (3 - step), step)
         if trial.should_prune():
             raise optuna.TrialPruned()
+        if ckpt is not None:
+            ckpt.save({"step": step + 1})
     return value
 
 
@@ -80,7 +89,7 @@ def main() -> int:
     )
     print("ready", flush=True)
     study.optimize(
-        lambda trial: objective(trial, delays, config["delay"]),
+        lambda trial: objective(trial, delays, config["delay"], config.get("save", False)),
         n_jobs=config.get("n_jobs", 1),
         callbacks=[stop_when_complete],
     )

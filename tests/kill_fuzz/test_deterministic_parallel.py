@@ -141,7 +141,7 @@ def run_threads(storage: str, sampler: str) -> Trajectory:
 
 
 def run_with_kills(
-    storage: str, sampler: str, rng: random.Random, kills: int
+    storage: str, sampler: str, rng: random.Random, kills: int, **extra: Any
 ) -> tuple[Trajectory, list[str]]:
     """Run WORKERS processes, killing a random one ``kills`` times and restarting it.
 
@@ -151,7 +151,7 @@ def run_with_kills(
     """
     _new_study(storage)
     deadline = time.monotonic() + TIMEOUT
-    configs = _worker_configs(storage, sampler)
+    configs = _worker_configs(storage, sampler, **extra)
     landed = []
     with _fleet(configs) as processes:
         for _ in range(kills):
@@ -256,6 +256,19 @@ def test_runs_with_random_kills_and_restarts_match_an_uninterrupted_run(
     two_urls: tuple[str, str], kill_rng: random.Random
 ) -> None:
     _kills_and_restarts_match("tpe", two_urls, kill_rng)
+
+
+@pytest.mark.soak
+def test_soak_trials_resumed_inside_with_trial_checkpoint_keep_the_trajectory(
+    two_urls: tuple[str, str], kill_rng: random.Random
+) -> None:
+    # Each trial saves its steps with trial_checkpoint, keyed by its position: a retry taken
+    # over by any worker continues after the last saved step, with the same reports.
+    reference = run_processes(two_urls[0], "tpe")
+    _, (killed, landed) = with_a_trial_cut_off(
+        two_urls[1], lambda url: run_with_kills(url, "tpe", kill_rng, kills=4, save=True)
+    )
+    assert first_difference(reference, killed) is None, f"kills: {landed}"
 
 
 @pytest.mark.soak
