@@ -185,6 +185,8 @@ def _crash_plans() -> list[tuple[str, list[str]]]:
             continue  # never passed on SQL storages: their checkpoint goes with the commit
         if point in ("inside_trial_state_save", "after_artifact_upload"):
             continue  # passed only by objectives that save their state (test_trial_checkpoint_*)
+        if point in ("inside_import", "inside_reseal"):
+            continue  # passed only by the import and rekey tools (test_transfer, test_rekey)
         if point == "after_resume":
             # Passed once per process, when it resumes: create something to resume first.
             plans.append((point, ["objective:6", "after_resume:1", "after_resume:1"]))
