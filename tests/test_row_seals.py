@@ -25,6 +25,7 @@ from optuna_checkpoint import CheckpointingSampler
 from optuna_checkpoint import CorruptCheckpointError
 from optuna_checkpoint import SignatureError
 from optuna_checkpoint import uninterrupted_trials
+from optuna_checkpoint import verify
 from optuna_checkpoint.attach._lease import current_owner
 from optuna_checkpoint.state._rows import SealedRows
 from optuna_checkpoint.state._rows import interruption_fields
@@ -292,3 +293,15 @@ def test_unsealed_rows_of_an_earlier_release_are_read_up_to_the_bound_recorded(
     release.interrupt(store, uid, Interruption(later, 4, 2, "forged", stream.stream_id))
     with pytest.raises(CorruptCheckpointError, match=r"trial 4 .*no seal"):
         rows.interruptions()
+
+
+def test_verify_reports_a_forged_interruption_and_does_not_obey_it(tmp_path: Path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/verify.db")
+    study = run(storage, N_TRIALS)
+    assert verify(study).ok
+    forge_interruption(study, 3, seal="sha256:" + "A" * 43)
+    report = verify(study)
+    assert not report.ok
+    [problem] = report.problems
+    assert (problem.trial_number, problem.kind) == (3, "corrupt")
+    assert "fails its checksum" in problem.message

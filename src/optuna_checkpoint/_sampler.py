@@ -423,7 +423,7 @@ class CheckpointingSampler(BaseSampler):
             self._attacher.claim(attachment, trial)
             return attachment
         workers = None if self._parallel is None else self._parallel.workers
-        check_study_mode(study, trial, workers, self._fingerprint)
+        check_study_mode(study, trial, workers, self._fingerprint, self._options.sealer)
         # Wrapped in place where it keeps state or reads trial numbers; in deterministic mode
         # every pruner, so that its decisions see the trial's fixed history.
         pruner = adopt_study_pruner(study, required=workers is not None)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def check_study_mode(
-    study: Study, trial: FrozenTrial, workers: int | None, fingerprint: Any
+    study: Study, trial: FrozenTrial, workers: int | None, fingerprint: Any, sealer: Sealer
 ) -> None:
     """Record the study's deterministic configuration, or check this worker's against it.
 
@@ -27,6 +27,13 @@ def check_study_mode(
     study's system attributes; a worker with another K, another sampler configuration, or
     without ``deterministic_workers`` is refused, since its trials would not be those of the
     deterministic run. So is ``trial``, which the worker had just created: it is closed at once.
+
+    Args:
+        study: The study.
+        trial: The trial the worker had just created.
+        workers: This worker's ``deterministic_workers``, or ``None``.
+        fingerprint: Its sampler's configuration.
+        sealer: Seals the row of a refused trial (the sampler's, with its signing key).
 
     Raises:
         ConfigMismatchError: This worker does not match the study's configuration, or Optuna's
@@ -36,18 +43,8 @@ def check_study_mode(
         _check_study_mode(study, workers, fingerprint)
     except ConfigMismatchError:
         reason = "refused: the worker does not match the study's mode"
-        refuse_trial(study, trial, reason, _sealer_of(study))
+        refuse_trial(study, trial, reason, sealer)
         raise
-
-
-def _sealer_of(study: Study) -> Sealer:
-    """The sealer of the study's ``CheckpointingSampler``, which seals the refused trial's row.
-
-    That sampler calls this before it attaches, and lives in a layer above, so its sealer is
-    found on it by name; the environment's key is the fallback.
-    """
-    sealer = getattr(getattr(study.sampler, "_options", None), "sealer", None)
-    return sealer if isinstance(sealer, Sealer) else Sealer.from_option(None)
 
 
 def _check_study_mode(study: Study, workers: int | None, fingerprint: Any) -> None:

@@ -46,6 +46,7 @@ from optuna_checkpoint.state._fingerprint import differences
 from optuna_checkpoint.state._fingerprint import readable_differences
 from optuna_checkpoint.state._fingerprint import sampler_fingerprint
 from optuna_checkpoint.state._fingerprint import sampler_named
+from optuna_checkpoint.state._rows import SealedRows
 from optuna_checkpoint.state._seal import Sealer
 from optuna_checkpoint.state._seal import place
 from optuna_checkpoint.state.adapters import adapter_for
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 
     from optuna_checkpoint.stores._base import Checkpoint
     from optuna_checkpoint.stores._base import CheckpointStore
+    from optuna_checkpoint.stores._base import Interruption
     from optuna_checkpoint.stores._base import Stream
 
     Decoded = tuple[Checkpoint, dict[str, Any]]
@@ -148,7 +150,7 @@ def verify(
         )
         for s in streams
     }
-    interruptions = store.where_interrupted(ref.uid)
+    interruptions = _checked_interruptions(report, SealedRows(store, ref.uid, sealer), streams)
     hidden = {i.trial_id for i in interruptions}
     claims = _check_for_lost(report, store, ref.uid, streams, stored, trials, hidden)
     # An interrupted attempt belongs to the stream that retries it.
@@ -199,6 +201,24 @@ def _check_stream(
         report.checkpoints_checked += 1
         readable.append((checkpoint, state))
     return readable
+
+
+def _checked_interruptions(
+    report: VerificationReport, rows: SealedRows, streams: Sequence[Stream]
+) -> list[Interruption]:
+    """The interruption rows whose seals hold; each that fails is reported, and not obeyed."""
+    names = {s.stream_id: s.name for s in streams}
+    genuine = []
+    for interruption in rows.store.where_interrupted(rows.study_uid):
+        try:
+            rows.check_interruption(interruption)
+        except CheckpointError as e:
+            stream = "-" if interruption.stream_id is None else names.get(interruption.stream_id)
+            kind = "signature" if isinstance(e, SignatureError) else "corrupt"
+            report.problems.append(Problem(stream or "-", interruption.trial_number, kind, str(e)))
+            continue
+        genuine.append(interruption)
+    return genuine
 
 
 def _check_for_lost(
