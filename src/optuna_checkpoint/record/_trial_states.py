@@ -90,11 +90,17 @@ class SavedState:
         intermediate_values: The values that attempt had reported when it saved, by step.
         path: The file or directory saved with it (``{"kind": "file" | "directory", "data":
             bytes}``, see ``tools._trial_checkpoint``), or ``None``.
+        encoded: The encoding ``state`` was decoded from, for :meth:`fresh_state`.
     """
 
     state: Any
     intermediate_values: dict[int, float]
     path: dict[str, Any] | None = None
+    encoded: bytes = b""
+
+    def fresh_state(self) -> Any:
+        """The state decoded again: a copy no caller has touched, of the same bits."""
+        return _codec.decode(self.encoded)[_STATE]
 
 
 _UNREAD = object()
@@ -270,7 +276,7 @@ class TrialStates:
             check_state_seal(self._sealer, attachment.study_uid, record)
             decoded = _codec.decode(record.payload)
             steps = {int(step): float(value) for step, value in decoded[_INTERMEDIATE]}
-            body = decoded
+            body, encoded = decoded, record.payload
             if _ARTIFACT in decoded:
                 ref = ArtifactRef.from_dict(decoded[_ARTIFACT])
                 attempt.artifact = ref
@@ -279,8 +285,9 @@ class TrialStates:
                         f"it was saved to an artifact store ({ref.artifact_id!r}): pass the same "
                         "artifact_store to trial_checkpoint"
                     )
-                body = _codec.decode(read_body(artifact_store, ref))
-            return SavedState(body[_STATE], steps, body.get(_PATH))
+                encoded = read_body(artifact_store, ref)
+                body = _codec.decode(encoded)
+            return SavedState(body[_STATE], steps, body.get(_PATH), encoded)
         except CheckpointError as e:
             raise type(e)(f"{what} cannot be trusted: {e}." + _REMEDY) from e
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -176,8 +176,9 @@ def _decode(
     start = _PREFIX.size
     try:
         header = json.loads(payload[start : start + header_length])
-        blob_area = payload[start + header_length :]
-        blobs = [bytes(blob_area[offset : offset + size]) for offset, size in header["blobs"]]
+        # Views, not copies: an array is copied once, into the memory it will own.
+        blob_area = memoryview(payload)[start + header_length :]
+        blobs = [blob_area[offset : offset + size] for offset, size in header["blobs"]]
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise CorruptCheckpointError("checkpoint header is not valid") from e
     if sum(len(b) for b in blobs) != len(blob_area):
@@ -194,7 +195,7 @@ def _decode(
         if _TUPLE in node:
             return tuple(from_tree(v) for v in node[_TUPLE])
         if _BYTES in node:
-            return blobs[node[_BYTES]]
+            return bytes(blobs[node[_BYTES]])
         if _ARRAY in node:
             # Checked as text first: np.dtype() parses its argument, which is untrusted here.
             if node["dtype"] not in _ALLOWED_DTYPES:

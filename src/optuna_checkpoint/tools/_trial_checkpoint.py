@@ -11,7 +11,6 @@ lives there and the database keeps a sealed reference. How the state is kept is 
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 from pathlib import Path
@@ -120,7 +119,8 @@ class TrialCheckpoint:
             _unpack_path(saved.path, Path(path))
         if first:
             self._report_again(saved)
-        return copy.deepcopy(saved.state)
+            return saved.state  # decoded for this call: no copy of it is kept
+        return saved.fresh_state()
 
     def save(self, state: Any, *, path: str | os.PathLike[str] | None = None) -> None:
         """Replace this logical trial's saved state, atomically.
