@@ -13,6 +13,7 @@ import tempfile
 from optuna_checkpoint.demo._run import DemoError
 from optuna_checkpoint.demo._session import run_demo
 from optuna_checkpoint.demo._worker import SAMPLER_CLASSES
+from optuna_checkpoint.demo._worker import STEPS
 from optuna_checkpoint.demo._worker import run_worker
 
 
@@ -23,15 +24,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=(
             "Kill an Optuna study with SIGKILL, SIGTERM and SIGINT (Ctrl-C), resume it each "
             "time, and compare its trials bit for bit with a run that was never interrupted, "
-            "with and without CheckpointingSampler."
+            "with and without CheckpointingSampler. Each trial trains a small numpy model for "
+            f"{STEPS} steps and reports them to a MedianPruner; with CheckpointingSampler it "
+            "saves its state after each step with trial_checkpoint, so that a trial cut off "
+            "mid-training resumes at its last saved step. The demo counts the steps each run "
+            "had to redo."
         ),
     )
-    parser.add_argument("--trials", type=int, default=30, help="COMPLETE trials per run (30)")
+    parser.add_argument(
+        "--trials", type=int, default=12, help="finished (complete or pruned) trials per run (12)"
+    )
     parser.add_argument(
         "--kills",
         type=int,
-        default=4,
-        help="kills planned per interrupted run; one due after the run finished is not sent (4)",
+        default=3,
+        help="kills planned per interrupted run; one due after the run finished is not sent (3)",
     )
     parser.add_argument(
         "--sampler", choices=list(SAMPLER_CLASSES), default="tpe", help="sampler (tpe)"
@@ -43,9 +50,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # The demo's own child processes: see optuna_checkpoint.demo._run.
     parser.add_argument("--worker", metavar="STORAGE", help=argparse.SUPPRESS)
     parser.add_argument("--unwrapped", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--step-log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.trials < 1 or args.kills < 0:
         parser.error("--trials must be at least 1, and --kills at least 0")
+    if args.worker is not None and args.step_log is None:
+        parser.error("--worker needs --step-log (both are set by the demo for its workers)")
     return args
 
 
@@ -56,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         argv: The arguments, without the program name; ``sys.argv[1:]`` if None.
 
     Returns:
-        0 if the checkpointed run matched the uninterrupted run bit for bit, 1 if not, 2 if the
-        demo could not run, 130 if it was interrupted.
+        0 if the checkpointed run matched the uninterrupted run bit for bit and redid at most
+        one training step per kill, 1 if not, 2 if the demo could not run, 130 if it was
+        interrupted.
     """
     args = parse_args(argv)
     if args.worker is not None:
-        return run_worker(args.worker, args.sampler, args.seed, args.trials, not args.unwrapped)
+        return run_worker(
+            args.worker, args.sampler, args.seed, args.trials, not args.unwrapped, args.step_log
+        )
     if not hasattr(signal, "SIGKILL"):
         print(
             "optuna-checkpoint-demo kills processes with POSIX signals: run it on Linux or macOS."

@@ -1,13 +1,16 @@
-"""Comparing two trajectories bit for bit, and saying why and where they part."""
+"""Comparing two trajectories bit for bit, saying where and why they part; counting steps.
+
+The steps are those of the objective's training that a kill made a run begin again.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial
-from optuna.trial import TrialState
 
 from optuna_checkpoint.demo._run import Run
+from optuna_checkpoint.demo._worker import FINISHED
 
 
 def exact(value: object) -> str:
@@ -23,11 +26,12 @@ def exact(value: object) -> str:
 
 
 def same_step(a: FrozenTrial | None, b: FrozenTrial | None) -> bool:
-    """Whether two trials have the same state, params and values, bit for bit."""
+    """Whether two trials match bit for bit: state, params, values and intermediate values."""
 
-    def key(t: FrozenTrial) -> tuple[str, list[tuple[str, str]], list[str]]:
+    def key(t: FrozenTrial) -> tuple[str, list[tuple[str, str]], list[str], list[str]]:
         params = [(name, exact(value)) for name, value in sorted(t.params.items())]
-        return t.state.name, params, [exact(v) for v in t.values or ()]
+        reported = [f"{step} {exact(v)}" for step, v in sorted(t.intermediate_values.items())]
+        return t.state.name, params, [exact(v) for v in t.values or ()], reported
 
     return a is not None and b is not None and key(a) == key(b)
 
@@ -40,13 +44,27 @@ def identical_prefix(reference: Sequence[FrozenTrial], other: Sequence[FrozenTri
     return count
 
 
-def why_different(trials: Sequence[FrozenTrial], index: int, run: Run) -> str:
-    """Say in a few words why the ``index``-th trial of ``run`` is not the reference's."""
+def why_different(
+    expected: Sequence[FrozenTrial], trials: Sequence[FrozenTrial], index: int, run: Run
+) -> str:
+    """Say in a few words why the ``index``-th trial of ``run`` is not the reference's.
+
+    Args:
+        expected: The reference's trials.
+        trials: The run's trials.
+        index: The first logical trial where they differ.
+        run: The run, whose kills say when its trials ran.
+
+    Returns:
+        For example ``repeated the params of logical trial 0 after kill 1``.
+    """
     if index >= len(trials):
         return "it has fewer trials"
     trial = trials[index]
-    if trial.state != TrialState.COMPLETE:
+    if trial.state not in FINISHED:
         return f"trial {trial.number} was interrupted and is {trial.state.name}, not retried"
+    if index < len(expected) and trial.params == expected[index].params:
+        return "the same params, but another state, value or intermediate values"
     kills = [n for n, o in enumerate(run.outcomes, 1) if o.landed and o.n_trials <= trial.number]
     after = f"after kill {kills[-1]}" if kills else "before any kill"
     for earlier, previous in enumerate(trials[:index]):
@@ -87,3 +105,22 @@ def retry_notes(
         else:
             notes[row] = f"{attempted}, not retried"
     return notes
+
+
+def steps_run_again(run: Run, trajectory: Sequence[FrozenTrial]) -> int:
+    """Count the training steps a run began beyond those its trajectory needed.
+
+    Each trial of the trajectory reported one intermediate value per step it needed (a retry
+    reports again those of the attempt it resumes). Every other step the workers began was work
+    that a kill threw away, and that was run again: in a resumed run, the steps after a
+    trial's last save; without ``trial_checkpoint``, every step of a cut-off trial.
+
+    Args:
+        run: The run, whose workers logged each step they began.
+        trajectory: Its finished trials, without the interrupted attempts.
+
+    Returns:
+        The number of steps begun beyond the trajectory's.
+    """
+    needed = sum(len(trial.intermediate_values) for trial in trajectory)
+    return len(run.logged_steps()) - needed

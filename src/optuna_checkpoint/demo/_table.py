@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
 
 from optuna_checkpoint.demo._compare import exact
 from optuna_checkpoint.demo._compare import same_step
@@ -38,7 +39,11 @@ def print_table(
             return [str(index), *("" for _ in names), "(missing)"]
         params = [trial.params.get(name, "") for name in names]
         shown = [f"{p:.6g}" if isinstance(p, float) else str(p) for p in params]
-        value = exact(trial.values[0]) if trial.values else trial.state.name
+        if trial.state == TrialState.PRUNED and trial.intermediate_values:
+            # Its value is the last intermediate value; the step says where the pruner stopped it.
+            value = f"PRUNED at step {max(trial.intermediate_values)}"
+        else:
+            value = exact(trial.values[0]) if trial.values else trial.state.name
         return [str(index), *shown, value if value.startswith("-") else " " + value]
 
     n_rows = max(len(reference), len(resumed))
