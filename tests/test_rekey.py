@@ -108,8 +108,11 @@ def schemes(url: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(None, KEY_A), (KEY_A, KEY_B), (KEY_A, None)],
-    ids=["signing-on", "rotation", "signing-off"],
+    [
+        pytest.param(None, KEY_A, id="signing-on", marks=pytest.mark.soak),
+        pytest.param(KEY_A, KEY_B, id="rotation"),
+        pytest.param(KEY_A, None, id="signing-off", marks=pytest.mark.soak),
+    ],
 )
 def test_a_rekeyed_study_resumes_exactly_under_the_new_key_only(
     tmp_path: Path, old: str | None, new: str | None
