@@ -259,7 +259,10 @@ def test_start_new_stream_after_a_corrupt_checkpoint_in_the_same_process_continu
     assert study.trials[-1].state == TrialState.COMPLETE
 
 
-@pytest.mark.parametrize("allow_pickle", [False, True])
+@pytest.mark.parametrize(
+    "allow_pickle",
+    [pytest.param(False, marks=pytest.mark.soak), True],  # True: the harder case
+)
 def test_with_a_key_a_malicious_pickle_written_by_hand_never_runs(
     url: str, tmp_path: pathlib.Path, allow_pickle: bool
 ) -> None:

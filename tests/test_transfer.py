@@ -542,6 +542,7 @@ def test_sampler_caches_that_name_trials_are_pointed_at_the_copies(tmp_path: Pat
     assert continued[0] == continued[1]
 
 
+@pytest.mark.soak  # the test above covers the first import
 def test_an_import_run_again_points_the_sampler_caches_at_the_copies_once(tmp_path: Path) -> None:
     source, target = sqlite(tmp_path / "a.db"), journal(tmp_path / "b.log")
     nsga_study(source).optimize(two_objectives, n_trials=10)  # into generation 2

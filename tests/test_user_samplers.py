@@ -460,6 +460,7 @@ study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(10, states=c
 """
 
 
+@pytest.mark.soak  # two fresh interpreters: about 12 s
 def test_sampler_defined_in_a_script_resumes_exactly_in_a_new_process_with_allow_pickle(
     tmp_path: pathlib.Path,
 ) -> None:
