@@ -84,6 +84,7 @@ def test_every_storage_form_is_transparent_and_resumes(database_url: str, form: 
     assert count_rows(database_url, checkpoints) == 14 + 1
 
 
+@pytest.mark.soak  # worker processes on every database: about 26 s in all
 def test_tables_are_created_once_when_workers_race_to_create_them(database_url: str) -> None:
     # Several fresh processes open the same new database at the same instant.
     code = (

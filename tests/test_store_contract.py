@@ -975,6 +975,7 @@ def run_races(spec: StoreSpec) -> Races:
     return Races(store, studies, claimed, results, saver.stream_id, usurper_token)
 
 
+@pytest.mark.soak  # many processes on every store: about 45 s in all
 def test_races_between_processes(shared: StoreSpec) -> None:
     # One test, so that one batch of children (the costly part) runs every race.
     races = run_races(shared)
