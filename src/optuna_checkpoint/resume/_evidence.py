@@ -39,8 +39,6 @@ question. With trials running at once (``n_jobs > 1``), a later-numbered trial m
 checkpoint before an earlier one, so the newest checkpoint need not be the highest-numbered
 trial's: a checkpoint committed a few places earlier still counts."""
 
-_CLAIMS_CHUNK = 5000  # trial ids per claims lookup: an IN list stays well within SQL limits
-
 
 def finished_without_checkpoint(
     store: CheckpointStore,
@@ -102,12 +100,8 @@ def claiming_streams(
 
     Seals are not checked here: ``status`` and ``verify`` read the claims as they are stored.
     """
-    claims: dict[int, int] = {}
-    for i in range(0, len(trials), _CLAIMS_CHUNK):
-        chunk = trials[i : i + _CLAIMS_CHUNK]
-        found = store.claims(study_uid, [t._trial_id for t in chunk])
-        claims.update((trial_id, claim.stream_id) for trial_id, claim in found.items())
-    return claims
+    found = store.claims(study_uid, [t._trial_id for t in trials])
+    return {trial_id: claim.stream_id for trial_id, claim in found.items()}
 
 
 def describe_missing(stream_name: str, missing: Sequence[FrozenTrial], newest_number: int) -> str:

@@ -429,7 +429,7 @@ class CheckpointStore(abc.ABC):
 
     @abc.abstractmethod
     def claims(self, study_uid: str, trial_ids: Collection[int]) -> dict[int, Claim]:
-        """Return the claim of each of ``trial_ids`` that is claimed."""
+        """Return the claim of each of ``trial_ids`` that is claimed (any number of them)."""
 
     plants_atomically = False
     """Whether :meth:`plant_streams` and :meth:`reseal` are one transaction (else resumable)."""

@@ -30,6 +30,9 @@ from optuna_checkpoint.stores._sql_schema import trial_claims
 from optuna_checkpoint.stores._sql_schema import trial_states
 
 
+_CLAIMS_CHUNK = 5000  # trial ids per claims query: an IN list stays well within SQL limits
+
+
 def find_stream_by_name(connection: sa.Connection, study_uid: str, name: str) -> Stream | None:
     """Return the study's stream called ``name``, or ``None``."""
     row = connection.execute(
@@ -80,16 +83,20 @@ def where_interrupted(connection: sa.Connection, study_uid: str) -> list[Interru
 def where_claimed(
     connection: sa.Connection, study_uid: str, trial_ids: Collection[int]
 ) -> dict[int, Claim]:
-    """Return the claim of each claimed trial among ``trial_ids``."""
-    if not trial_ids:
-        return {}
-    rows = connection.execute(
-        sa.select(trial_claims.c.trial_id, trial_claims.c.stream_id, trial_claims.c.seal).where(
-            trial_claims.c.study_uid == study_uid,
-            trial_claims.c.trial_id.in_(list(trial_ids)),
-        )
-    ).all()
-    return {row.trial_id: Claim(row.stream_id, row.seal) for row in rows}
+    """Return the claim of each claimed trial among ``trial_ids``, however many there are."""
+    ids = list(trial_ids)
+    found: dict[int, Claim] = {}
+    for start in range(0, len(ids), _CLAIMS_CHUNK):
+        rows = connection.execute(
+            sa.select(
+                trial_claims.c.trial_id, trial_claims.c.stream_id, trial_claims.c.seal
+            ).where(
+                trial_claims.c.study_uid == study_uid,
+                trial_claims.c.trial_id.in_(ids[start : start + _CLAIMS_CHUNK]),
+            )
+        ).all()
+        found.update((row.trial_id, Claim(row.stream_id, row.seal)) for row in rows)
+    return found
 
 
 def find_trial_state(

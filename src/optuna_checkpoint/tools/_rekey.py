@@ -58,7 +58,6 @@ OLD_KEY_ENV = SIGNING_KEY_ENV
 NEW_KEY_ENV = "OPTUNA_CHECKPOINT_NEW_SIGNING_KEY"
 """Where ``optuna-checkpoint rekey`` reads the key to sign the study with."""
 
-_CLAIMS_CHUNK = 5000  # trial ids per claims lookup: an IN list stays well within SQL limits
 _NOTHING_WRITTEN = (
     " Nothing was re-signed. Check that the old key is the one the study is signed with (for "
     f"the command, {OLD_KEY_ENV}; unset if the study is unsigned)."
@@ -226,12 +225,8 @@ class _Rekey:
 def _all_claims(
     store: CheckpointStore, study_uid: str, trials: Mapping[int, FrozenTrial]
 ) -> list[tuple[int, Claim]]:
-    """Every claim of the study's trials, read in chunks."""
-    ids = sorted(trials)
-    found: list[tuple[int, Claim]] = []
-    for start in range(0, len(ids), _CLAIMS_CHUNK):
-        found.extend(store.claims(study_uid, ids[start : start + _CLAIMS_CHUNK]).items())
-    return found
+    """Every claim of the study's trials."""
+    return list(store.claims(study_uid, sorted(trials)).items())
 
 
 def _refuse_live_workers(storage: BaseStorage, study_name: str, streams: list[Stream]) -> None:

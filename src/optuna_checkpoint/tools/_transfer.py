@@ -69,8 +69,6 @@ _CARRIED_OVER = "optuna_checkpoint:import_carried_over"
 # A study attribute: the rewrites of the sampler's caches an import computed, written before
 # them, so that an import run again after a failure writes the same ones, not remapped twice.
 
-_CLAIMS_CHUNK = 5000  # trial ids per claims lookup: an IN list stays well within SQL limits
-
 
 @dataclass(frozen=True)
 class ImportReport:
@@ -214,16 +212,13 @@ def export_checkpoints(
         for i in rows.interruptions()
     ]
     trial_ids = sorted(numbers, key=numbers.__getitem__)
-    claims: list[dict[str, Any]] = []
-    for start in range(0, len(trial_ids), _CLAIMS_CHUNK):
-        chunk = trial_ids[start : start + _CLAIMS_CHUNK]
-        found = rows.claims(chunk)
-        claims.extend(
-            {"trial_number": numbers[trial_id], "stream": names[found[trial_id]]}
-            for trial_id in chunk
-            # A claim of a stream that no longer exists would name nothing in the target.
-            if trial_id in found and found[trial_id] in names
-        )
+    found = rows.claims(trial_ids)
+    claims: list[dict[str, Any]] = [
+        {"trial_number": numbers[trial_id], "stream": names[found[trial_id]]}
+        for trial_id in trial_ids
+        # A claim of a stream that no longer exists would name nothing in the target.
+        if trial_id in found and found[trial_id] in names
+    ]
     document: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
